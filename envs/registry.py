@@ -1,0 +1,129 @@
+"""The env registry, named env sets, and validation of env options before a simulator starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from harness.errors import HarnessError, require_module
+from harness.registry import Registry
+
+ENVS: Registry = Registry("env")
+ENV_SETS: Registry = Registry("env set")  # name -> tuple of env ids
+
+IMAGE_SIZE_RANGE = (16, 1024)
+
+
+@dataclass(frozen=True)
+class EnvOptions:
+    """What a user may choose about an env: cameras, square image size, episode cap."""
+
+    cameras: tuple[str, ...]
+    image_size: int
+    max_episode_steps: int
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {
+            "cameras": self.cameras,
+            "image_size": self.image_size,
+            "max_episode_steps": self.max_episode_steps,
+        }
+
+
+def env_meta(env_id: str) -> dict[str, Any]:
+    """Facts about an env known without building it (task, instruction, cameras, ...)."""
+    return ENVS.entry(env_id).meta
+
+
+def expand_env_spec(spec: str) -> list[str]:
+    """'metaworld' / 'metaworld/mt10' / 'metaworld/reach-v3,metaworld/push-v3' -> env ids."""
+    out: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if part in ENV_SETS:
+            ids = list(ENV_SETS.get(part))
+        elif part in ENVS:
+            ids = [part]
+        else:
+            raise HarnessError(ENVS.unknown_message(part, extra_names=ENV_SETS.names()))
+        out.extend(i for i in ids if i not in out)
+    if not out:
+        raise HarnessError(f"no env given in {spec!r}: name an env id or a set, e.g. 'metaworld/reach-v3'")
+    return out
+
+
+def resolve_env_options(
+    env_id: str,
+    cameras: tuple[str, ...] | list[str] | None = None,
+    image_size: int | None = None,
+    max_episode_steps: int | None = None,
+    *,
+    check_installed: bool = True,
+) -> EnvOptions:
+    """Validate user choices against what the env supports; fill defaults."""
+    meta = env_meta(env_id)
+    if check_installed:
+        module, what, extra = meta["requires"]
+        require_module(module, what, extra)
+    cams = tuple(cameras) if cameras else tuple(meta["default_cameras"])
+    for cam in cams:
+        if cam not in meta["cameras"]:
+            raise HarnessError(
+                f"camera {cam!r} does not exist in {env_id}; available: {', '.join(meta['cameras'])}"
+            )
+    size = meta["default_image_size"] if image_size is None else image_size
+    lo, hi = IMAGE_SIZE_RANGE
+    if not isinstance(size, int) or not lo <= size <= hi:
+        raise HarnessError(f"image size {size!r} is out of range: use an integer from {lo} to {hi} pixels")
+    steps = meta["max_episode_steps"] if max_episode_steps is None else max_episode_steps
+    if not isinstance(steps, int) or steps <= 0:
+        raise HarnessError(f"max episode steps {steps!r} must be a positive integer")
+    return EnvOptions(cams, size, steps)
+
+
+def make_env(env_id: str, **options: Any):
+    """Build a registered env. Options: cameras, image_size, max_episode_steps."""
+    opts = resolve_env_options(
+        env_id, options.pop("cameras", None), options.pop("image_size", None),
+        options.pop("max_episode_steps", None),
+    )
+    return ENVS.build(env_id, **opts.as_kwargs(), **options)
+
+
+def _register_metaworld() -> None:
+    from envs import metaworld_tasks as mw
+
+    requires = ("metaworld", "Meta-World", "metaworld")
+    for task in mw.TASKS:
+        ENVS.register(
+            f"metaworld/{task}",
+            "envs.metaworld:MetaWorldEnv",
+            description=mw.INSTRUCTIONS[task],
+            kwargs={"task": task},
+            meta={
+                "family": "metaworld",
+                "task": task,
+                "instruction": mw.INSTRUCTIONS[task],
+                "cameras": mw.CAMERAS,
+                "default_cameras": mw.DEFAULT_CAMERAS,
+                "default_image_size": 128,
+                "max_episode_steps": mw.MAX_EPISODE_STEPS,
+                "action_dim": 4,
+                "requires": requires,
+            },
+        )
+
+    def ids(tasks):
+        return tuple(f"metaworld/{t}" for t in tasks)
+
+    ENV_SETS.register("metaworld", ids(mw.DEFAULT_SET),
+                      description="default set: reach, push, pick-place, drawer-open, door-open")
+    ENV_SETS.register("metaworld/mt10", ids(mw.MT10), description="Meta-World MT10 (10 tasks)")
+    ENV_SETS.register("metaworld/mt50", ids(mw.TASKS), description="Meta-World MT50 (all 50 v3 tasks)")
+    for level, tasks in mw.DIFFICULTY.items():
+        ENV_SETS.register(f"metaworld/{level}", ids(tasks),
+                          description=f"difficulty group '{level}' of Seo et al. ({len(tasks)} tasks)")
+
+
+_register_metaworld()

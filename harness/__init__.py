@@ -1,0 +1,5 @@
+"""Closed-loop evaluation harness for robot world models."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
