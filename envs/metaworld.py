@@ -24,9 +24,15 @@ from envs import metaworld_tasks as mw
 
 VARIATIONS_PER_SEED = 50  # MT1 makes 50 task variations per benchmark seed
 
-# EGL contexts freed during interpreter teardown raise noisy errors; close live envs first.
+# EGL contexts freed during interpreter teardown raise noisy errors: close live envs at
+# exit, from a hook registered after mujoco's own EGL hook so that it runs before it.
 _LIVE: weakref.WeakSet = weakref.WeakSet()
-atexit.register(lambda: [env.close() for env in list(_LIVE)])
+_EXIT_HOOK = []
+
+
+def _close_live_envs() -> None:
+    for env in list(_LIVE):
+        env.close()
 
 
 class MetaWorldEnv(gym.Env):
@@ -89,6 +95,8 @@ class MetaWorldEnv(gym.Env):
         self._spec_state = mujoco.mjtState.mjSTATE_INTEGRATION
         self._closed = False
         _LIVE.add(self)
+        if not _EXIT_HOOK:
+            _EXIT_HOOK.append(atexit.register(_close_live_envs))
 
     # ------------------------------------------------------------------ init states
     def _variation(self, init_state: int):

@@ -1,0 +1,197 @@
+"""The `harness` command line. Expected errors are one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from harness.errors import HarnessError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, help="Closed-loop evaluation harness for robot world models.")
+
+LIST_KINDS = ("envs", "sets", "policies", "world-models", "executors")
+
+
+def _registry(kind: str):
+    if kind in ("envs", "sets"):
+        from envs import ENV_SETS, ENVS
+
+        return ENVS if kind == "envs" else ENV_SETS
+    if kind == "policies":
+        from policies import POLICIES
+
+        return POLICIES
+    if kind == "world-models":
+        from world_models import WORLD_MODELS
+
+        return WORLD_MODELS
+    from harness.executors import EXECUTORS
+
+    return EXECUTORS
+
+
+@app.command("list")
+def list_cmd(kind: Annotated[Optional[str], typer.Argument(help=f"one of {', '.join(LIST_KINDS)}; all when left out")] = None):
+    """List registered envs (with their instructions), env sets, policies, world models."""
+    kinds = LIST_KINDS if kind is None else (kind,)
+    for k in kinds:
+        if k not in LIST_KINDS:
+            raise HarnessError(f"cannot list {k!r}: choose one of {', '.join(LIST_KINDS)}")
+        reg = _registry(k)
+        typer.echo(f"{k} ({len(reg)}):")
+        for name in reg.names():
+            entry = reg.entry(name)
+            desc = entry.description
+            if k == "sets":
+                desc = f"{desc} [{len(entry.target)} envs]"
+            typer.echo(f"  {name:<42} {desc}")
+        if not len(reg):
+            typer.echo("  (none yet)")
+
+
+def _progress(enabled: bool, total: int, label: str):
+    """A rich progress bar callback, or a no-op."""
+    if not enabled or total == 0:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                   TimeRemainingColumn(), transient=False)
+    task = bar.add_task(label, total=total, info="")
+    return bar, task
+
+
+@app.command("eval")
+def eval_cmd(
+    env: Annotated[Optional[str], typer.Option("--env", "-e", help="env id, set, or comma list (see `harness list`)")] = None,
+    policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="policy spec; repeat for several")] = None,
+    episodes: Annotated[Optional[int], typer.Option("--episodes", "-n", help="episodes per env (init states 0..n-1)")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (default: runs/<env>-<hash>)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="base seed for per-episode seeds")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="episode cap (default: the benchmark's)")] = None,
+    camera: Annotated[Optional[list[str]], typer.Option("--camera", help="camera to render; repeat for several")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size", help="square image side in pixels")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="worker processes")] = None,
+    video: Annotated[Optional[str], typer.Option(help="all|failures|none|first:N")] = None,
+    video_fps: Annotated[Optional[int], typer.Option("--video-fps")] = None,
+    stop_on_success: Annotated[Optional[bool], typer.Option("--stop-on-success/--no-stop-on-success", help="end an episode at its first success")] = None,
+    executor: Annotated[Optional[str], typer.Option(help="where episodes run (see `harness list executors`)")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Evaluate policies in the simulator; results go to a resumable run folder."""
+    from harness.config import EvalConfig
+    from harness.evaluate import plan_eval, run_eval
+    from harness.report import markdown
+
+    flags = dict(env=env, policies=tuple(policy) if policy else None, episodes=episodes, out=out, seed=seed,
+                 max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
+                 workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
+                 executor=executor)
+    if config is not None:
+        cfg = EvalConfig.from_yaml(config, **flags)
+    else:
+        if env is None:
+            raise HarnessError("--env is required (or --config FILE): e.g. --env metaworld/reach-v3")
+        cfg = EvalConfig(**{k: v for k, v in flags.items() if v is not None})
+    plan = plan_eval(cfg)
+    total = len(cfg.policies) * len(plan.episodes)
+    typer.echo(f"run folder: {plan.out}  ({len(plan.env_ids)} env(s) x {cfg.episodes} episodes x {len(cfg.policies)} policies)", err=True)
+    bar, task = _progress(progress and sys.stderr.isatty(), total, "eval")
+    counts = {"success": 0, "failure": 0, "error": 0}
+
+    def on_record(record, finished, total):
+        counts[record["outcome"]] += 1
+        if bar is not None:
+            bar.update(task, completed=finished, info=f"ok {counts['success']} fail {counts['failure']} err {counts['error']}")
+        elif progress:
+            typer.echo(f"[{finished}/{total}] {record['policy']} {record['env_id']}#{record['init_state']}: {record['outcome']}", err=True)
+
+    if bar is not None:
+        bar.start()
+    try:
+        summary = run_eval(plan, on_record)
+    finally:
+        if bar is not None:
+            bar.stop()
+    typer.echo(markdown(summary))
+    typer.echo(f"\nresults: {plan.out / 'results.json'}")
+    if summary["interrupted"]:
+        typer.echo("interrupted: finished episodes are saved; re-run the same command to resume", err=True)
+        raise typer.Exit(130)
+
+
+@app.command("collect")
+def collect_cmd(
+    env: Annotated[str, typer.Option("--env", "-e", help="env id, set, or comma list")],
+    out: Annotated[str, typer.Option("--out", "-o", help="dataset file (.h5)")],
+    policy: Annotated[str, typer.Option("--policy", "-p")] = "scripted",
+    episodes: Annotated[int, typer.Option("--episodes", "-n", help="episodes per env")] = 10,
+    seed: int = 0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
+    camera: Annotated[Optional[list[str]], typer.Option("--camera")] = None,
+    image_size: Annotated[Optional[int], typer.Option("--image-size")] = None,
+    stop_on_success: Annotated[bool, typer.Option("--stop-on-success/--no-stop-on-success")] = True,
+    only_success: Annotated[bool, typer.Option("--only-success", help="keep successful episodes only")] = False,
+    overwrite: bool = False,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Roll a policy out and save frames, states, actions, success, instruction (HDF5)."""
+    from harness.collect import CollectConfig, run_collect
+
+    cfg = CollectConfig(env=env, policy=policy, out=out, episodes=episodes, seed=seed, max_steps=max_steps,
+                        cameras=tuple(camera) if camera else None, image_size=image_size,
+                        stop_on_success=stop_on_success, only_success=only_success, overwrite=overwrite)
+
+    def on_episode(info, i, n):
+        if progress:
+            typer.echo(f"[{i}/{n}] {info['env_id']}#{info['init_state']}: {'success' if info['success'] else 'failure'}", err=True)
+
+    result = run_collect(cfg, on_episode)
+    typer.echo(f"wrote {result['kept']} episodes ({result['successes']} successful of {result['episodes']}) to {result['out']}")
+
+
+@app.command("report")
+def report_cmd(run: Annotated[Path, typer.Argument(help="run folder of an eval")]):
+    """Print a run's results as a Markdown table."""
+    from harness.report import load_results, markdown
+
+    typer.echo(markdown(load_results(run)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = typer.main.get_command(app)
+    try:
+        rc = command.main(args=argv, prog_name="harness", standalone_mode=False)
+        return rc if isinstance(rc, int) else 0
+    except HarnessError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        # Typer ships its own copy of click: recognise its exceptions by their interface.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage / bad parameter
+            msg = " ".join(exc.format_message().split())
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `harness {ctx.info_name} --help`)" if ctx is not None and ctx.info_name != "harness" else ""
+            print(f"error: {msg}{hint}", file=sys.stderr)
+            return 2
+        if type(exc).__name__ == "Exit":
+            return int(getattr(exc, "exit_code", 0))
+        if type(exc).__name__ == "Abort":
+            print("aborted", file=sys.stderr)
+            return 130
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""`harness collect`: roll a policy out in the simulator and save the episodes as a dataset
+(HDF5, robomimic layout; see harness/dataset.py) for world-model training."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.dataset import DatasetWriter, EpisodeData, flatten_observation
+from harness.episodes import Episode, build_episodes
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    env: str
+    policy: str
+    out: str
+    episodes: int = 10
+    seed: int = 0
+    max_steps: int | None = None
+    cameras: tuple[str, ...] | None = None
+    image_size: int | None = None
+    stop_on_success: bool = True
+    only_success: bool = False
+    overwrite: bool = False
+
+
+def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
+    from envs import expand_env_spec, resolve_env_options
+    from harness.config import EvalConfig
+    from policies import EnvInfo, make_policy, parse_policy_spec
+
+    EvalConfig(env=cfg.env, policies=(cfg.policy,), episodes=cfg.episodes, seed=cfg.seed,
+               max_steps=cfg.max_steps, cameras=cfg.cameras, image_size=cfg.image_size)  # shared checks
+    out = Path(cfg.out)
+    if out.suffix not in (".h5", ".hdf5"):
+        raise HarnessError(f"--out {cfg.out!r} must end in .h5 or .hdf5 (the dataset is one HDF5 file)")
+    if out.exists() and not cfg.overwrite:
+        raise HarnessError(f"{cfg.out} exists: choose another --out or pass --overwrite")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(out.name + ".probe")
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise HarnessError(f"cannot write {cfg.out!r} ({exc.strerror or exc}): choose a writable --out") from None
+    env_ids = expand_env_spec(cfg.env)
+    options = {e: resolve_env_options(e, cfg.cameras, cfg.image_size, cfg.max_steps) for e in env_ids}
+    spec = parse_policy_spec(cfg.policy)
+    for env_id in env_ids:
+        make_policy(spec, EnvInfo.from_env_id(env_id, cfg.cameras, cfg.image_size))
+    episodes = build_episodes(env_ids, cfg.episodes, cfg.seed, {e: o.max_episode_steps for e, o in options.items()})
+    env_args = {"env_ids": env_ids, "policy": cfg.policy, "seed": cfg.seed,
+                "options": {e: {**o.as_kwargs(), "cameras": list(o.cameras)} for e, o in options.items()}}
+    return episodes, env_args
+
+
+def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, Any]:
+    from harness.runner import EpisodeWorker, RunSettings
+
+    episodes, env_args = plan_collect(cfg)
+    worker = EpisodeWorker(RunSettings(cfg.cameras, cfg.image_size, cfg.stop_on_success))
+    kept = successes = 0
+    try:
+        with DatasetWriter(cfg.out, env_args) as writer:
+            for i, ep in enumerate(episodes, 1):
+                result = worker.run_one(ep, cfg.policy, keep_trajectory=True)
+                successes += result.success
+                if result.success or not cfg.only_success:
+                    obs = [flatten_observation(o) for o in result.observations]
+                    writer.add(EpisodeData(
+                        actions=np.stack(result.actions) if result.actions else np.zeros((0, 0), np.float32),
+                        obs={k: np.stack([o[k] for o in obs[:-1]]) for k in obs[0]},
+                        final_obs={k: obs[-1][k][None] for k in obs[0]},
+                        rewards=np.asarray(result.rewards, np.float32),
+                        success=np.asarray(result.successes, bool),
+                        attrs={**ep.to_dict(), "policy": cfg.policy, "success": result.success,
+                               "success_step": -1 if result.success_step is None else result.success_step},
+                    ))
+                    kept += 1
+                if on_episode:
+                    on_episode({"env_id": ep.env_id, "init_state": ep.init_state, "success": result.success}, i, len(episodes))
+    finally:
+        worker.close()
+    return {"out": cfg.out, "episodes": len(episodes), "kept": kept, "successes": successes,
+            "env_args": json.loads(json.dumps(env_args))}

@@ -1,0 +1,116 @@
+"""The eval and collect configurations: typed, validated at construction, YAML-serialisable."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import HarnessError
+
+VIDEO_MODES = "all|failures|none|first:N"
+
+
+def parse_video_mode(mode: str) -> tuple[str, int]:
+    """'all' | 'failures' | 'none' | 'first:N' -> (kind, N)."""
+    mode = str(mode).strip()
+    if mode in ("all", "failures", "none"):
+        return mode, 0
+    m = re.fullmatch(r"first:(\d+)", mode)
+    if m and int(m.group(1)) > 0:
+        return "first", int(m.group(1))
+    raise HarnessError(f"video mode {mode!r} is not allowed: use {VIDEO_MODES} (N > 0 episodes per policy and task)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    env: str
+    policies: tuple[str, ...] = ("scripted",)
+    episodes: int = 10
+    seed: int = 0
+    max_steps: int | None = None
+    cameras: tuple[str, ...] | None = None
+    image_size: int | None = None
+    stop_on_success: bool = True
+    video: str = "first:3"
+    video_fps: int = 30
+    workers: int = 1
+    executor: str = "local"
+    out: str | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.env, str) or not self.env.strip():
+            raise HarnessError("--env is empty: name an env id or set, e.g. 'metaworld/reach-v3' (see `harness list envs`)")
+        if not self.policies:
+            raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
+        _positive("episodes", self.episodes, "--episodes")
+        _positive("workers", self.workers, "--workers")
+        _positive("video_fps", self.video_fps, "--video-fps")
+        if self.max_steps is not None:
+            _positive("max_steps", self.max_steps, "--max-steps")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise HarnessError(f"--seed {self.seed!r} must be an integer >= 0")
+        parse_video_mode(self.video)
+        object.__setattr__(self, "policies", tuple(self.policies))
+        if self.cameras is not None:
+            object.__setattr__(self, "cameras", tuple(self.cameras) or None)
+
+    def identity(self, env_ids: list[str]) -> dict[str, Any]:
+        """The fields that decide episode outcomes: a run folder holds one identity."""
+        return {
+            "env_ids": env_ids,
+            "policies": list(self.policies),
+            "episodes": self.episodes,
+            "seed": self.seed,
+            "max_steps": self.max_steps,
+            "cameras": list(self.cameras) if self.cameras else None,
+            "image_size": self.image_size,
+            "stop_on_success": self.stop_on_success,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["policies"] = list(self.policies)
+        d["cameras"] = list(self.cameras) if self.cameras else None
+        return d
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> EvalConfig:
+        data = load_yaml_mapping(path)
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(data.get("policies"), str):
+            data["policies"] = [data["policies"]]
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise HarnessError(f"{path}: {exc}") from None
+
+
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise HarnessError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise HarnessError(f"config {str(path)!r} is not valid YAML{at}: fix the syntax") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise HarnessError(f"config {str(path)!r} must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def _positive(name: str, value: Any, flag: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise HarnessError(f"{flag} {value!r} must be an integer > 0")

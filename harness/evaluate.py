@@ -1,0 +1,152 @@
+"""Evaluation: validate everything up front, then run episodes x policies x backends into a
+resumable run folder and summarise."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.config import EvalConfig, parse_video_mode
+from harness.episodes import Episode, WorkItem, build_episodes
+from harness.errors import HarnessError
+from harness.executors import EXECUTORS
+from harness.runner import RunSettings
+from harness.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
+from harness.summary import summarize
+from harness.versions import git_commit, package_versions
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("sim",)
+SEED_RULE = "seed = int.from_bytes(sha256(f'{base_seed}|{env_id}|{init_state}')[:4], 'little') & 0x7FFFFFFF"
+
+
+@dataclass
+class EvalPlan:
+    config: EvalConfig
+    env_ids: list[str]
+    env_options: dict[str, dict[str, Any]]
+    episodes: list[Episode]
+    out: Path
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.config.identity(self.env_ids)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
+
+
+def default_out(config: EvalConfig, env_ids: list[str]) -> Path:
+    """Same command -> same folder, so re-running it resumes."""
+    digest = hashlib.sha256(json.dumps(config.identity(env_ids), sort_keys=True).encode()).hexdigest()[:8]
+    return Path("runs") / f"{slug(config.env)}-{digest}"
+
+
+def plan_eval(config: EvalConfig) -> EvalPlan:
+    """All validation happens here, before any simulator starts."""
+    from envs import expand_env_spec, resolve_env_options
+    from policies import EnvInfo, make_policy, parse_policy_spec
+
+    if config.executor not in EXECUTORS:
+        raise HarnessError(EXECUTORS.unknown_message(config.executor))
+    env_ids = expand_env_spec(config.env)
+    options = {}
+    for env_id in env_ids:
+        opts = resolve_env_options(env_id, config.cameras, config.image_size, config.max_steps)
+        options[env_id] = opts.as_kwargs()
+    if len(set(config.policies)) != len(config.policies):
+        raise HarnessError(f"--policy lists the same policy twice: {', '.join(config.policies)}")
+    for text in config.policies:
+        spec = parse_policy_spec(text)
+        for env_id in env_ids:  # builds each policy once, so bad parameters fail now
+            make_policy(spec, EnvInfo.from_env_id(env_id, config.cameras, config.image_size))
+    out = Path(config.out) if config.out else default_out(config, env_ids)
+    check_writable(out)
+    max_steps = {e: options[e]["max_episode_steps"] for e in env_ids}
+    episodes = build_episodes(env_ids, config.episodes, config.seed, max_steps)
+    return EvalPlan(config, env_ids, options, episodes, out)
+
+
+def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:
+    kind, first_n = parse_video_mode(plan.config.video)
+    items = []
+    for policy in plan.config.policies:
+        for backend in BACKENDS:
+            for ep in plan.episodes:
+                video = None
+                if kind == "all" or kind == "failures" or (kind == "first" and ep.init_state < first_n):
+                    video = str(plan.out / "videos" / slug(policy) / backend / ep.env_id / f"init{ep.init_state:04d}.mp4")
+                item = WorkItem(policy, backend, ep, video, video_only_on_failure=(kind == "failures"))
+                if item.key not in done:
+                    items.append(item)
+    return items
+
+
+def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, Any]:
+    """Run what is not yet in the run folder; returns the summary written to results.json.
+    Ctrl-C stops after saving every finished episode and the summary (``interrupted``)."""
+    cfg = plan.config
+    store = RunStore(plan.out)
+    store.claim(plan.identity)
+    done = {key_of(r) for r in store.load()}
+    items = work_items(plan, done)
+    total = len(plan.config.policies) * len(BACKENDS) * len(plan.episodes)
+    settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size,
+                           stop_on_success=cfg.stop_on_success, video_fps=cfg.video_fps)
+    executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers)
+    start = time.perf_counter()
+    finished = len(done)
+    interrupted = False
+    try:
+        for record in executor.map(items):
+            if record.get("video"):
+                record["video"] = str(Path(record["video"]).relative_to(plan.out))
+            store.append(record)
+            finished += 1
+            if on_record:
+                on_record(record, finished, total)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished, total)
+    summary = write_summary(plan, store, time.perf_counter() - start, interrupted)
+    return summary
+
+
+def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: bool) -> dict[str, Any]:
+    records = store.load()
+    steps = sum(r["length"] for r in records)
+    episode_time = sum(r.get("wall_s", 0.0) for r in records)
+    total = len(plan.config.policies) * len(BACKENDS) * len(plan.episodes)
+    summary = {
+        "harness": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "complete": len(records) >= total,
+        "interrupted": interrupted,
+        "episodes_expected": total,
+        "episodes_recorded": len(records),
+        "config": plan.config.to_dict() | {"out": str(plan.out)},
+        "env_ids": plan.env_ids,
+        "env_options": {k: {**v, "cameras": list(v["cameras"])} for k, v in plan.env_options.items()},
+        "seeds": {"base_seed": plan.config.seed, "rule": SEED_RULE,
+                  "init_states": f"0..{plan.config.episodes - 1} per env"},
+        "versions": package_versions(),
+        "git": git_commit(),
+        "wall_time_s": round(wall, 3),
+        "episode_time_s": round(episode_time, 3),
+        "steps": steps,
+        "steps_per_s": round(steps / episode_time, 2) if episode_time > 0 else None,
+        "results": summarize(records),
+    }
+    atomic_write_json(plan.out / RESULTS, summary)
+    return summary

@@ -1,0 +1,114 @@
+"""The Policy protocol, what a policy may know about its env, and policy specs.
+
+A policy spec is ``name`` or ``name:key=value,key=value``, e.g. ``scripted``,
+``noisy:base=scripted,scale=0.5``, ``replay:path=demos.h5``. The full spec string is the
+policy's label in results.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import gymnasium as gym
+import numpy as np
+import yaml
+
+from harness.errors import HarnessError
+from harness.registry import Registry
+
+POLICIES: Registry = Registry("policy")
+
+
+@dataclass(frozen=True)
+class EnvInfo:
+    """What a policy is told about the env it will act in, known before the env is built."""
+
+    env_id: str
+    family: str
+    task: str
+    instruction: str
+    action_space: gym.spaces.Box
+    cameras: tuple[str, ...]
+    image_size: int
+
+    @classmethod
+    def from_env_id(cls, env_id: str, cameras: tuple[str, ...] | None = None, image_size: int | None = None) -> EnvInfo:
+        from envs import env_meta, resolve_env_options
+
+        meta = env_meta(env_id)
+        opts = resolve_env_options(env_id, cameras, image_size, check_installed=False)
+        dim = meta["action_dim"]
+        return cls(
+            env_id=env_id,
+            family=meta["family"],
+            task=meta["task"],
+            instruction=meta["instruction"],
+            action_space=gym.spaces.Box(-1.0, 1.0, (dim,), np.float32),
+            cameras=opts.cameras,
+            image_size=opts.image_size,
+        )
+
+
+@runtime_checkable
+class Policy(Protocol):
+    def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:
+        """Start an episode. Stochastic policies reseed from ``seed`` so episodes reproduce."""
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        """One action in the env's action space (float32)."""
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    name: str
+    params: dict[str, Any]
+    text: str  # as the user wrote it; the label in results
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_policy_spec(text: str) -> PolicySpec:
+    text = text.strip()
+    name, sep, rest = text.partition(":")
+    if not name:
+        raise HarnessError(f"empty policy name in {text!r}: write e.g. 'scripted' or 'noisy:scale=0.5'")
+    if name not in POLICIES:
+        raise HarnessError(POLICIES.unknown_message(name))
+    params: dict[str, Any] = {}
+    if sep:
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key:
+                raise HarnessError(
+                    f"policy parameter {item!r} in {text!r} is not key=value: write e.g. 'noisy:base=scripted,scale=0.5'"
+                )
+            try:
+                params[key.strip()] = yaml.safe_load(value.strip())
+            except yaml.YAMLError:
+                params[key.strip()] = value.strip()
+    factory = POLICIES.get(name)
+    allowed = [p for p in inspect.signature(factory).parameters if p != "env_info"]
+    for key in params:
+        if key not in allowed:
+            raise HarnessError(
+                f"policy {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or '(none)'}"
+            )
+    return PolicySpec(name, params, text)
+
+
+def make_policy(spec: str | PolicySpec, env_info: EnvInfo) -> Policy:
+    if isinstance(spec, str):
+        spec = parse_policy_spec(spec)
+    return POLICIES.build(spec.name, env_info=env_info, **spec.params)
+
+
+def episode_rng(seed: int | None, salt: int) -> np.random.Generator:
+    """A per-episode generator: the same (seed, salt) always gives the same stream."""
+    return np.random.default_rng(None if seed is None else [int(seed) & 0xFFFFFFFF, salt])
+
+
+def clip_to(space: gym.spaces.Box, action: np.ndarray) -> np.ndarray:
+    return np.clip(np.asarray(action, dtype=np.float32), space.low, space.high)
