@@ -69,7 +69,7 @@ class MetaWorldEnv(gym.Env):
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.image_size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.image_size)
         self._fast_render = fast_render
-        self._renderer = mujoco.Renderer(model, self.image_size, self.image_size) if self.cameras else None
+        self._renderer = self._make_renderer(mujoco, model) if self.cameras else None
         self._camera_ids = []
         for cam in self.cameras:
             cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
@@ -181,8 +181,10 @@ class MetaWorldEnv(gym.Env):
         # Task-level attributes (goal, object start) come from the variation's reset.
         self._load_init_state(int(state["init_state"]))
         m, d = self._env.model, self._env.data
-        self._mujoco.mj_setState(m, d, np.asarray(state["physics"], dtype=np.float64), self._spec_state)
-        self._mujoco.mj_forward(m, d)
+        physics = np.asarray(state["physics"], dtype=np.float64)
+        self._mujoco.mj_setState(m, d, physics, self._spec_state)
+        self._mujoco.mj_forward(m, d)  # positions for the observation...
+        self._mujoco.mj_setState(m, d, physics, self._spec_state)  # ...without its warm-start update
         self._steps = int(state["steps"])
         self._env.curr_path_length = int(state["path_length"])
         self._env._prev_obs = np.array(state["prev_obs"], copy=True)
@@ -194,6 +196,16 @@ class MetaWorldEnv(gym.Env):
         return self._observation(np.asarray(raw))
 
     # ------------------------------------------------------------------ helpers
+    def _make_renderer(self, mujoco, model):
+        try:
+            return mujoco.Renderer(model, self.image_size, self.image_size)
+        except Exception as exc:
+            raise RuntimeError(
+                f"MuJoCo cannot render offscreen ({exc}); MUJOCO_GL={os.environ.get('MUJOCO_GL')!r}. "
+                "Install the EGL libraries (apt install libegl1 libegl-mesa0 libgl1-mesa-dri) and set "
+                "MUJOCO_GL=egl (or osmesa) before mujoco is first imported, or pass cameras=() for state only"
+            ) from None
+
     def _render(self, cam_id: int, cam: str) -> np.ndarray:
         r = self._renderer
         r.update_scene(self._env.data, camera=cam_id)

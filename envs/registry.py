@@ -66,7 +66,8 @@ def resolve_env_options(
     if check_installed:
         module, what, extra = meta["requires"]
         require_module(module, what, extra)
-    cams = tuple(cameras) if cameras else tuple(meta["default_cameras"])
+    # None -> the env's default cameras; an empty tuple (CLI: --camera none) -> state only, no rendering
+    cams = tuple(meta["default_cameras"]) if cameras is None else tuple(c for c in cameras if c != "none")
     for cam in cams:
         if cam not in meta["cameras"]:
             raise HarnessError(

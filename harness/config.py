@@ -56,7 +56,7 @@ class EvalConfig:
         parse_video_mode(self.video)
         object.__setattr__(self, "policies", tuple(self.policies))
         if self.cameras is not None:
-            object.__setattr__(self, "cameras", tuple(self.cameras) or None)
+            object.__setattr__(self, "cameras", tuple(self.cameras))
 
     def identity(self, env_ids: list[str]) -> dict[str, Any]:
         """The fields that decide episode outcomes: a run folder holds one identity."""
@@ -66,7 +66,7 @@ class EvalConfig:
             "episodes": self.episodes,
             "seed": self.seed,
             "max_steps": self.max_steps,
-            "cameras": list(self.cameras) if self.cameras else None,
+            "cameras": None if self.cameras is None else list(self.cameras),
             "image_size": self.image_size,
             "stop_on_success": self.stop_on_success,
         }
@@ -74,7 +74,7 @@ class EvalConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["policies"] = list(self.policies)
-        d["cameras"] = list(self.cameras) if self.cameras else None
+        d["cameras"] = None if self.cameras is None else list(self.cameras)
         return d
 
     @classmethod

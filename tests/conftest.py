@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+
+HAS_METAWORLD = importlib.util.find_spec("metaworld") is not None
+requires_metaworld = pytest.mark.skipif(not HAS_METAWORLD, reason='Meta-World not installed: pip install -e ".[metaworld]"')
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python -m harness ...` as a user would."""
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def outcomes(records: list[dict]) -> dict:
+    """Per-episode outcomes without timing fields, keyed by (policy, backend, env, init state)."""
+    from harness.runner import NONDETERMINISTIC_FIELDS
+
+    return {(r["policy"], r["backend"], r["env_id"], r["init_state"]): {k: v for k, v in r.items() if k not in NONDETERMINISTIC_FIELDS}
+            for r in records}

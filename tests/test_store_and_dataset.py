@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.dataset import DatasetWriter, EpisodeData, list_demos, read_demo
+from harness.errors import HarnessError
+from harness.store import RunStore, atomic_write_json, check_writable
+
+
+def _rec(i):
+    return {"policy": "p", "backend": "sim", "env_id": "e", "init_state": i, "outcome": "success"}
+
+
+def test_torn_last_line_is_cut_and_run_resumes(tmp_path):
+    store = RunStore(tmp_path)
+    store.claim({"a": 1})
+    for i in range(3):
+        store.append(_rec(i))
+    with open(store.episodes_path, "a") as f:
+        f.write('{"policy": "p", "backend": "si')  # killed mid-write
+    assert [r["init_state"] for r in store.load()] == [0, 1, 2]
+    store.append(_rec(3))
+    lines = store.episodes_path.read_text().splitlines()
+    assert [json.loads(x)["init_state"] for x in lines] == [0, 1, 2, 3]
+
+
+def test_claim_refuses_a_different_run_and_leaves_it_alone(tmp_path):
+    store = RunStore(tmp_path)
+    store.claim({"episodes": 5, "seed": 0})
+    store.append(_rec(0))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(HarnessError, match="differs in: episodes"):
+        RunStore(tmp_path).claim({"episodes": 6, "seed": 0})
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    RunStore(tmp_path).claim({"episodes": 5, "seed": 0})  # the same run resumes
+
+
+def test_atomic_write_and_writability(tmp_path):
+    atomic_write_json(tmp_path / "x.json", {"a": [1, 2]})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": [1, 2]}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(HarnessError, match="cannot write to output folder"):
+        check_writable(blocker / "sub")
+
+
+def test_dataset_round_trip(tmp_path):
+    path = tmp_path / "d.h5"
+    rng = np.random.default_rng(0)
+    eps = []
+    with DatasetWriter(path, {"env_ids": ["e"]}) as w:
+        for i, T in enumerate((5, 3)):
+            ep = EpisodeData(
+                actions=rng.uniform(-1, 1, (T, 4)).astype(np.float32),
+                obs={"corner2_rgb": rng.integers(0, 255, (T, 8, 8, 3), dtype=np.uint8),
+                     "state": rng.normal(size=(T, 39)).astype(np.float32)},
+                final_obs={"corner2_rgb": rng.integers(0, 255, (1, 8, 8, 3), dtype=np.uint8),
+                           "state": rng.normal(size=(1, 39)).astype(np.float32)},
+                rewards=np.arange(T, dtype=np.float32), success=np.arange(T) == T - 1,
+                attrs={"env_id": "e", "init_state": i, "instruction": "do it", "success": True})
+            w.add(ep)
+            eps.append(ep)
+    assert not (tmp_path / "d.h5.partial").exists()
+    demos = list_demos(path)
+    assert [n for n, _ in demos] == ["demo_0", "demo_1"]
+    assert demos[1][1]["init_state"] == 1 and demos[1][1]["num_samples"] == 3
+    back = read_demo(path, "demo_0")
+    assert np.array_equal(back.actions, eps[0].actions)
+    assert np.array_equal(back.obs["corner2_rgb"], eps[0].obs["corner2_rgb"])
+    assert back.frames("corner2").shape == (6, 8, 8, 3)
+    assert back.attrs["instruction"] == "do it"
+
+
+def test_dataset_writer_leaves_nothing_on_error(tmp_path):
+    path = tmp_path / "d.h5"
+    with pytest.raises(RuntimeError):
+        with DatasetWriter(path):
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
