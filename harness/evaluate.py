@@ -75,7 +75,9 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     check_writable(out)
     max_steps = {e: options[e]["max_episode_steps"] for e in env_ids}
     episodes = build_episodes(env_ids, config.episodes, config.seed, max_steps)
-    return EvalPlan(config, env_ids, options, episodes, out)
+    plan = EvalPlan(config, env_ids, options, episodes, out)
+    RunStore(out).check(plan.identity)
+    return plan
 
 
 def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:

@@ -57,8 +57,8 @@ class RunStore:
         self.episodes_path = self.out / EPISODES
 
     # identity ------------------------------------------------------------------------
-    def claim(self, identity: dict[str, Any]) -> None:
-        """Record what this run is; refuse to mix a different run into an existing folder."""
+    def check(self, identity: dict[str, Any]) -> bool:
+        """Raise if the folder holds a different run; True if it already holds this one."""
         path = self.out / RUN
         if path.exists():
             try:
@@ -71,10 +71,15 @@ class RunStore:
                     f"{self.out} holds a different run (differs in: {', '.join(diff)}); "
                     "re-run with the same arguments to resume, or choose a new --out"
                 )
-            return
+            return True
         if self.episodes_path.exists():
             raise HarnessError(f"{self.out} has {EPISODES} but no {RUN}; it is not a harness run folder: choose another --out")
-        atomic_write_json(path, identity)
+        return False
+
+    def claim(self, identity: dict[str, Any]) -> None:
+        """Record what this run is; refuse to mix a different run into an existing folder."""
+        if not self.check(identity):
+            atomic_write_json(self.out / RUN, identity)
 
     # records -------------------------------------------------------------------------
     def load(self) -> list[dict[str, Any]]:
