@@ -49,9 +49,9 @@ def main() -> None:
     for label, cams in ((f"harness, 1 camera {args.size} px", ("corner2",)), ("harness, state only", ())):
         env = make_env(f"metaworld/{args.task}", cameras=cams, image_size=args.size)
         env.reset(options={"init_state": 0})
-        results[label] = rate(lambda: env.step(rng.uniform(-1, 1, 4)), min(args.steps, env.max_episode_steps - 1))
+        results[label] = rate(lambda e=env: e.step(rng.uniform(-1, 1, 4)), min(args.steps, env.max_episode_steps - 1))
         env.close()
-    print(f"| setting | steps/s | ratio vs baseline |\n|---|---:|---:|")
+    print("| setting | steps/s | ratio vs baseline |\n|---|---:|---:|")
     for label, r in results.items():
         print(f"| {label} | {r:.1f} | {r / r_base:.2f}x |")
 

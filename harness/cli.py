@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -36,7 +36,7 @@ def _registry(kind: str):
 
 
 @app.command("list")
-def list_cmd(kind: Annotated[Optional[str], typer.Argument(help=f"one of {', '.join(LIST_KINDS)}; all when left out")] = None):
+def list_cmd(kind: Annotated[str | None, typer.Argument(help=f"one of {', '.join(LIST_KINDS)}; all when left out")] = None):
     """List registered envs (with their instructions), env sets, policies, world models."""
     kinds = LIST_KINDS if kind is None else (kind,)
     for k in kinds:
@@ -58,7 +58,13 @@ def _progress(enabled: bool, total: int, label: str):
     """A rich progress bar callback, or a no-op."""
     if not enabled or total == 0:
         return None, None
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                    TimeRemainingColumn(), transient=False)
@@ -68,20 +74,20 @@ def _progress(enabled: bool, total: int, label: str):
 
 @app.command("eval")
 def eval_cmd(
-    env: Annotated[Optional[str], typer.Option("--env", "-e", help="env id, set, or comma list (see `harness list`)")] = None,
-    policy: Annotated[Optional[list[str]], typer.Option("--policy", "-p", help="policy spec; repeat for several")] = None,
-    episodes: Annotated[Optional[int], typer.Option("--episodes", "-n", help="episodes per env (init states 0..n-1)")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (default: runs/<env>-<hash>)")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="base seed for per-episode seeds")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="episode cap (default: the benchmark's)")] = None,
-    camera: Annotated[Optional[list[str]], typer.Option("--camera", help="camera to render; repeat for several")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size", help="square image side in pixels")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="worker processes")] = None,
-    video: Annotated[Optional[str], typer.Option(help="all|failures|none|first:N")] = None,
-    video_fps: Annotated[Optional[int], typer.Option("--video-fps")] = None,
-    stop_on_success: Annotated[Optional[bool], typer.Option("--stop-on-success/--no-stop-on-success", help="end an episode at its first success")] = None,
-    executor: Annotated[Optional[str], typer.Option(help="where episodes run (see `harness list executors`)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
+    env: Annotated[str | None, typer.Option("--env", "-e", help="env id, set, or comma list (see `harness list`)")] = None,
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="policy spec; repeat for several")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="episodes per env (init states 0..n-1)")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="run folder (default: runs/<env>-<hash>)")] = None,
+    seed: Annotated[int | None, typer.Option(help="base seed for per-episode seeds")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="episode cap (default: the benchmark's)")] = None,
+    camera: Annotated[list[str] | None, typer.Option("--camera", help="camera to render; repeat for several")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="square image side in pixels")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", "-j", help="worker processes")] = None,
+    video: Annotated[str | None, typer.Option(help="all|failures|none|first:N")] = None,
+    video_fps: Annotated[int | None, typer.Option("--video-fps")] = None,
+    stop_on_success: Annotated[bool | None, typer.Option("--stop-on-success/--no-stop-on-success", help="end an episode at its first success")] = None,
+    executor: Annotated[str | None, typer.Option(help="where episodes run (see `harness list executors`)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """Evaluate policies in the simulator; results go to a resumable run folder."""
@@ -133,9 +139,9 @@ def collect_cmd(
     policy: Annotated[str, typer.Option("--policy", "-p")] = "scripted",
     episodes: Annotated[int, typer.Option("--episodes", "-n", help="episodes per env")] = 10,
     seed: int = 0,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps")] = None,
-    camera: Annotated[Optional[list[str]], typer.Option("--camera")] = None,
-    image_size: Annotated[Optional[int], typer.Option("--image-size")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    camera: Annotated[list[str] | None, typer.Option("--camera")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size")] = None,
     stop_on_success: Annotated[bool, typer.Option("--stop-on-success/--no-stop-on-success")] = True,
     only_success: Annotated[bool, typer.Option("--only-success", help="keep successful episodes only")] = False,
     overwrite: bool = False,

@@ -177,3 +177,24 @@ def test_missing_extra_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: Meta-World is not installed (no module 'metaworld'): pip install -e \".[metaworld]\""
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_saves_finished_episodes_and_the_summary(tmp_path, workers):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "harness", "eval", "--env", "metaworld/reach-v3", "-p", "noisy:scale=0.5",
+            "--episodes", "20", "--video", "none", "--no-progress", "--camera", "none", "--max-steps", "400",
+            "--no-stop-on-success", "--workers", workers, "--out", str(out)]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    log = out / "episodes.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    recs = read_jsonl(log)
+    res = json.loads((out / "results.json").read_text())
+    assert res["interrupted"] and not res["complete"] and res["episodes_recorded"] == len(recs) < 20
+    assert "Traceback" not in err
