@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,5 +87,4 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, i
                     on_episode({"env_id": ep.env_id, "init_state": ep.init_state, "success": result.success}, i, len(episodes))
     finally:
         worker.close()
-    return {"out": cfg.out, "episodes": len(episodes), "kept": kept, "successes": successes,
-            "env_args": json.loads(json.dumps(env_args))}
+    return {"out": cfg.out, "episodes": len(episodes), "kept": kept, "successes": successes, "env_args": env_args}

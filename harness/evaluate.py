@@ -121,8 +121,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished, total)
-    summary = write_summary(plan, store, time.perf_counter() - start, interrupted)
-    return summary
+    return write_summary(plan, store, time.perf_counter() - start, interrupted)
 
 
 def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: bool) -> dict[str, Any]:

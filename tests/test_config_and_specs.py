@@ -104,3 +104,16 @@ def test_replay_npy(tmp_path):
     np.save(tmp_path / "b.npy", np.zeros((3, 7), np.float32))
     with pytest.raises(HarnessError, match=r"needs numeric \(T, 4\)"):
         make_policy(f"replay:path={tmp_path / 'b.npy'}", _info())
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from harness.evaluate import plan_eval  # noqa: F401  (importable without simulators)
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    assert paths
+    for path in paths:
+        cfg = EvalConfig.from_yaml(path)
+        for spec in cfg.policies:
+            parse_policy_spec(spec)
