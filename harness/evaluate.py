@@ -65,6 +65,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     for env_id in env_ids:
         opts = resolve_env_options(env_id, config.cameras, config.image_size, config.max_steps)
         options[env_id] = opts.as_kwargs()
+    if parse_video_mode(config.video)[0] != "none" and not any(o["cameras"] for o in options.values()):
+        raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
     if len(set(config.policies)) != len(config.policies):
         raise HarnessError(f"--policy lists the same policy twice: {', '.join(config.policies)}")
     for text in config.policies:

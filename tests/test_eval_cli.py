@@ -140,6 +140,8 @@ BAD_INPUTS = [
     (["eval", "--env", "metaworld/reach-v3", "-p", "noisy:scale=-1"], ">= 0"),
     (["eval", "--env", "metaworld/reach-v3", "--out", "/proc/forbidden/run"], "cannot write"),
     (["eval"], "--env is required"),
+    (["eval", "--env", "metaworld/reach-v3", "--camera", "none", "--video", "all"], "needs a camera"),
+    (["eval", "--env", "metaworld/reach-v3", "-p", "scripted", "-p", "scripted"], "same policy twice"),
     (["list", "robots"], "cannot list"),
     (["report", "/nonexistent/run"], "not a run folder"),
     (["collect", "--env", "metaworld/reach-v3", "--out", "x.txt"], ".h5"),
