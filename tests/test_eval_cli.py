@@ -200,3 +200,19 @@ def test_ctrl_c_saves_finished_episodes_and_the_summary(tmp_path, workers):
     res = json.loads((out / "results.json").read_text())
     assert res["interrupted"] and not res["complete"] and res["episodes_recorded"] == len(recs) < 20
     assert "Traceback" not in err
+
+
+def test_a_failing_episode_is_an_error_record_and_the_run_goes_on(tmp_path):
+    data = tmp_path / "two.h5"
+    assert run_cli("collect", "--env", "metaworld/reach-v3", "--episodes", "2", "--out", str(data),
+                   "--camera", "none", "--no-progress").returncode == 0
+    out = tmp_path / "run"
+    proc = run_cli("eval", "--env", "metaworld/reach-v3", "-p", f"replay:path={data}", "--episodes", "3",
+                   "--out", str(out), "--camera", "none", "--video", "none", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    recs = {r["init_state"]: r for r in read_jsonl(out / "episodes.jsonl")}
+    assert [recs[i]["outcome"] for i in range(3)] == ["success", "success", "error"]
+    assert "no episode of metaworld/reach-v3 with init_state 2" in recs[2]["error"]
+    assert "Traceback" in recs[2]["traceback"]
+    overall = json.loads((out / "results.json").read_text())["results"][f"replay:path={data}"]["sim"]["overall"]
+    assert (overall["episodes"], overall["valid"], overall["errors"], overall["success_rate"]) == (3, 2, 1, 1.0)
