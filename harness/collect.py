@@ -10,9 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from harness.config import check_episode_args
 from harness.dataset import DatasetWriter, EpisodeData, flatten_observation
 from harness.episodes import Episode, build_episodes
 from harness.errors import HarnessError
+from harness.store import check_writable
 
 
 @dataclass(frozen=True)
@@ -29,31 +31,20 @@ class CollectConfig:
     only_success: bool = False
     overwrite: bool = False
 
+    def __post_init__(self):
+        check_episode_args(self.episodes, self.seed, self.max_steps)
+
 
 def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
-    from envs import expand_env_spec, resolve_env_options
-    from harness.config import EvalConfig
-    from policies import EnvInfo, make_policy, parse_policy_spec
+    from harness.evaluate import resolve_targets
 
-    EvalConfig(env=cfg.env, policies=(cfg.policy,), episodes=cfg.episodes, seed=cfg.seed,
-               max_steps=cfg.max_steps, cameras=cfg.cameras, image_size=cfg.image_size)  # shared checks
     out = Path(cfg.out)
     if out.suffix not in (".h5", ".hdf5"):
         raise HarnessError(f"--out {cfg.out!r} must end in .h5 or .hdf5 (the dataset is one HDF5 file)")
     if out.exists() and not cfg.overwrite:
         raise HarnessError(f"{cfg.out} exists: choose another --out or pass --overwrite")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(out.name + ".probe")
-        probe.touch()
-        probe.unlink()
-    except OSError as exc:
-        raise HarnessError(f"cannot write {cfg.out!r} ({exc.strerror or exc}): choose a writable --out") from None
-    env_ids = expand_env_spec(cfg.env)
-    options = {e: resolve_env_options(e, cfg.cameras, cfg.image_size, cfg.max_steps) for e in env_ids}
-    spec = parse_policy_spec(cfg.policy)
-    for env_id in env_ids:
-        make_policy(spec, EnvInfo.from_env_id(env_id, cfg.cameras, cfg.image_size))
+    check_writable(out.parent)
+    env_ids, options = resolve_targets(cfg.env, [cfg.policy], cfg.cameras, cfg.image_size, cfg.max_steps)
     episodes = build_episodes(env_ids, cfg.episodes, cfg.seed, {e: o.max_episode_steps for e, o in options.items()})
     env_args = {"env_ids": env_ids, "policy": cfg.policy, "seed": cfg.seed,
                 "options": {e: {**o.as_kwargs(), "cameras": list(o.cameras)} for e, o in options.items()}}

@@ -46,13 +46,9 @@ class EvalConfig:
             raise HarnessError("--env is empty: name an env id or set, e.g. 'metaworld/reach-v3' (see `harness list envs`)")
         if not self.policies:
             raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
-        _positive("episodes", self.episodes, "--episodes")
+        check_episode_args(self.episodes, self.seed, self.max_steps)
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
-        if self.max_steps is not None:
-            _positive("max_steps", self.max_steps, "--max-steps")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise HarnessError(f"--seed {self.seed!r} must be an integer >= 0")
         parse_video_mode(self.video)
         object.__setattr__(self, "policies", tuple(self.policies))
         if self.cameras is not None:
@@ -109,6 +105,15 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise HarnessError(f"config {str(path)!r} must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+def check_episode_args(episodes: Any, seed: Any, max_steps: Any) -> None:
+    """The checks every command that builds episodes shares (eval, collect)."""
+    _positive("episodes", episodes, "--episodes")
+    if max_steps is not None:
+        _positive("max_steps", max_steps, "--max-steps")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise HarnessError(f"--seed {seed!r} must be an integer >= 0")
 
 
 def _positive(name: str, value: Any, flag: str) -> None:

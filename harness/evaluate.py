@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness import __version__
 from harness.config import EvalConfig, parse_video_mode
@@ -23,6 +23,9 @@ from harness.runner import RunSettings
 from harness.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
 from harness.summary import summarize
 from harness.versions import git_commit, package_versions
+
+if TYPE_CHECKING:
+    from envs.registry import EnvOptions
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,11 @@ class EvalPlan:
     def identity(self) -> dict[str, Any]:
         return self.config.identity(self.env_ids)
 
+    @property
+    def total(self) -> int:
+        """Records a complete run holds."""
+        return len(self.config.policies) * len(BACKENDS) * len(self.episodes)
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
@@ -53,31 +61,35 @@ def default_out(config: EvalConfig, env_ids: list[str]) -> Path:
     return Path("runs") / f"{slug(config.env)}-{digest}"
 
 
-def plan_eval(config: EvalConfig) -> EvalPlan:
-    """All validation happens here, before any simulator starts."""
+def resolve_targets(env_spec: str, policies: tuple[str, ...] | list[str], cameras: tuple[str, ...] | None,
+                    image_size: int | None, max_steps: int | None) -> tuple[list[str], dict[str, EnvOptions]]:
+    """Env ids and their validated options; builds every policy once per env so that bad
+    parameters, missing extras and unsupported envs fail before any simulator starts."""
     from envs import expand_env_spec, resolve_env_options
     from policies import EnvInfo, make_policy, parse_policy_spec
 
+    env_ids = expand_env_spec(env_spec)
+    options = {e: resolve_env_options(e, cameras, image_size, max_steps) for e in env_ids}
+    for text in policies:
+        spec = parse_policy_spec(text)
+        for env_id in env_ids:
+            make_policy(spec, EnvInfo.from_env_id(env_id, cameras, image_size))
+    return env_ids, options
+
+
+def plan_eval(config: EvalConfig) -> EvalPlan:
+    """All validation happens here, before any simulator starts."""
     if config.executor not in EXECUTORS:
         raise HarnessError(EXECUTORS.unknown_message(config.executor))
-    env_ids = expand_env_spec(config.env)
-    options = {}
-    for env_id in env_ids:
-        opts = resolve_env_options(env_id, config.cameras, config.image_size, config.max_steps)
-        options[env_id] = opts.as_kwargs()
-    if parse_video_mode(config.video)[0] != "none" and not any(o["cameras"] for o in options.values()):
-        raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
     if len(set(config.policies)) != len(config.policies):
         raise HarnessError(f"--policy lists the same policy twice: {', '.join(config.policies)}")
-    for text in config.policies:
-        spec = parse_policy_spec(text)
-        for env_id in env_ids:  # builds each policy once, so bad parameters fail now
-            make_policy(spec, EnvInfo.from_env_id(env_id, config.cameras, config.image_size))
+    env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)
+    if parse_video_mode(config.video)[0] != "none" and not any(o.cameras for o in resolved.values()):
+        raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
     out = Path(config.out) if config.out else default_out(config, env_ids)
     check_writable(out)
-    max_steps = {e: options[e]["max_episode_steps"] for e in env_ids}
-    episodes = build_episodes(env_ids, config.episodes, config.seed, max_steps)
-    plan = EvalPlan(config, env_ids, options, episodes, out)
+    episodes = build_episodes(env_ids, config.episodes, config.seed, {e: o.max_episode_steps for e, o in resolved.items()})
+    plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out)
     RunStore(out).check(plan.identity)
     return plan
 
@@ -105,7 +117,6 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     store.claim(plan.identity)
     done = {key_of(r) for r in store.load()}
     items = work_items(plan, done)
-    total = len(plan.config.policies) * len(BACKENDS) * len(plan.episodes)
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size,
                            stop_on_success=cfg.stop_on_success, video_fps=cfg.video_fps)
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers)
@@ -119,10 +130,10 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
             store.append(record)
             finished += 1
             if on_record:
-                on_record(record, finished, total)
+                on_record(record, finished, plan.total)
     except KeyboardInterrupt:
         interrupted = True
-        log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished, total)
+        log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished, plan.total)
     return write_summary(plan, store, time.perf_counter() - start, interrupted)
 
 
@@ -130,13 +141,13 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
     records = store.load()
     steps = sum(r["length"] for r in records)
     episode_time = sum(r.get("wall_s", 0.0) for r in records)
-    total = len(plan.config.policies) * len(BACKENDS) * len(plan.episodes)
+    rollout_time = sum(r.get("rollout_s", 0.0) for r in records)
     summary = {
         "harness": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "complete": len(records) >= total,
+        "complete": len(records) >= plan.total,
         "interrupted": interrupted,
-        "episodes_expected": total,
+        "episodes_expected": plan.total,
         "episodes_recorded": len(records),
         "config": plan.config.to_dict() | {"out": str(plan.out)},
         "env_ids": plan.env_ids,
@@ -148,7 +159,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "wall_time_s": round(wall, 3),
         "episode_time_s": round(episode_time, 3),
         "steps": steps,
-        "steps_per_s": round(steps / episode_time, 2) if episode_time > 0 else None,
+        "steps_per_s": round(steps / rollout_time, 2) if rollout_time > 0 else None,  # as in each block
         "results": summarize(records),
     }
     atomic_write_json(plan.out / RESULTS, summary)
