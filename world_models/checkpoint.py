@@ -1,0 +1,100 @@
+"""Checkpoint folders: ``config.json`` (rebuilds the model) + ``model.safetensors`` (weights).
+
+Written through a temporary folder and renamed, so an interrupted save never leaves a half
+checkpoint under the final name. Loading says exactly what is absent, corrupt or mismatched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import HarnessError
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+
+
+def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
+                    extra_files: dict[str, Any] | None = None) -> Path:
+    """Atomically (re)write ``folder``; ``extra_files`` are name -> object saved with torch.save
+    (optimizer state for resuming)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
+    (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
+    for name, obj in (extra_files or {}).items():
+        torch.save(obj, tmp / name)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        if old.exists():
+            shutil.rmtree(old)
+        folder.rename(old)
+    tmp.rename(folder)
+    if old.exists():
+        shutil.rmtree(old)
+    return folder
+
+
+def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str,
+                    hint: str = "") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint folder, or one clear HarnessError line."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    fix = f" {hint}" if hint else ""
+    if not folder.is_dir():
+        raise HarnessError(f"{what} checkpoint not found: {folder} is not a folder.{fix}")
+    missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
+    if missing:
+        raise HarnessError(f"{what} checkpoint {folder} lacks {', '.join(missing)}: it is incomplete "
+                           f"or not a checkpoint folder.{fix}")
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{what} checkpoint {folder / CONFIG} is not valid JSON ({e.msg if hasattr(e, 'msg') else e}); "
+                           f"re-save or re-train it.{fix}") from None
+    if not isinstance(config, dict) or config.get("format") != fmt:
+        got = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise HarnessError(f"{what} checkpoint {folder} has format {got!r}, expected {fmt!r}: "
+                           f"it is a different kind of checkpoint.{fix}")
+    try:
+        tensors = load_file(str(folder / WEIGHTS))
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise HarnessError(f"{what} checkpoint {folder / WEIGHTS} is corrupt ({first}); "
+                           f"re-save or re-train it.{fix}") from None
+    return config, tensors
+
+
+def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str, where: str) -> None:
+    """Load ``prefix``-ed tensors into ``module``; a missing key or shape mismatch is one line."""
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {prefix}{missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {prefix}{unexpected[0]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {prefix}{k}: file {tuple(state[k].shape)}, "
+                         f"model {tuple(own[k].shape)})")
+        raise HarnessError(f"checkpoint {where} does not match its config: {'; '.join(parts)} tensors; "
+                           f"the weights and config.json come from different models")
+    module.load_state_dict(state)

@@ -1,0 +1,82 @@
+"""Episodes for world-model training, read from a ``harness collect`` dataset (or a LIBERO-style
+HDF5 file in the same robomimic layout): T+1 frames of one camera and the T actions between them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from harness.dataset import list_demos, read_demo
+from harness.errors import HarnessError
+
+
+@dataclass
+class Episode:
+    frames: np.ndarray  # (T+1, S, S, 3) uint8
+    actions: np.ndarray  # (T, A) float32
+    attrs: dict
+
+
+def dataset_cameras(path: str | os.PathLike) -> list[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        first = next(iter(f["data"].values()))
+        return sorted(k[: -len("_rgb")] for k in first["obs"] if k.endswith("_rgb"))
+
+
+def check_dataset(path: str | os.PathLike, camera: str | None) -> str:
+    """The camera to read; one clear error if the file or the camera is unusable."""
+    if not os.path.isfile(path):
+        raise HarnessError(f"dataset {path} does not exist: write one with `harness collect --env ... --out {path}`")
+    try:
+        demos = list_demos(path)
+        cams = dataset_cameras(path) if demos else []
+    except (OSError, KeyError, StopIteration) as e:
+        raise HarnessError(f"{path} is not a readable episode dataset ({type(e).__name__}: {e}); "
+                           f"expected HDF5 with data/demo_i/{{actions, obs/<camera>_rgb}}") from None
+    if not demos:
+        raise HarnessError(f"dataset {path} holds no episodes; collect some with `harness collect`")
+    if not cams:
+        raise HarnessError(f"dataset {path} has no camera images (obs/<camera>_rgb); collect it with a camera")
+    if camera is None:
+        return cams[0]
+    if camera not in cams:
+        raise HarnessError(f"camera {camera!r} is not in {path}; it has {', '.join(cams)}")
+    return camera
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    if frames.shape[1:3] == (size, size):
+        return frames
+    return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
+
+
+def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None) -> list[Episode]:
+    """Every episode's frames (resized to ``size`` when given) and actions, in file order."""
+    out = []
+    for name, _ in list_demos(path):
+        demo = read_demo(path, name, keys=[f"{camera}_rgb"])
+        frames = demo.frames(camera)
+        actions = demo.actions.astype(np.float32)
+        if frames.shape[0] == demo.length:  # robomimic files without final_obs: last action has no next frame
+            actions = actions[:-1]
+        elif frames.shape[0] != demo.length + 1:
+            raise HarnessError(f"{path}:{name} has {frames.shape[0]} frames for {demo.length} actions; "
+                               f"expected T+1 (with final_obs) or T")
+        if len(frames) < 2:
+            continue
+        if size is not None:
+            frames = resize_frames(frames, size)
+        out.append(Episode(frames, actions, demo.attrs))
+    return out
+
+
+def split_episodes(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """Held-out episodes are the last ones (collect orders them by init state): deterministic."""
+    n_val = 0 if n < 2 or val_fraction <= 0 else max(1, round(n * val_fraction))
+    return list(range(n - n_val)), list(range(n - n_val, n))

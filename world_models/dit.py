@@ -1,0 +1,202 @@
+"""Diffusion Transformer over per-frame patch tokens, conditioned on actions.
+
+The network only: given a clip of latent frames ``(B, T, N, D)`` where the first ``H`` frames are
+clean context and the rest are noisy targets at flow time ``t``, it predicts the velocity of the
+targets. The process (loss, sampler) lives in ``flow_matching.py``.
+
+Attention is factorised as in video DiTs: each block attends spatially within a frame (over the
+``N`` tokens), then causally in time at each token position (frame ``i`` sees frames ``<= i``), then
+applies an MLP. Every sub-layer is modulated per frame by adaLN-Zero from a conditioning vector
+that sums the frame's flow-time embedding and the embedding of the action that led into it
+(context frames, whose actions are unknown at reset, use a learned "no action" vector).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Widths as in DiT (S = 384/12/6, B = 768/12/12, L = 1024/24/16) and a CPU-sized tiny one.
+DIT_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"width": 128, "depth": 4, "heads": 4},
+    "S": {"width": 384, "depth": 12, "heads": 6},
+    "B": {"width": 768, "depth": 12, "heads": 12},
+    "L": {"width": 1024, "depth": 24, "heads": 16},
+}
+
+
+@dataclass
+class DiTConfig:
+    latent_dim: int  # D, channels per token
+    num_tokens: int  # N, tokens per frame
+    action_dim: int  # A
+    width: int = 128
+    depth: int = 4
+    heads: int = 4
+    history: int = 2  # H context frames
+    horizon: int = 1  # K frames predicted per call
+    mlp_ratio: float = 4.0
+    head: str = "linear"  # "linear", or "wide": an MLP head for high-dimensional latents (D >= 768)
+    head_width: int = 2048
+    extra: dict = field(default_factory=dict)  # free-form notes kept with the checkpoint
+
+    def __post_init__(self):
+        for name in ("latent_dim", "num_tokens", "action_dim", "width", "depth", "heads", "history", "horizon"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"DiTConfig.width ({self.width}) must be divisible by heads ({self.heads})")
+        if self.head not in ("linear", "wide"):
+            raise ValueError(f"DiTConfig.head must be 'linear' or 'wide', got {self.head!r}")
+
+    @classmethod
+    def from_size(cls, size: str, **kwargs) -> DiTConfig:
+        if size not in DIT_SIZES:
+            raise ValueError(f"unknown DiT size {size!r}; choose one of {', '.join(DIT_SIZES)}")
+        return cls(**{**DIT_SIZES[size], **kwargs})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def frames(self) -> int:
+        return self.history + self.horizon
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    # x (B, T, N, C); shift/scale (B, T, C): one modulation per frame, shared by its tokens
+    return x * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of flow times in [0, 1] (scaled by 1000 as DiT does for its steps)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0)[..., None] * freqs
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        L, S, C = x.shape  # (sequences, length, width)
+        q, k, v = self.qkv(x).view(L, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (L, heads, S, C/heads)
+        return self.proj(out.transpose(1, 2).reshape(L, S, C))
+
+
+class DiTBlock(nn.Module):
+    """Spatial attention, causal temporal attention, MLP; each adaLN-Zero modulated."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm_s = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn_s = Attention(width, heads)
+        self.norm_t = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn_t = Attention(width, heads)
+        self.norm_m = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        B, T, N, C = x.shape
+        (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = self.ada(c).chunk(9, dim=-1)  # each (B, T, C)
+
+        h = modulate(self.norm_s(x), sh_s, sc_s).reshape(B * T, N, C)
+        x = x + g_s.unsqueeze(2) * self.attn_s(h).view(B, T, N, C)
+
+        h = modulate(self.norm_t(x), sh_t, sc_t).permute(0, 2, 1, 3).reshape(B * N, T, C)
+        h = self.attn_t(h, causal=True).view(B, N, T, C).permute(0, 2, 1, 3)
+        x = x + g_t.unsqueeze(2) * h
+
+        x = x + g_m.unsqueeze(2) * self.mlp(modulate(self.norm_m(x), sh_m, sc_m))
+        return x
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, width: int, out_dim: int, head: str, head_width: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        if head == "wide":
+            # A wide MLP head lets a narrow trunk emit high-dimensional latents (the DiT^DH idea
+            # used for 768-1152-dim semantic latents in "Reconstruction or Semantics?").
+            self.out = nn.Sequential(nn.Linear(width, head_width), nn.GELU(approximate="tanh"),
+                                     nn.Linear(head_width, out_dim))
+        else:
+            self.out = nn.Linear(width, out_dim)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(c).chunk(2, dim=-1)
+        return self.out(modulate(self.norm(x), shift, scale))
+
+
+class DiT(nn.Module):
+    def __init__(self, config: DiTConfig):
+        super().__init__()
+        self.config = cfg = config
+        W = cfg.width
+        self.x_embed = nn.Linear(cfg.latent_dim, W)
+        self.pos_space = nn.Parameter(torch.zeros(1, 1, cfg.num_tokens, W))
+        self.pos_time = nn.Parameter(torch.zeros(1, cfg.frames, 1, W))
+        self.t_embed = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
+        self.a_embed = nn.Sequential(nn.Linear(cfg.action_dim, W), nn.SiLU(), nn.Linear(W, W))
+        self.no_action = nn.Parameter(torch.zeros(W))
+        self.blocks = nn.ModuleList(DiTBlock(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.final = FinalLayer(W, cfg.latent_dim, cfg.head, cfg.head_width)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        def basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+        self.apply(basic)
+        nn.init.normal_(self.pos_space, std=0.02)
+        nn.init.normal_(self.pos_time, std=0.02)
+        nn.init.normal_(self.no_action, std=0.02)
+        for mlp in (self.t_embed, self.a_embed):
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+        # adaLN-Zero: every residual branch starts gated shut, so each block is the identity at init.
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        nn.init.zeros_(self.final.ada[-1].weight)
+        nn.init.zeros_(self.final.ada[-1].bias)
+        last = self.final.out[-1] if isinstance(self.final.out, nn.Sequential) else self.final.out
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Velocity for every frame of the clip.
+
+        x: (B, T, N, D) with T = H + K (context first); t: (B, T) flow time per frame (1 = clean);
+        actions: (B, K, A), action k leads from frame H-1+k to frame H+k.
+        """
+        B, T, N, D = x.shape
+        H = T - actions.shape[1]
+        if T > self.config.frames or H < 1:
+            raise ValueError(f"clip of {T} frames with {actions.shape[1]} actions does not fit "
+                             f"history {self.config.history} + horizon {self.config.horizon}")
+        h = self.x_embed(x) + self.pos_space + self.pos_time[:, :T]  # (B, T, N, W)
+        a = torch.cat([self.no_action.expand(B, H, -1), self.a_embed(actions)], dim=1)  # (B, T, W)
+        c = self.t_embed(timestep_embedding(t, self.config.width)) + a  # (B, T, W)
+        for block in self.blocks:
+            h = block(h, c)
+        return self.final(h, c)  # (B, T, N, D)

@@ -1,0 +1,218 @@
+"""WorldModel = frozen encoder + DiT transition (flow matching) + decoder, batched.
+
+    encode(frames uint8 (B, T, H, W, 3)) -> latents (B, T, N, D)
+    predict(latents (B, T_ctx, N, D), actions (B, K, A)) -> latents (B, K, N, D)
+    decode(latents (B, T, N, D)) -> frames uint8 (B, T, S, S, 3)
+
+Latents outside this class are the encoder's raw ones; the transition model works on latents
+normalised per channel with statistics measured on the training set and stored in the checkpoint.
+By default it predicts the *change* of each frame from the one before (normalised by the training
+set's per-channel change statistics) rather than the frame itself: consecutive control steps
+differ by a few percent of a latent's spread, so an absolute target would bury the dynamics under
+the content, and a model that outputs zero starts as the copy-last-frame baseline.
+``predict`` rolls out autoregressively in chunks of the model's horizon with a sliding window of
+the last ``history`` frames; a context shorter than ``history`` (one frame after a reset) is
+padded by repeating its first frame, which is how training windows at an episode's start look.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .dit import DiT, DiTConfig
+from .encoders import Encoder, build_encoder, is_trained_here
+from .flow_matching import SAMPLERS, resolve_shift, sample
+from .pixel_decoder import PixelDecoder
+
+WM_FORMAT = "wm-harness-wm/1"
+
+
+@dataclass
+class SamplerConfig:
+    steps: int = 4
+    method: str = "euler"
+    shift: float | str = "auto"
+
+    def __post_init__(self):
+        if int(self.steps) < 1:
+            raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
+        if self.method not in SAMPLERS:
+            raise ValueError(f"sampler method must be one of {', '.join(SAMPLERS)}, got {self.method!r}")
+        if self.shift != "auto":
+            resolve_shift(self.shift, 1, 1)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, encoder: Encoder, transition: DiT, decoder: PixelDecoder | None,
+                 latent_mean: torch.Tensor, latent_std: torch.Tensor, sampler: SamplerConfig | None = None,
+                 info: dict[str, Any] | None = None, delta_mean: torch.Tensor | None = None,
+                 delta_std: torch.Tensor | None = None):
+        super().__init__()
+        cfg = transition.config
+        if (cfg.num_tokens, cfg.latent_dim) != (encoder.num_tokens, encoder.dim):
+            raise ValueError(f"transition expects {cfg.num_tokens} tokens x {cfg.latent_dim} dims, encoder gives "
+                             f"{encoder.num_tokens} x {encoder.dim}")
+        if decoder is None and not encoder.has_decoder:
+            raise ValueError(f"encoder {encoder.kind!r} has no decoder: pass a PixelDecoder")
+        self.encoder = encoder
+        self.transition = transition
+        self.decoder = decoder
+        self.register_buffer("latent_mean", latent_mean.float().reshape(-1).clone())
+        self.register_buffer("latent_std", latent_std.float().reshape(-1).clone())
+        self.predicts_delta = delta_mean is not None
+        if self.predicts_delta:
+            self.register_buffer("delta_mean", delta_mean.float().reshape(-1).clone())
+            self.register_buffer("delta_std", delta_std.float().reshape(-1).clone())
+        self.sampler = sampler or SamplerConfig()
+        self.info = dict(info or {})
+        self.eval()
+        self.requires_grad_(False)
+
+    # facts ---------------------------------------------------------------------------------
+    @property
+    def history(self) -> int:
+        return self.transition.config.history
+
+    @property
+    def horizon(self) -> int:
+        return self.transition.config.horizon
+
+    @property
+    def action_dim(self) -> int:
+        return self.transition.config.action_dim
+
+    @property
+    def alpha(self) -> float:
+        c = self.transition.config
+        return resolve_shift(self.sampler.shift, c.num_tokens, c.latent_dim)
+
+    @property
+    def image_size(self) -> int:
+        return self.encoder.image_size
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latent_std + self.latent_mean
+
+    def to_target(self, last: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+        """Raw latents of K future frames -> the transition model's target space.
+        last (B, 1, N, D) is the frame before the first target."""
+        if not self.predicts_delta:
+            return self.normalize(future)
+        steps = torch.diff(torch.cat([last, future], dim=1), dim=1)
+        return (steps - self.delta_mean) / self.delta_std
+
+    def from_target(self, last: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Inverse of ``to_target``: (B, K, N, D) in target space -> raw latents."""
+        if not self.predicts_delta:
+            return self.denormalize(x)
+        return last + torch.cumsum(x * self.delta_std + self.delta_mean, dim=1)
+
+    # the contract ------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.encoder.encode(frames)
+
+    @torch.no_grad()
+    def predict(self, latents: torch.Tensor, actions: np.ndarray | torch.Tensor,
+                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+        """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K)."""
+        B, T, N, D = latents.shape
+        actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
+                                  dtype=torch.float32)
+        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
+            raise ValueError(f"actions must be (B={B}, K, A={self.action_dim}), got {tuple(actions.shape)}")
+        H, chunk = self.history, self.horizon
+        ctx = latents[:, -H:].float()  # raw
+        if ctx.shape[1] < H:
+            ctx = torch.cat([ctx[:, :1].expand(B, H - ctx.shape[1], N, D), ctx], dim=1)
+        out = []
+        for k0 in range(0, actions.shape[1], chunk):
+            a = actions[:, k0:k0 + chunk]
+            x = sample(self.transition, self.normalize(ctx), a, steps=steps or self.sampler.steps,
+                       method=self.sampler.method, alpha=self.alpha, generator=generator)  # (B, k, N, D)
+            z = self.from_target(ctx[:, -1:], x)
+            out.append(z)
+            ctx = torch.cat([ctx, z], dim=1)[:, -H:]
+        return torch.cat(out, dim=1)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.decoder is None:
+            return self.encoder.decode(latents)
+        B, T, N, D = latents.shape
+        x = self.decoder(latents.reshape(B * T, N, D))
+        frames = self.encoder.postprocess(x)
+        return frames.view(B, T, *frames.shape[1:])
+
+    # checkpoints -------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {
+            "format": WM_FORMAT,
+            "encoder": self.encoder.spec(),
+            "encoder_weights": "embedded" if is_trained_here(self.encoder.kind) else "external",
+            "transition": self.transition.config.to_dict(),
+            "decoder": self.decoder.config if self.decoder is not None else None,
+            "sampler": asdict(self.sampler),
+            "info": self.info,
+        }
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {f"transition.{k}": v for k, v in self.transition.state_dict().items()}
+        out["latent_mean"] = self.latent_mean
+        out["latent_std"] = self.latent_std
+        if self.predicts_delta:
+            out["delta_mean"] = self.delta_mean
+            out["delta_std"] = self.delta_std
+        if self.decoder is not None:
+            out.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
+        if is_trained_here(self.encoder.kind):
+            out.update({f"encoder.{k}": v for k, v in self.encoder.frozen_state().items()})
+        return out
+
+    def save(self, folder: str | os.PathLike, extra_files: dict[str, Any] | None = None) -> Path:
+        return save_checkpoint(folder, self.config_dict(), self.tensors(), extra_files)
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, encoder: Encoder | None = None, hint: str = "") -> WorldModel:
+        """Rebuild from a checkpoint folder. A pretrained encoder is loaded from the path in the
+        config unless one is passed (it is frozen, so it is never stored twice)."""
+        from harness.errors import HarnessError
+
+        config, tensors = load_checkpoint(folder, "world model", WM_FORMAT, hint)
+        where = str(folder)
+        try:
+            transition = DiT(DiTConfig(**config["transition"]))
+            sampler = SamplerConfig(**config.get("sampler", {}))
+            if encoder is None:
+                encoder = build_encoder(config["encoder"])
+                if is_trained_here(encoder.kind):
+                    load_state(encoder, tensors, "encoder.", where)
+            dec_cfg = config.get("decoder")
+            decoder = None
+            if dec_cfg is not None:
+                decoder = PixelDecoder(dec_cfg["dim"], tuple(dec_cfg["grid"]), dec_cfg["image_size"], dec_cfg["width"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise HarnessError(f"world model checkpoint {where}/config.json is inconsistent ({type(e).__name__}: "
+                               f"{e}); re-train it or restore the original config.json") from None
+        load_state(transition, tensors, "transition.", where)
+        if decoder is not None:
+            load_state(decoder, tensors, "decoder.", where)
+        for key in ("latent_mean", "latent_std"):
+            if key not in tensors or tensors[key].numel() != transition.config.latent_dim:
+                raise HarnessError(f"checkpoint {where} lacks latent statistics {key!r} of size "
+                                   f"{transition.config.latent_dim}; re-train it")
+        encoder.eval()
+        encoder.requires_grad_(False)
+        return cls(encoder, transition, decoder, tensors["latent_mean"], tensors["latent_std"], sampler,
+                   config.get("info", {}), tensors.get("delta_mean"), tensors.get("delta_std"))
