@@ -162,6 +162,131 @@ def collect_cmd(
     typer.echo(f"wrote {result['kept']} episodes ({result['successes']} successful of {result['episodes']}) to {result['out']}")
 
 
+def _train_progress(enabled: bool):
+    """Progress line per phase: step, loss, throughput (stderr, overwritten in place)."""
+    if not enabled:
+        return None
+    last = {"t": 0.0}
+
+    def show(phase: str, step: int, total: int, numbers: dict) -> None:
+        import time
+
+        now = time.monotonic()
+        if step != total and now - last["t"] < 0.5:
+            return
+        last["t"] = now
+        extra = "  ".join(f"{k}={v:.4g}" for k, v in numbers.items() if isinstance(v, float) and k in
+                          ("loss", "samples_per_s", "val_latent_mse", "copy_last_mse"))
+        end = "\n" if step == total else "\r"
+        typer.echo(f"{phase:<10} {step:>6}/{total}  {extra}", err=True, nl=False)
+        typer.echo(end, err=True, nl=False)
+
+    return show
+
+
+@app.command("train-encoder")
+def train_encoder_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset from `harness collect` (HDF5)")],
+    encoder: Annotated[str, typer.Option("--encoder", help="minivae or minijepa (encoders trained here)")],
+    out: Annotated[str, typer.Option("--out", "-o", help="new folder for the encoder checkpoint")],
+    camera: Annotated[str | None, typer.Option("--camera", help="camera to train on (default: the first)")] = None,
+    steps: int = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 32,
+    lr: float = 1e-3,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Train a from-scratch encoder (reconstruction VAE or predictive JEPA) on collected frames."""
+    from world_models.encoder_training import EncoderTrainConfig, train_encoder
+
+    cfg = EncoderTrainConfig(data=data, encoder=encoder, out=out, camera=camera, steps=steps, batch_size=batch_size,
+                             lr=lr, seed=seed, threads=threads)
+    show = _train_progress(progress)
+    result = train_encoder(cfg, (lambda i, n, num: show("encoder", i, n, num)) if show else None)
+    typer.echo(f"wrote encoder {encoder} to {result['checkpoint']} (final loss {result['loss']:.4g})")
+
+
+@app.command("train-wm")
+def train_wm_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset from `harness collect` (HDF5)")],
+    wm: Annotated[str | None, typer.Option("--wm", help="named world model: its configs/world_models/<name>.yaml sets the defaults")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="encoder name (see world_models/encoders)")] = None,
+    encoder_path: Annotated[str | None, typer.Option("--encoder-path", help="encoder weights: train-encoder folder, local HF folder or repo id in the HF cache")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="DiT size: tiny, S, B, L")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="checkpoint folder (default: $WM_HARNESS_HOME/checkpoints/<name>)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    frameskip: Annotated[int | None, typer.Option("--frameskip", help="control steps per world-model step")] = None,
+    decoder_steps: Annotated[int | None, typer.Option("--decoder-steps", help="pixel-decoder steps (encoders without a decoder)")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every")] = None,
+    camera: Annotated[str | None, typer.Option("--camera")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    cache_dir: Annotated[str | None, typer.Option("--cache-dir", help="latent cache (default: $WM_HARNESS_HOME/latents)")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Train a DiT world model (flow matching) on cached encoder latents; resumes an interrupted run."""
+    from world_models.named import default_checkpoint, read_config
+    from world_models.training import TrainConfig, train_world_model
+
+    base: dict = {}
+    if wm is not None:
+        from world_models.named import REPO_ROOT
+
+        base = {k: v for k, v in read_config(wm).items() if k not in ("name", "description")}
+        rel = base.get("encoder_path")
+        if rel and not Path(rel).is_absolute() and (REPO_ROOT / rel).exists():
+            base["encoder_path"] = str(REPO_ROOT / rel)  # paths in configs are relative to the repository
+    given = {"encoder": encoder, "encoder_path": encoder_path, "size": size, "steps": steps, "batch_size": batch_size,
+             "frameskip": frameskip, "decoder_steps": decoder_steps, "checkpoint_every": checkpoint_every,
+             "camera": camera, "seed": seed, "threads": threads, "cache_dir": cache_dir}
+    fields = {**base, **{k: v for k, v in given.items() if v is not None}}
+    if "encoder" not in fields:
+        raise HarnessError("pass --encoder NAME or --wm NAME (see `harness list world-models`)")
+    name = wm or f"{fields['encoder']}_dit_{str(fields.get('size', 'tiny')).lower()}"
+    try:
+        cfg = TrainConfig(data=data, out=out or str(default_checkpoint(name)), name=name, **fields)
+    except TypeError as e:
+        raise HarnessError(f"bad world-model config for {name!r}: {e}") from None
+    from world_models.data import check_dataset
+
+    check_dataset(data, cfg.camera)
+    result = train_world_model(cfg, _train_progress(progress))
+    held = {k: result[k] for k in ("val_latent_mse", "val_latent_mse_t0", "copy_last_mse") if k in result}
+    typer.echo(f"wrote world model {name} to {result['checkpoint']}" +
+               (f"; held-out latent MSE {held['val_latent_mse']:.4g} (mean prediction {held['val_latent_mse_t0']:.4g}) "
+                f"vs copy-last {held['copy_last_mse']:.4g}" if held else ""))
+
+
+@app.command("eval-wm")
+def eval_wm_cmd(
+    data: Annotated[str, typer.Option("--data", "-d", help="dataset with real episodes (HDF5)")],
+    wm: Annotated[str | None, typer.Option("--wm", help="named world model")] = None,
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="checkpoint folder")] = None,
+    out: Annotated[str, typer.Option("--out", "-o", help="folder for fidelity.json and videos")] = "runs/eval-wm",
+    episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="at most this many episodes")] = None,
+    horizon: int = 16,
+    seed: int = 0,
+    videos: Annotated[int, typer.Option("--videos", help="side-by-side videos for the first N episodes")] = 4,
+):
+    """Open-loop rollout fidelity: PSNR/SSIM/latent MSE per horizon step, real | predicted videos."""
+    from harness.fidelity import run_eval_wm
+
+    r = run_eval_wm(wm=wm, checkpoint=wm_checkpoint, data=data, out=out, episodes=episodes, horizon=horizon,
+                    seed=seed, videos=videos)
+    ps = r["per_step"]
+    typer.echo(f"{r['world_model']} on {r['episodes']} episodes ({'held-out split' if r['heldout_split'] else 'all'}), "
+               f"LPIPS {r['lpips']}")
+    typer.echo(f"{'step':>4} {'PSNR':>7} {'SSIM':>6} {'recon PSNR':>10} {'latent MSE':>10} {'copy-last':>9}")
+    for k in range(r["horizon"]):
+        if ps["psnr"][k] is None:
+            break
+        typer.echo(f"{k + 1:>4} {ps['psnr'][k]:7.2f} {ps['ssim'][k]:6.3f} {ps['recon_psnr'][k]:10.2f} "
+                   f"{ps['latent_mse'][k]:10.4g} {ps['copy_last_mse'][k]:9.4g}")
+    typer.echo(f"wrote {Path(out) / 'fidelity.json'}")
+
+
 @app.command("report")
 def report_cmd(run: Annotated[Path, typer.Argument(help="run folder of an eval")]):
     """Print a run's results as a Markdown table."""

@@ -85,7 +85,7 @@ def train_encoder(cfg: EncoderTrainConfig,
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         encoder.after_step()
-        numbers = {"loss": float(loss), **numbers, "samples_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)}
+        numbers = {"loss": float(loss.detach()), **numbers, "samples_per_s": (step + 1) * cfg.batch_size / (time.perf_counter() - t0)}
         if progress:
             progress(step + 1, cfg.steps, numbers)
     encoder.eval()

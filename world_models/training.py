@@ -29,15 +29,12 @@ from .data import check_dataset, load_episodes, split_episodes
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .encoders import ENCODERS, Encoder, is_trained_here, load_encoder
 from .flow_matching import flow_matching_loss, resolve_shift
+from .named import harness_home
 from .pixel_decoder import PixelDecoder
 from .world_model import SamplerConfig, WorldModel
 
 log = logging.getLogger(__name__)
 TRAIN_STATE = "train_state.pt"
-
-
-def harness_home() -> Path:
-    return Path(os.environ.get("WM_HARNESS_HOME", Path.home() / ".cache" / "wm-harness"))
 
 
 @dataclass
@@ -55,6 +52,7 @@ class TrainConfig:
     target: str = "delta"  # "delta": predict the change from the previous frame; "absolute": the frame
     history: int = 2
     horizon: int = 1
+    frameskip: int = 1  # control steps per world-model step (DINO-WM uses 5)
     steps: int = 2000
     batch_size: int = 32
     lr: float = 3e-4
@@ -65,6 +63,7 @@ class TrainConfig:
     sampler_steps: int = 4
     sampler: str = "euler"
     shift: float | str = "auto"
+    temperature: float = 1.0
     val_fraction: float = 0.1
     checkpoint_every: int = 500
     seed: int = 0
@@ -79,7 +78,7 @@ class TrainConfig:
             raise HarnessError(ENCODERS.unknown_message(self.encoder))
         if self.size not in DIT_SIZES:
             raise HarnessError(f"unknown --size {self.size!r}; choose one of {', '.join(DIT_SIZES)}")
-        for name in ("history", "horizon", "steps", "batch_size", "checkpoint_every", "sampler_steps"):
+        for name in ("history", "horizon", "frameskip", "steps", "batch_size", "checkpoint_every", "sampler_steps"):
             if int(getattr(self, name)) < 1:
                 raise HarnessError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("delta", "absolute"):
@@ -89,7 +88,7 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise HarnessError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         try:
-            SamplerConfig(self.sampler_steps, self.sampler, self.shift)
+            SamplerConfig(self.sampler_steps, self.sampler, self.shift, self.temperature)
         except ValueError as e:
             raise HarnessError(f"bad sampler settings: {e}") from None
 
@@ -104,7 +103,7 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resume (the step counts may grow)."""
-        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "history",
+        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "frameskip", "history",
                 "horizon", "batch_size", "lr", "warmup", "seed", "val_fraction", "decoder_width")
         return {k: getattr(self, k) for k in keep}
 
@@ -178,6 +177,21 @@ class WindowSampler:
         return self.get(rng.integers(0, len(self.index), size))
 
 
+def skip_frames(latents: list[np.ndarray], actions: list[np.ndarray], frameskip: int):
+    """One world-model step = ``frameskip`` control steps: every f-th frame, the f actions between
+    two kept frames concatenated (f * A). Each of the f phase offsets becomes its own sequence."""
+    if frameskip == 1:
+        return latents, actions
+    out_z, out_a = [], []
+    for z, a in zip(latents, actions):
+        for o in range(frameskip):
+            n = (len(a) - o) // frameskip
+            if n >= 1:
+                out_z.append(z[o:o + n * frameskip + 1:frameskip])
+                out_a.append(a[o:o + n * frameskip].reshape(n, -1))
+    return out_z, out_a
+
+
 def latent_stats(latents: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over every token of every frame."""
     flat = np.concatenate([z.reshape(-1, z.shape[-1]) for z in latents]).astype(np.float64)
@@ -201,8 +215,10 @@ def heldout_metrics(wm: WorldModel, windows: WindowSampler, max_windows: int = 2
     n_ctx, n_tgt = wm.normalize(ctx), wm.normalize(tgt)
     loss = float(flow_matching_loss(wm.transition, n_ctx, wm.to_target(ctx[:, -1:], tgt), act, wm.alpha, generator=g))
     pred = wm.normalize(wm.predict(ctx, act, generator=torch.Generator().manual_seed(seed)))
+    mean_pred = wm.normalize(wm.predict(ctx, act, temperature=0.0))
     copy_last = n_ctx[:, -1:].expand_as(n_tgt)
     return {"val_flow_loss": loss, "val_latent_mse": float(F.mse_loss(pred, n_tgt)),
+            "val_latent_mse_t0": float(F.mse_loss(mean_pred, n_tgt)),
             "copy_last_mse": float(F.mse_loss(copy_last, n_tgt)), "val_windows": int(len(rows))}
 
 
@@ -230,21 +246,26 @@ def train_world_model(cfg: TrainConfig, progress: ProgressFn | None = None) -> d
                           progress=(lambda i, n: progress("encode", i, n, {})) if progress else None)
     latents, actions = cache["latents"], cache["actions"]
     train_idx, val_idx = split_episodes(len(latents), cfg.val_fraction)
-    action_dim = int(actions[0].shape[-1])
-    train = WindowSampler([latents[i] for i in train_idx], [actions[i] for i in train_idx], cfg.history, cfg.horizon)
-    val = (WindowSampler([latents[i] for i in val_idx], [actions[i] for i in val_idx], cfg.history, cfg.horizon)
-           if val_idx else None)
+    env_action_dim = int(actions[0].shape[-1])
+    action_dim = env_action_dim * cfg.frameskip
+    f = cfg.frameskip
+    train = WindowSampler(*skip_frames([latents[i] for i in train_idx], [actions[i] for i in train_idx], f),
+                          cfg.history, cfg.horizon)
+    val = (WindowSampler(*skip_frames([latents[i] for i in val_idx], [actions[i] for i in val_idx], f),
+                         cfg.history, cfg.horizon) if val_idx else None)
     mean, std = latent_stats([latents[i] for i in train_idx])
-    d_mean, d_std = delta_stats([latents[i] for i in train_idx]) if cfg.target == "delta" else (None, None)
+    d_mean, d_std = ((delta_stats(skip_frames([latents[i] for i in train_idx], [actions[i] for i in train_idx], f)[0]))
+                     if cfg.target == "delta" else (None, None))
 
     torch.manual_seed(cfg.seed)
     transition = DiT(cfg.dit_config(encoder, action_dim))
     decoder = None if encoder.has_decoder else PixelDecoder(encoder.dim, encoder.grid, encoder.image_size,
                                                             cfg.decoder_width)
-    info = {"name": cfg.name, "env_id": cfg.env_id, "camera": camera, "action_dim": action_dim,
+    info = {"name": cfg.name, "env_id": cfg.env_id, "camera": camera, "env_action_dim": env_action_dim,
+            "frameskip": f,
             "data": os.path.abspath(cfg.data), "train_episodes": len(train_idx), "val_episodes": len(val_idx),
             **cfg.info}
-    wm = WorldModel(encoder, transition, decoder, mean, std, SamplerConfig(cfg.sampler_steps, cfg.sampler, cfg.shift),
+    wm = WorldModel(encoder, transition, decoder, mean, std, SamplerConfig(cfg.sampler_steps, cfg.sampler, cfg.shift, cfg.temperature),
                     info, d_mean, d_std)
     transition.requires_grad_(True).train()
     opt = torch.optim.AdamW(transition.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -285,7 +306,7 @@ def train_world_model(cfg: TrainConfig, progress: ProgressFn | None = None) -> d
             opt.step()
             step += 1
             seen += cfg.batch_size
-            numbers = {"loss": float(loss), "samples_per_s": seen / (time.perf_counter() - t0)}
+            numbers = {"loss": float(loss.detach()), "samples_per_s": seen / (time.perf_counter() - t0)}
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 if val is not None:
                     transition.eval()
@@ -332,7 +353,7 @@ def _train_decoder(cfg: TrainConfig, wm: WorldModel, camera: str, latents: list[
         opt.step()
         step += 1
         seen += cfg.batch_size
-        numbers = {"loss": float(loss), "samples_per_s": seen / (time.perf_counter() - t0)}
+        numbers = {"loss": float(loss.detach()), "samples_per_s": seen / (time.perf_counter() - t0)}
         if step % cfg.checkpoint_every == 0 or step == cfg.decoder_steps:
             history.append({"decoder_step": step, **numbers})
             decoder.eval()

@@ -40,8 +40,11 @@ class SamplerConfig:
     steps: int = 4
     method: str = "euler"
     shift: float | str = "auto"
+    temperature: float = 1.0  # scale of the starting noise; 0 = the deterministic flow from the mean
 
     def __post_init__(self):
+        if not 0.0 <= float(self.temperature) <= 2.0:
+            raise ValueError(f"sampler temperature must be in [0, 2], got {self.temperature}")
         if int(self.steps) < 1:
             raise ValueError(f"sampler steps must be >= 1, got {self.steps}")
         if self.method not in SAMPLERS:
@@ -90,6 +93,15 @@ class WorldModel(nn.Module):
         return self.transition.config.action_dim
 
     @property
+    def frameskip(self) -> int:
+        """Control steps per world-model step; ``predict`` takes actions of ``frameskip * A``."""
+        return int(self.info.get("frameskip", 1))
+
+    @property
+    def env_action_dim(self) -> int:
+        return self.action_dim // self.frameskip
+
+    @property
     def alpha(self) -> float:
         c = self.transition.config
         return resolve_shift(self.sampler.shift, c.num_tokens, c.latent_dim)
@@ -125,7 +137,8 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, actions: np.ndarray | torch.Tensor,
-                generator: torch.Generator | None = None, steps: int | None = None) -> torch.Tensor:
+                generator: torch.Generator | None = None, steps: int | None = None,
+                temperature: float | None = None) -> torch.Tensor:
         """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K)."""
         B, T, N, D = latents.shape
         actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
@@ -136,11 +149,13 @@ class WorldModel(nn.Module):
         ctx = latents[:, -H:].float()  # raw
         if ctx.shape[1] < H:
             ctx = torch.cat([ctx[:, :1].expand(B, H - ctx.shape[1], N, D), ctx], dim=1)
+        temp = self.sampler.temperature if temperature is None else temperature
         out = []
         for k0 in range(0, actions.shape[1], chunk):
             a = actions[:, k0:k0 + chunk]
+            noise = torch.randn((B, a.shape[1], N, D), generator=generator) * temp
             x = sample(self.transition, self.normalize(ctx), a, steps=steps or self.sampler.steps,
-                       method=self.sampler.method, alpha=self.alpha, generator=generator)  # (B, k, N, D)
+                       method=self.sampler.method, alpha=self.alpha, noise=noise)  # (B, k, N, D)
             z = self.from_target(ctx[:, -1:], x)
             out.append(z)
             ctx = torch.cat([ctx, z], dim=1)[:, -H:]
