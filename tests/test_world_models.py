@@ -1,0 +1,378 @@
+"""World models: DiT, flow matching, from-scratch encoders, WorldModel, checkpoints, WorldModelEnv,
+training (beats copy-last on held-out Meta-World episodes), resume, eval-wm and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')
+pytest.importorskip("safetensors", reason='safetensors not installed: pip install -e ".[models]"')
+
+from conftest import HAS_METAWORLD, requires_metaworld, run_cli  # noqa: E402
+
+from harness.errors import HarnessError  # noqa: E402
+from world_models.dit import DIT_SIZES, DiT, DiTBlock, DiTConfig  # noqa: E402
+from world_models.encoders import ENCODERS, load_encoder, save_encoder  # noqa: E402
+from world_models.flow_matching import flow_matching_loss, resolve_shift, sample, shift_time  # noqa: E402
+from world_models.world_model import SamplerConfig, WorldModel  # noqa: E402
+
+
+def tiny_dit(**kw) -> DiT:
+    torch.manual_seed(0)
+    cfg = dict(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=2, heads=2, history=2, horizon=1)
+    return DiT(DiTConfig(**{**cfg, **kw}))
+
+
+def tiny_wm(encoder: str = "minivae", seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    if encoder == "minivae":
+        enc = ENCODERS.build("minivae", image_size=32, dim=8, channels=[8, 8, 8])
+        decoder = None
+    else:
+        from world_models.pixel_decoder import PixelDecoder
+
+        enc = ENCODERS.build("minijepa", image_size=32, dim=8, width=16, depth=1, heads=2, channels=[8, 8, 8])
+        decoder = PixelDecoder(8, enc.grid, 32, width=16)
+    dit = DiT(DiTConfig(latent_dim=8, num_tokens=enc.num_tokens, action_dim=4, width=32, depth=2, heads=2))
+    for p in dit.final.parameters():  # a non-trivial transition (adaLN-Zero would make it a no-op)
+        torch.nn.init.normal_(p, std=0.1)
+    return WorldModel(enc, dit, decoder, torch.zeros(8), torch.ones(8), SamplerConfig(steps=3),
+                      {"camera": "corner2"}, torch.zeros(8), torch.ones(8))
+
+
+# DiT and flow matching ------------------------------------------------------------------------
+
+def test_dit_sizes_follow_the_paper():
+    assert DIT_SIZES["S"] == {"width": 384, "depth": 12, "heads": 6}
+    assert DIT_SIZES["B"]["width"] == 768 and DIT_SIZES["L"]["depth"] == 24
+    with pytest.raises(ValueError, match="divisible"):
+        DiTConfig(latent_dim=4, num_tokens=4, action_dim=2, width=30, heads=4)
+
+
+def test_dit_shapes_and_zero_output_at_init():
+    dit = tiny_dit()
+    x, t, a = torch.randn(5, 3, 4, 8), torch.rand(5, 3), torch.randn(5, 1, 3)
+    v = dit(x, t, a)
+    assert v.shape == (5, 3, 4, 8)
+    assert torch.count_nonzero(v) == 0  # zero-initialised output layer
+
+
+def test_adaln_zero_block_is_identity_at_init():
+    torch.manual_seed(1)
+    block = DiTBlock(32, 4, 4.0)
+    torch.nn.init.zeros_(block.ada[-1].weight)
+    torch.nn.init.zeros_(block.ada[-1].bias)
+    x, c = torch.randn(2, 3, 5, 32), torch.randn(2, 3, 32)
+    assert torch.equal(block(x, c), x)
+
+
+def test_temporal_attention_is_causal():
+    dit = tiny_dit()
+    for p in dit.parameters():  # give every gate and head a value so frames can interact
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, a = torch.randn(1, 3, 4, 8), torch.ones(1, 3), torch.randn(1, 1, 3)
+    v = dit(x, t, a)
+    x2 = x.clone()
+    x2[:, 2] += 1.0  # change the last frame only
+    v2 = dit(x2, t, a)
+    assert torch.allclose(v[:, :2], v2[:, :2], atol=1e-6)  # earlier frames cannot see it
+    assert not torch.allclose(v[:, 2], v2[:, 2])
+
+
+def test_flow_sampler_is_deterministic_under_a_seed_and_exact_for_a_known_field():
+    dit = tiny_dit()
+    ctx, a = torch.randn(2, 2, 4, 8), torch.randn(2, 1, 3)
+    s1 = sample(dit, ctx, a, steps=3, generator=torch.Generator().manual_seed(7))
+    s2 = sample(dit, ctx, a, steps=3, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(s1, s2)
+    # For the field v = target - x0 (straight paths) Euler and Heun land exactly on target.
+    target = torch.randn(2, 1, 4, 8)
+    x0 = torch.randn(2, 1, 4, 8)
+
+    def straight(x, t, actions):
+        tt = t[:, -1].view(-1, 1, 1, 1)
+        xk = x[:, 2:]
+        noise = (xk - tt * target) / (1 - tt).clamp(min=1e-6)
+        return torch.cat([torch.zeros_like(x[:, :2]), target - noise], dim=1)
+
+    for method in ("euler", "heun"):
+        out = sample(straight, ctx, a, steps=4, method=method, noise=x0.clone())
+        assert torch.allclose(out, target, atol=1e-4)
+
+
+def test_flow_matching_loss_is_zero_for_the_true_velocity():
+    target, ctx, a = torch.randn(3, 1, 4, 8), torch.randn(3, 2, 4, 8), torch.randn(3, 1, 3)
+    g = torch.Generator().manual_seed(0)
+
+    def oracle(x, t, actions):  # knows target; recovers the noise from x_t
+        tt = t[:, -1].view(-1, 1, 1, 1)
+        eps = (x[:, 2:] - tt * target) / (1 - tt)
+        return torch.cat([x[:, :2], target - eps], dim=1)
+
+    assert float(flow_matching_loss(oracle, ctx, target, a, generator=g)) < 1e-8
+    assert float(flow_matching_loss(lambda x, t, a: torch.zeros_like(x), ctx, target, a, generator=g)) > 0.5
+
+
+def test_noise_schedule_shift_depends_on_dimension():
+    assert resolve_shift("auto", 16, 16) == 1.0  # small latents: plain schedule
+    assert resolve_shift("auto", 256, 1024) == pytest.approx(8.0)  # V-JEPA 2 ViT-L: sqrt(256*1024/4096)
+    t = torch.tensor([0.0, 0.5, 1.0])
+    shifted = shift_time(t, 3.0)
+    assert shifted[0] == 0 and shifted[2] == 1 and shifted[1] < 0.5  # more time near noise
+    with pytest.raises(ValueError):
+        resolve_shift(-1, 1, 1)
+
+
+def test_wide_head_outputs_latent_dim():
+    dit = tiny_dit(head="wide", head_width=64)
+    assert dit(torch.randn(1, 3, 4, 8), torch.rand(1, 3), torch.randn(1, 1, 3)).shape == (1, 3, 4, 8)
+
+
+# encoders and the world model ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["minivae", "minijepa"])
+def test_scratch_encoders_shapes_and_determinism(name, tmp_path):
+    params = dict(image_size=32, dim=8, channels=[8, 8, 8])
+    if name == "minijepa":
+        params.update(width=16, depth=1, heads=2)
+    torch.manual_seed(0)
+    enc = ENCODERS.build(name, **params).eval()
+    frames = np.random.default_rng(0).integers(0, 256, (2, 3, 48, 48, 3), dtype=np.uint8)
+    z = enc.encode(frames)
+    assert z.shape == (2, 3, 16, 8) and z.dtype == torch.float32
+    assert torch.equal(z, enc.encode(frames))
+    save_encoder(tmp_path / "enc", enc)
+    again = load_encoder(name, str(tmp_path / "enc"))
+    assert torch.equal(again.encode(frames), z)
+
+
+def test_scratch_encoder_training_losses_go_down():
+    torch.manual_seed(0)
+    frames = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+    for name, params in (("minivae", {}), ("minijepa", {"width": 16, "depth": 1, "heads": 2})):
+        enc = ENCODERS.build(name, image_size=32, dim=8, channels=[8, 8, 8], **params)
+        opt = torch.optim.Adam(enc.trainable_parameters(), lr=3e-3)
+        x = enc.preprocess(frames)
+        losses = []
+        for _ in range(30):
+            loss, _ = enc.training_loss(x, x, torch.zeros(8, dtype=torch.long), torch.Generator().manual_seed(0))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            enc.after_step()
+            losses.append(float(loss.detach()))
+        assert losses[-1] < 0.7 * losses[0], (name, losses[0], losses[-1])
+
+
+def test_trained_here_encoder_needs_its_weights(tmp_path):
+    with pytest.raises(HarnessError, match="train-encoder"):
+        load_encoder("minivae", None)
+    with pytest.raises(HarnessError, match="not found"):
+        load_encoder("minivae", str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize("encoder", ["minivae", "minijepa"])
+def test_world_model_contract_shapes(encoder):
+    wm = tiny_wm(encoder)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 2, 40, 40, 3), dtype=np.uint8)
+    z = wm.encode(frames)
+    assert z.shape == (3, 2, 16, 8)
+    pred = wm.predict(z, torch.randn(3, 5, 4), generator=torch.Generator().manual_seed(0))
+    assert pred.shape == (3, 5, 16, 8)
+    out = wm.decode(pred)
+    assert out.shape == (3, 5, 32, 32, 3) and out.dtype == torch.uint8
+    # batched = one at a time (same noise per row when the generator draws for the batch)
+    p1 = wm.predict(z[:1], torch.zeros(1, 2, 4), temperature=0.0)
+    p3 = wm.predict(z, torch.zeros(3, 2, 4), temperature=0.0)
+    assert torch.allclose(p1[0], p3[0], atol=1e-5)
+    with pytest.raises(ValueError, match="actions must be"):
+        wm.predict(z, torch.zeros(3, 1, 7))
+
+
+def test_checkpoint_round_trip_gives_identical_predictions(tmp_path):
+    wm = tiny_wm("minijepa")
+    wm.save(tmp_path / "wm")
+    again = WorldModel.load(tmp_path / "wm")
+    frames = np.random.default_rng(1).integers(0, 256, (2, 1, 32, 32, 3), dtype=np.uint8)
+    z = wm.encode(frames)
+    assert torch.equal(z, again.encode(frames))
+    a = torch.randn(2, 3, 4)
+    p = wm.predict(z, a, generator=torch.Generator().manual_seed(3))
+    q = again.predict(z, a, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(p, q)
+    assert torch.equal(wm.decode(p), again.decode(q))
+
+
+def test_corrupt_or_mismatched_checkpoints_fail_in_one_line(tmp_path):
+    wm = tiny_wm()
+    folder = wm.save(tmp_path / "wm")
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(HarnessError, match="corrupt") as e:
+        WorldModel.load(folder)
+    assert "\n" not in str(e.value)
+    wm.save(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["transition"]["width"] = 64
+    (folder / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(HarnessError, match="does not match its config") as e:
+        WorldModel.load(folder)
+    assert "wrong shape" in str(e.value) and "\n" not in str(e.value)
+    (folder / "config.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="not valid JSON"):
+        WorldModel.load(folder)
+    with pytest.raises(HarnessError, match="not found"):
+        WorldModel.load(tmp_path / "nothing")
+
+
+def test_world_model_env_passes_gymnasium_checks_and_is_seeded():
+    from gymnasium.utils.env_checker import check_env
+
+    from world_models.env import WorldModelEnv, WorldModelVectorEnv
+
+    wm = tiny_wm()
+    ctx = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    env = WorldModelEnv(wm, "corner2", image_size=48, context=ctx, max_episode_steps=5)
+    check_env(env, skip_render_check=True)
+    obs, info = env.reset(seed=3)
+    assert obs["pixels"]["corner2"].shape == (48, 48, 3) and info["latent"].shape == (16, 8)
+    actions = np.random.default_rng(1).uniform(-1, 1, (5, 4)).astype(np.float32)
+    run1 = [env.step(a) for a in actions]
+    assert run1[-1][3] is True  # truncated at max_episode_steps
+    env.reset(seed=3)
+    run2 = [env.step(a) for a in actions]
+    assert all(np.array_equal(x[0]["pixels"]["corner2"], y[0]["pixels"]["corner2"]) for x, y in zip(run1, run2))
+    with pytest.raises(ValueError, match="context"):
+        WorldModelEnv(wm, "corner2").reset()
+
+    venv = WorldModelVectorEnv(wm, "corner2", 4, image_size=48)
+    obs, info = venv.reset(seed=0, options={"context": ctx})
+    assert obs["pixels"]["corner2"].shape == (4, 48, 48, 3)
+    obs, r, term, trunc, info = venv.step(np.zeros((4, 4), np.float32))
+    assert info["latent"].shape == (4, 16, 8)
+
+
+def test_frameskip_env_predicts_every_f_steps():
+    from world_models.env import WorldModelEnv
+
+    wm = tiny_wm()
+    wm.info["frameskip"] = 2
+    wm.transition.config.action_dim = 4  # f * A = 4 -> env action dim 2
+    env = WorldModelEnv(wm, "corner2", image_size=32, context=np.zeros((32, 32, 3), np.uint8))
+    assert env.action_space.shape == (2,)
+    obs0, _ = env.reset(seed=0)
+    obs1 = env.step(np.ones(2, np.float32))[0]
+    assert np.array_equal(obs0["pixels"]["corner2"], obs1["pixels"]["corner2"])  # held between predictions
+    obs2 = env.step(np.ones(2, np.float32))[0]
+    assert not np.array_equal(obs1["pixels"]["corner2"], obs2["pixels"]["corner2"])
+
+
+# training on real Meta-World data --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mw_dataset(tmp_path_factory):
+    if not HAS_METAWORLD:
+        pytest.skip('Meta-World not installed: pip install -e ".[metaworld]"')
+    path = tmp_path_factory.mktemp("data") / "reach.h5"
+    r = run_cli("collect", "--env", "metaworld/reach-v3,metaworld/push-v3", "-p", "noisy:scale=1.0", "-n", "10",
+                "--max-steps", "60", "--image-size", "64", "--no-stop-on-success", "--out", str(path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_encoder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("enc") / "minivae"
+    save_encoder(folder, ENCODERS.build("minivae", channels=[16, 16, 32, 32]))  # frozen random features
+    return folder
+
+
+def _train_cfg(data, enc, out, **kw):
+    from world_models.training import TrainConfig
+
+    base = dict(data=str(data), encoder="minivae", encoder_path=str(enc), out=str(out), width=64, depth=2, heads=2,
+                steps=400, batch_size=32, lr=1e-3, warmup=20, frameskip=4, checkpoint_every=200,
+                cache_dir=str(out) + "-cache", seed=0, threads=1)
+    return TrainConfig(**{**base, **kw})
+
+
+@requires_metaworld
+def test_tiny_world_model_beats_copy_last_on_heldout_episodes(mw_dataset, random_encoder, tmp_path):
+    from world_models.training import train_world_model
+
+    cache = str(tmp_path / "cache")
+    result = train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "wm", cache_dir=cache))
+    assert result["val_windows"] > 20
+    assert result["val_latent_mse_t0"] < 0.95 * result["copy_last_mse"], result
+    wm = WorldModel.load(tmp_path / "wm")
+    assert wm.frameskip == 4 and wm.info["heldout"]["copy_last_mse"] == pytest.approx(result["copy_last_mse"])
+    # the latent cache is reused by a second run with the same encoder
+    again = train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "wm2", steps=1, cache_dir=cache))
+    assert again["latent_cache_reused"] and again["latent_cache"] == result["latent_cache"]
+
+
+@requires_metaworld
+def test_interrupted_training_resumes_to_the_same_weights(mw_dataset, random_encoder, tmp_path):
+    from world_models.training import train_world_model
+
+    train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "full", steps=40, checkpoint_every=20))
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_25(phase, step, total, numbers):
+        if step == 25:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "cut", steps=40, checkpoint_every=20),
+                          progress=stop_at_25)
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["info"]["train"]["step"] == 20
+    train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "cut", steps=40, checkpoint_every=20))
+    a, b = WorldModel.load(tmp_path / "full"), WorldModel.load(tmp_path / "cut")
+    for (k, v), (_, w) in zip(a.transition.state_dict().items(), b.transition.state_dict().items()):
+        assert torch.allclose(v, w, atol=1e-6), k
+    with pytest.raises(HarnessError, match="different settings"):
+        train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "cut", steps=40, lr=5e-4))
+
+
+@requires_metaworld
+def test_cli_train_encoder_train_wm_eval_wm(mw_dataset, tmp_path):
+    enc, wm, ev = tmp_path / "enc", tmp_path / "wm", tmp_path / "ev"
+    r = run_cli("train-encoder", "--data", str(mw_dataset), "--encoder", "minijepa", "--out", str(enc), "--steps", "5",
+                "--threads", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("train-wm", "--data", str(mw_dataset), "--encoder", "minijepa", "--encoder-path", str(enc),
+                "--out", str(wm), "--steps", "10", "--decoder-steps", "10", "--frameskip", "2", "--threads", "1",
+                "--cache-dir", str(tmp_path / "cache"), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "held-out latent MSE" in r.stdout
+    r = run_cli("eval-wm", "--data", str(mw_dataset), "--wm-checkpoint", str(wm), "--out", str(ev), "--horizon", "4",
+                "--videos", "1")
+    assert r.returncode == 0, r.stderr
+    fid = json.loads((ev / "fidelity.json").read_text())
+    assert fid["heldout_split"] and fid["episodes"] == 2 and fid["frameskip"] == 2
+    assert len(fid["per_step"]["psnr"]) == 4 and all(0 < p < 100 for p in fid["per_step"]["psnr"])
+    assert all(-1 <= s <= 1 for s in fid["per_step"]["ssim"])
+    assert fid["lpips"].startswith(("available", "unavailable"))
+    assert len(list((ev / "videos").glob("*.mp4"))) == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train-wm", "--data", "nope.h5", "--encoder", "minivae"], "does not exist"),
+    (["train-wm", "--data", "x.h5", "--encoder", "vjepaa"], "Did you mean"),
+    (["train-wm", "--data", "x.h5"], "--encoder"),
+    (["train-encoder", "--data", "x.h5", "--encoder", "dino", "--out", "o"], "pretrained"),
+    (["eval-wm", "--data", "x.h5", "--wm", "nosuch_dit_s"], "unknown world model"),
+    (["eval-wm", "--data", "x.h5", "--wm", "vjepa_dit_s"], "train-wm --wm vjepa_dit_s"),
+])
+def test_cli_errors_are_one_line(args, needle, tmp_path):
+    r = run_cli(*args, cwd=tmp_path)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert list(tmp_path.iterdir()) == []  # nothing written
