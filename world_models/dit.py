@@ -22,7 +22,7 @@ from torch import nn
 
 # Widths as in DiT (S = 384/12/6, B = 768/12/12, L = 1024/24/16) and a CPU-sized tiny one.
 DIT_SIZES: dict[str, dict[str, int]] = {
-    "tiny": {"width": 128, "depth": 4, "heads": 4},
+    "tiny": {"width": 64, "depth": 4, "heads": 4},
     "S": {"width": 384, "depth": 12, "heads": 6},
     "B": {"width": 768, "depth": 12, "heads": 12},
     "L": {"width": 1024, "depth": 24, "heads": 16},

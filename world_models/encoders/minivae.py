@@ -19,7 +19,7 @@ class MiniVAE(Encoder):
     has_decoder = True
     trained_here = True
 
-    def __init__(self, image_size: int = 64, dim: int = 16, channels: tuple[int, ...] | list[int] = (32, 64, 128, 128),
+    def __init__(self, image_size: int = 64, dim: int = 16, channels: tuple[int, ...] | list[int] = (32, 64, 64, 64),
                  beta: float = 1e-4):
         super().__init__()
         channels = tuple(int(c) for c in channels)
