@@ -111,9 +111,21 @@ def test_shipped_configs_are_valid():
 
     from harness.evaluate import plan_eval  # noqa: F401  (importable without simulators)
 
-    paths = sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml"))
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "eval").rglob("*.yaml"))
     assert paths
     for path in paths:
         cfg = EvalConfig.from_yaml(path)
         for spec in cfg.policies:
             parse_policy_spec(spec)
+
+
+def test_shipped_world_model_configs_are_valid():
+    from world_models import WORLD_MODELS
+    from world_models.named import read_config
+    from world_models.training import TrainConfig
+
+    assert {"vjepa_dit_s", "vae_dit_s", "dino_dit_s", "siglip_dit_s", "minivae_dit_tiny"} <= set(WORLD_MODELS.names())
+    for name in WORLD_MODELS.names():
+        fields = {k: v for k, v in read_config(name).items() if k not in ("name", "description")}
+        cfg = TrainConfig(data="d.h5", out="o", name=name, **fields)
+        assert name == f"{cfg.encoder}_dit_{cfg.size.lower()}"
