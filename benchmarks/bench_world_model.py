@@ -58,7 +58,7 @@ def main() -> None:
         opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
         ctx, tgt, act = torch.randn(8, 2, N, D), torch.randn(8, 1, N, D), torch.randn(8, 1, A)
 
-        def step():
+        def step(dit=dit, opt=opt, ctx=ctx, tgt=tgt, act=act):
             loss = flow_matching_loss(dit, ctx, tgt, act)
             opt.zero_grad()
             loss.backward()
