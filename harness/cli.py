@@ -249,9 +249,6 @@ def train_wm_cmd(
         cfg = TrainConfig(data=data, out=out or str(default_checkpoint(name)), name=name, **fields)
     except TypeError as e:
         raise HarnessError(f"bad world-model config for {name!r}: {e}") from None
-    from world_models.data import check_dataset
-
-    check_dataset(data, cfg.camera)
     result = train_world_model(cfg, _train_progress(progress))
     held = {k: result[k] for k in ("val_latent_mse", "val_latent_mse_t0", "copy_last_mse") if k in result}
     typer.echo(f"wrote world model {name} to {result['checkpoint']}" +

@@ -23,14 +23,13 @@ from harness.store import atomic_write_json, check_writable
 
 
 def _resolve_wm(wm: str | None, checkpoint: str | None):
-    from world_models import WORLD_MODELS, load_world_model
+    from world_models import load_world_model
     from world_models.world_model import WorldModel
 
     if wm is None and checkpoint is None:
         raise HarnessError("pass --wm NAME (see `harness list world-models`) or --wm-checkpoint DIR")
     if wm is not None:
-        WORLD_MODELS.entry(wm)  # unknown name: one line with the known ones
-        return load_world_model(wm, checkpoint)
+        return load_world_model(wm, checkpoint)  # an unknown name fails with the known ones
     return WorldModel.load(checkpoint)
 
 
