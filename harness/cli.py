@@ -87,10 +87,14 @@ def eval_cmd(
     video_fps: Annotated[int | None, typer.Option("--video-fps")] = None,
     stop_on_success: Annotated[bool | None, typer.Option("--stop-on-success/--no-stop-on-success", help="end an episode at its first success")] = None,
     executor: Annotated[str | None, typer.Option(help="where episodes run (see `harness list executors`)")] = None,
+    wm: Annotated[str | None, typer.Option("--wm", help="world model to run every episode in as well (see `harness list world-models`); 'none': simulator only")] = None,
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="checkpoint folder of --wm (default: its standard location)")] = None,
+    judge: Annotated[str | None, typer.Option("--judge", help="judge of world-model success (default: the world model's own classifier)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
-    """Evaluate policies in the simulator; results go to a resumable run folder."""
+    """Evaluate policies in the simulator, and with --wm in a world model from the same initial
+    states; results go to a resumable run folder."""
     from harness.config import EvalConfig
     from harness.evaluate import plan_eval, run_eval
     from harness.report import markdown
@@ -98,7 +102,7 @@ def eval_cmd(
     flags = dict(env=env, policies=tuple(policy) if policy else None, episodes=episodes, out=out, seed=seed,
                  max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
                  workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
-                 executor=executor)
+                 executor=executor, wm=wm, wm_checkpoint=wm_checkpoint, judge=judge)
     if config is not None:
         cfg = EvalConfig.from_yaml(config, **flags)
     else:
@@ -106,8 +110,9 @@ def eval_cmd(
             raise HarnessError("--env is required (or --config FILE): e.g. --env metaworld/reach-v3")
         cfg = EvalConfig(**{k: v for k, v in flags.items() if v is not None})
     plan = plan_eval(cfg)
-    total = len(cfg.policies) * len(plan.episodes)
-    typer.echo(f"run folder: {plan.out}  ({len(plan.env_ids)} env(s) x {cfg.episodes} episodes x {len(cfg.policies)} policies)", err=True)
+    total = plan.total
+    typer.echo(f"run folder: {plan.out}  ({len(plan.env_ids)} env(s) x {cfg.episodes} episodes x {len(cfg.policies)} "
+               f"policies x backends {', '.join(plan.backends)})", err=True)
     bar, task = _progress(progress and sys.stderr.isatty(), total, "eval")
     counts = {"success": 0, "failure": 0, "error": 0}
 
@@ -116,7 +121,7 @@ def eval_cmd(
         if bar is not None:
             bar.update(task, completed=finished, info=f"ok {counts['success']} fail {counts['failure']} err {counts['error']}")
         elif progress:
-            typer.echo(f"[{finished}/{total}] {record['policy']} {record['env_id']}#{record['init_state']}: {record['outcome']}", err=True)
+            typer.echo(f"[{finished}/{total}] {record['policy']} {record['backend']} {record['env_id']}#{record['init_state']}: {record['outcome']}", err=True)
 
     if bar is not None:
         bar.start()
@@ -136,9 +141,10 @@ def eval_cmd(
 def collect_cmd(
     env: Annotated[str, typer.Option("--env", "-e", help="env id, set, or comma list")],
     out: Annotated[str, typer.Option("--out", "-o", help="dataset file (.h5)")],
-    policy: Annotated[str, typer.Option("--policy", "-p")] = "scripted",
-    episodes: Annotated[int, typer.Option("--episodes", "-n", help="episodes per env")] = 10,
+    policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="policy spec; repeat for several (default: scripted)")] = None,
+    episodes: Annotated[int, typer.Option("--episodes", "-n", help="episodes per env and policy")] = 10,
     seed: int = 0,
+    first_init_state: Annotated[int, typer.Option("--first-init-state", help="collect init states from here on (keep 0..n-1 for evaluation)")] = 0,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     camera: Annotated[list[str] | None, typer.Option("--camera")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size")] = None,
@@ -150,13 +156,13 @@ def collect_cmd(
     """Roll a policy out and save frames, states, actions, success, instruction (HDF5)."""
     from harness.collect import CollectConfig, run_collect
 
-    cfg = CollectConfig(env=env, policy=policy, out=out, episodes=episodes, seed=seed, max_steps=max_steps,
-                        cameras=tuple(camera) if camera else None, image_size=image_size,
+    cfg = CollectConfig(env=env, policies=tuple(policy or ["scripted"]), out=out, episodes=episodes, seed=seed, first_init_state=first_init_state,
+                        max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
                         stop_on_success=stop_on_success, only_success=only_success, overwrite=overwrite)
 
     def on_episode(info, i, n):
         if progress:
-            typer.echo(f"[{i}/{n}] {info['env_id']}#{info['init_state']}: {'success' if info['success'] else 'failure'}", err=True)
+            typer.echo(f"[{i}/{n}] {info['policy']} {info['env_id']}#{info['init_state']}: {'success' if info['success'] else 'failure'}", err=True)
 
     result = run_collect(cfg, on_episode)
     typer.echo(f"wrote {result['kept']} episodes ({result['successes']} successful of {result['episodes']}) to {result['out']}")
@@ -290,6 +296,45 @@ def report_cmd(run: Annotated[Path, typer.Argument(help="run folder of an eval")
     from harness.report import load_results, markdown
 
     typer.echo(markdown(load_results(run)))
+
+
+@app.command("train-policy")
+def train_policy_cmd(
+    data: Annotated[list[str] | None, typer.Option("--data", "-d", help="dataset from `harness collect` (HDF5); repeat for several")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="folder for step_NNNNNN/ checkpoints (each is bc:path=...)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps")] = None,
+    save_every: Annotated[int | None, typer.Option("--save-every", help="write a checkpoint every N steps")] = None,
+    chunk: Annotated[int | None, typer.Option("--chunk", help="actions predicted and run open-loop per frame")] = None,
+    frames: Annotated[int | None, typer.Option("--frames", help="observed frames stacked (now, chunk steps ago, ...)")] = None,
+    camera: Annotated[str | None, typer.Option("--camera", help="camera to act from (default: the data's first)")] = None,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="policy input side (frames are resized)")] = None,
+    size: Annotated[str | None, typer.Option("--size", help="network size: tiny or S")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
+    lr: Annotated[float | None, typer.Option("--lr")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML (configs/policies/); flags override it")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Train an image-based behaviour-cloning policy; a checkpoint every --save-every steps; resumes."""
+    from policies.bc_training import BCTrainConfig, train_policy
+
+    given = {"data": tuple(data) if data else None, "out": out, "steps": steps, "save_every": save_every,
+             "chunk": chunk, "frames": frames, "camera": camera, "image_size": image_size, "size": size,
+             "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads}
+    if config is not None:
+        cfg = BCTrainConfig.from_yaml(config, **given)
+    elif not data or out is None:
+        raise HarnessError("pass --data FILE and --out DIR (or --config FILE): e.g. --data demos.h5 --out runs/bc")
+    else:
+        cfg = BCTrainConfig(**{k: v for k, v in given.items() if v is not None})
+    show = _train_progress(progress)
+    result = train_policy(cfg, (lambda i, n, num: show("policy", i, n, num)) if show else None)
+    for i, h in enumerate(result["history"]):
+        val = f"  val loss {h['val_loss']:.4g}" if "val_loss" in h else ""
+        typer.echo(f"step {h['step']:>6}  train loss {h['train_loss']:.4g}{val}  -> {result['checkpoints'][i]}")
+    typer.echo(f"{result['parameters']} parameters, camera {result['camera']}, {len(result['instructions'])} "
+               f"instruction(s); evaluate with --policy bc:path={Path(result['out']) / 'step_NNNNNN'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,10 +20,11 @@ from harness.store import check_writable
 @dataclass(frozen=True)
 class CollectConfig:
     env: str
-    policy: str
+    policies: tuple[str, ...]
     out: str
     episodes: int = 10
     seed: int = 0
+    first_init_state: int = 0
     max_steps: int | None = None
     cameras: tuple[str, ...] | None = None
     image_size: int | None = None
@@ -33,6 +34,10 @@ class CollectConfig:
 
     def __post_init__(self):
         check_episode_args(self.episodes, self.seed, self.max_steps)
+        if isinstance(self.policies, str) or not self.policies:
+            raise HarnessError(f"policies must be a non-empty tuple of policy specs, got {self.policies!r}")
+        if not isinstance(self.first_init_state, int) or self.first_init_state < 0:
+            raise HarnessError(f"--first-init-state {self.first_init_state!r} must be an integer >= 0")
 
 
 def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
@@ -44,9 +49,10 @@ def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
     if out.exists() and not cfg.overwrite:
         raise HarnessError(f"{cfg.out} exists: choose another --out or pass --overwrite")
     check_writable(out.parent)
-    env_ids, options = resolve_targets(cfg.env, [cfg.policy], cfg.cameras, cfg.image_size, cfg.max_steps)
-    episodes = build_episodes(env_ids, cfg.episodes, cfg.seed, {e: o.max_episode_steps for e, o in options.items()})
-    env_args = {"env_ids": env_ids, "policy": cfg.policy, "seed": cfg.seed,
+    env_ids, options = resolve_targets(cfg.env, list(cfg.policies), cfg.cameras, cfg.image_size, cfg.max_steps)
+    episodes = build_episodes(env_ids, cfg.episodes, cfg.seed, {e: o.max_episode_steps for e, o in options.items()},
+                              cfg.first_init_state)
+    env_args = {"env_ids": env_ids, "policies": list(cfg.policies), "seed": cfg.seed, "first_init_state": cfg.first_init_state,
                 "options": {e: {**o.as_kwargs(), "cameras": list(o.cameras)} for e, o in options.items()}}
     return episodes, env_args
 
@@ -59,8 +65,9 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, i
     kept = successes = 0
     try:
         with DatasetWriter(cfg.out, env_args) as writer:
-            for i, ep in enumerate(episodes, 1):
-                result = worker.run_one(ep, cfg.policy, keep_trajectory=True)
+            jobs = [(policy, ep) for policy in cfg.policies for ep in episodes]
+            for i, (policy, ep) in enumerate(jobs, 1):
+                result = worker.run_one(ep, policy, keep_trajectory=True)
                 successes += result.success
                 if result.success or not cfg.only_success:
                     obs = [flatten_observation(o) for o in result.observations]
@@ -70,12 +77,13 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, i
                         final_obs={k: obs[-1][k][None] for k in obs[0]},
                         rewards=np.asarray(result.rewards, np.float32),
                         success=np.asarray(result.successes, bool),
-                        attrs={**ep.to_dict(), "policy": cfg.policy, "success": result.success,
+                        attrs={**ep.to_dict(), "policy": policy, "success": result.success,
                                "success_step": -1 if result.success_step is None else result.success_step},
                     ))
                     kept += 1
                 if on_episode:
-                    on_episode({"env_id": ep.env_id, "init_state": ep.init_state, "success": result.success}, i, len(episodes))
+                    on_episode({"env_id": ep.env_id, "init_state": ep.init_state, "policy": policy,
+                                "success": result.success}, i, len(jobs))
     finally:
         worker.close()
-    return {"out": cfg.out, "episodes": len(episodes), "kept": kept, "successes": successes, "env_args": env_args}
+    return {"out": cfg.out, "episodes": len(jobs), "kept": kept, "successes": successes, "env_args": env_args}

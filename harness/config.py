@@ -40,6 +40,9 @@ class EvalConfig:
     workers: int = 1
     executor: str = "local"
     out: str | None = None
+    wm: str | None = None  # world model for the matched evaluation ("none" or None: simulator only)
+    wm_checkpoint: str | None = None
+    judge: str | None = None  # judge spec for world-model success; None: the world model's own, if it has one
 
     def __post_init__(self):
         if not isinstance(self.env, str) or not self.env.strip():
@@ -50,6 +53,11 @@ class EvalConfig:
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
         parse_video_mode(self.video)
+        if self.wm is not None and (not isinstance(self.wm, str) or self.wm.strip().lower() in ("", "none")):
+            object.__setattr__(self, "wm", None)
+        if self.wm is None and (self.judge is not None or self.wm_checkpoint is not None):
+            raise HarnessError("--judge and --wm-checkpoint belong to a world model: add --wm NAME "
+                               "(see `harness list world-models`) or drop them")
         object.__setattr__(self, "policies", tuple(self.policies))
         if self.cameras is not None:
             object.__setattr__(self, "cameras", tuple(self.cameras))
@@ -65,6 +73,9 @@ class EvalConfig:
             "cameras": None if self.cameras is None else list(self.cameras),
             "image_size": self.image_size,
             "stop_on_success": self.stop_on_success,
+            "wm": self.wm,
+            "wm_checkpoint": self.wm_checkpoint,
+            "judge": self.judge,
         }
 
     def to_dict(self) -> dict[str, Any]:

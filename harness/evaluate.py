@@ -19,6 +19,7 @@ from harness.config import EvalConfig, parse_video_mode
 from harness.episodes import Episode, WorkItem, build_episodes
 from harness.errors import HarnessError
 from harness.executors import EXECUTORS
+from harness.matched import wm_backend
 from harness.runner import RunSettings
 from harness.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
 from harness.summary import summarize
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("sim",)
+SIM = "sim"
 SEED_RULE = "seed = int.from_bytes(sha256(f'{base_seed}|{env_id}|{init_state}')[:4], 'little') & 0x7FFFFFFF"
 
 
@@ -40,6 +41,11 @@ class EvalPlan:
     env_options: dict[str, dict[str, Any]]
     episodes: list[Episode]
     out: Path
+    judge: str | None = None  # the resolved judge spec (the world model's own one when not given)
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        return (SIM,) + ((wm_backend(self.config.wm),) if self.config.wm else ())
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -48,7 +54,7 @@ class EvalPlan:
     @property
     def total(self) -> int:
         """Records a complete run holds."""
-        return len(self.config.policies) * len(BACKENDS) * len(self.episodes)
+        return len(self.config.policies) * len(self.backends) * len(self.episodes)
 
 
 def slug(text: str) -> str:
@@ -86,26 +92,49 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)
     if parse_video_mode(config.video)[0] != "none" and not any(o.cameras for o in resolved.values()):
         raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
+    judge = resolve_world_model(config, resolved) if config.wm else None
     out = Path(config.out) if config.out else default_out(config, env_ids)
     check_writable(out)
     episodes = build_episodes(env_ids, config.episodes, config.seed, {e: o.max_episode_steps for e, o in resolved.items()})
-    plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out)
+    plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out, judge)
     RunStore(out).check(plan.identity)
     return plan
 
 
+def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
+    """Check the world model, its camera and the judge before anything runs; the judge spec to use."""
+    from harness.matched import default_judge, validate_judge
+    from world_models.named import find_checkpoint, read_config
+
+    read_config(config.wm)  # an unknown name lists the known ones
+    checkpoint = find_checkpoint(config.wm, config.wm_checkpoint)
+    camera = json.loads((checkpoint / "config.json").read_text()).get("info", {}).get("camera")
+    for env_id, opts in resolved.items():
+        if camera not in opts.cameras:
+            raise HarnessError(f"world model {config.wm!r} models camera {camera!r}, which {env_id} does not render "
+                               f"here (cameras: {', '.join(opts.cameras) or 'none'}): add --camera {camera}")
+    judge = config.judge or default_judge(checkpoint)
+    if judge is None:
+        raise HarnessError(f"world model {config.wm!r} has no success judge of its own ({checkpoint}/judge): pass "
+                           f"--judge SPEC (see `harness list judges`), or train one with `harness train-judge`")
+    validate_judge(judge)
+    return judge
+
+
 def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:
+    """What is left to run: per (policy, episode), the backends without a record. A world-model
+    episode needs its simulator episode, so a matched item always runs the simulator."""
     kind, first_n = parse_video_mode(plan.config.video)
     items = []
     for policy in plan.config.policies:
-        for backend in BACKENDS:
-            for ep in plan.episodes:
-                video = None
-                if kind == "all" or kind == "failures" or (kind == "first" and ep.init_state < first_n):
-                    video = str(plan.out / "videos" / slug(policy) / backend / ep.env_id / f"init{ep.init_state:04d}.mp4")
-                item = WorkItem(policy, backend, ep, video, video_only_on_failure=(kind == "failures"))
-                if item.key not in done:
-                    items.append(item)
+        for ep in plan.episodes:
+            video = None
+            if kind == "all" or kind == "failures" or (kind == "first" and ep.init_state < first_n):
+                folder = SIM if len(plan.backends) == 1 else f"sim_vs_{slug(plan.config.wm)}"
+                video = str(plan.out / "videos" / slug(policy) / folder / ep.env_id / f"init{ep.init_state:04d}.mp4")
+            todo = tuple(b for b in plan.backends if (policy, b, ep.env_id, ep.init_state) not in done)
+            if todo:
+                items.append(WorkItem(policy, todo, ep, video, video_only_on_failure=(kind == "failures")))
     return items
 
 
@@ -117,8 +146,8 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     store.claim(plan.identity)
     done = {key_of(r) for r in store.load()}
     items = work_items(plan, done)
-    settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size,
-                           stop_on_success=cfg.stop_on_success, video_fps=cfg.video_fps)
+    settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
+                           video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge)
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers)
     start = time.perf_counter()
     finished = len(done)
@@ -162,5 +191,10 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "steps_per_s": round(steps / rollout_time, 2) if rollout_time > 0 else None,  # as in each block
         "results": summarize(records),
     }
+    if plan.config.wm:
+        from harness.comparison import compare_backends
+
+        summary["judge"] = plan.judge
+        summary["comparison"] = compare_backends(records)
     atomic_write_json(plan.out / RESULTS, summary)
     return summary

@@ -29,11 +29,12 @@ def _init_worker(settings: RunSettings) -> None:
     _WORKER = EpisodeWorker(settings)
 
 
-def _run_in_worker(item: WorkItem) -> dict[str, Any]:
+def _run_in_worker(item: WorkItem) -> list[dict[str, Any]]:
     assert _WORKER is not None
-    record = _WORKER.run(item)
-    record["worker"] = mp.current_process().name
-    return record
+    records = _WORKER.run(item)
+    for record in records:
+        record["worker"] = mp.current_process().name
+    return records
 
 
 @EXECUTORS.register("local")
@@ -49,9 +50,9 @@ class LocalExecutor:
             worker = EpisodeWorker(self.settings)
             try:
                 for item in items:
-                    record = worker.run(item)
-                    record["worker"] = "main"
-                    yield record
+                    for record in worker.run(item):
+                        record["worker"] = "main"
+                        yield record
             finally:
                 worker.close()
             return
@@ -72,7 +73,7 @@ class LocalExecutor:
             while pending:
                 done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
-                    yield fut.result()
+                    yield from fut.result()
                     nxt = next(todo, None)
                     if nxt is not None:
                         pending.add(pool.submit(_run_in_worker, nxt))

@@ -51,4 +51,49 @@ def markdown(results: dict[str, Any]) -> str:
             o = block["overall"]
             lines.append(f"| **{policy}** | {backend} | **all** | **{_pct(o['success_rate'])}** | {_ci(o['ci95'])} | "
                          f"{o['valid']} | {o['errors']} | {_num(o['mean_length'])} |")
+    for backend, block in (results.get("comparison") or {}).items():
+        lines += ["", *agreement_markdown(backend, block)]
     return "\n".join(lines)
+
+
+def _ci_opt(ci: list[float | None]) -> str:
+    return "-" if ci[0] is None else _ci(ci)
+
+
+def agreement_markdown(backend: str, block: dict[str, Any]) -> list[str]:
+    """The world-model-vs-simulator block: per policy, per episode, ranking, judge check."""
+    lines = [f"## World model vs simulator: {backend} (judge: {block.get('judge') or '-'})", "",
+             "| policy | in the world model | simulator success | world-model success | episode agreement | kappa |",
+             "|---|---|---:|---:|---:|---:|"]
+    for policy, p in block["policies"].items():
+        a = p["agreement"]
+        lines.append(f"| {policy} | {p['mode'] if isinstance(p['mode'], str) else ', '.join(p['mode'])} | "
+                     f"{_pct(p['sim']['success_rate'])} {_ci_opt(p['sim']['ci95'])} | "
+                     f"{_pct(p['wm']['success_rate'])} {_ci_opt(p['wm']['ci95'])} | "
+                     f"{_pct(a.get('accuracy'))} | {_num(a.get('cohen_kappa'), '.2f')} |")
+    e = block["episodes"]
+    if e.get("n"):
+        c = e["confusion"]
+        lines += ["", f"- Per episode ({e['n']} pairs, {block['errors']} with an error left out): agreement "
+                      f"{_pct(e['accuracy'])}, Cohen's kappa {e['cohen_kappa']:.2f}; confusion (simulator = truth): "
+                      f"both succeed {c['tp']}, world model only {c['fp']}, simulator only {c['fn']}, both fail {c['tn']}."]
+    r = block["ranking"]
+    if "pearson_r" in r:
+        lines.append(f"- Across {len(r['policies'])} policies: Pearson r {r['pearson_r']:.2f}, Spearman rho "
+                     f"{r['spearman_rho']:.2f}, MMRV {r['mmrv']:.3f} (0 = the world model ranks the policies as the "
+                     f"simulator does).")
+    else:
+        lines.append(f"- Ranking: {r.get('note', '-')}.")
+    j = block.get("judge_on_sim") or {}
+    if j.get("n"):
+        lines.append(f"- The judge on the simulator's own rollouts ({j['n']}): agreement with the oracle "
+                     f"{_pct(j['accuracy'])}, kappa {j['cohen_kappa']:.2f} (the judge's own error, apart from the "
+                     f"world model's).")
+    d = block.get("latent_divergence") or {}
+    if d.get("mean"):
+        m = d["mean"]
+        picks = sorted({1, len(m) // 2, len(m) - 1} & set(range(1, len(m))))
+        if picks:
+            lines.append("- Latent divergence (normalised MSE, world model vs encoded simulator): " +
+                         ", ".join(f"step {k}: {m[k]:.3f}" for k in picks) + ".")
+    return lines

@@ -30,6 +30,9 @@ class RunSettings:
     image_size: int | None
     stop_on_success: bool = True
     video_fps: int = 30
+    wm: str | None = None  # world-model name for "wm:<name>" backends
+    wm_checkpoint: str | None = None
+    judge: str | None = None  # judge spec scoring world-model (and simulator) rollouts
 
 
 @dataclass
@@ -44,6 +47,7 @@ class EpisodeResult:
     actions: list[np.ndarray] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     successes: list[bool] = field(default_factory=list)
+    metrics: dict[str, Any] | None = None  # the env's last info["episode_metrics"] (e.g. CALVIN chains)
 
     @property
     def frames(self) -> list[dict[str, np.ndarray]]:
@@ -55,7 +59,8 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
     stopping on it), the env ends the episode, or max_steps."""
     start = time.perf_counter()
     obs, info = env.reset(seed=episode.seed, options={"init_state": episode.init_state})
-    policy.reset(episode.instruction, seed=episode.seed, init_state=episode.init_state)
+    instruction = episode.instruction
+    policy.reset(instruction, seed=episode.seed, init_state=episode.init_state)
     result = EpisodeResult(False, None, 0, 0.0)
     if keep_trajectory:
         result.observations.append(obs)
@@ -70,6 +75,12 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
         result.length += 1
         result.ret += float(reward)
         success = bool(info.get("success"))
+        if "episode_metrics" in info:
+            result.metrics = dict(info["episode_metrics"])
+        if info.get("instruction") and info["instruction"] != instruction:
+            # a multi-step task (a CALVIN chain) moved on to its next subtask
+            instruction = info["instruction"]
+            policy.reset(instruction, seed=episode.seed, init_state=episode.init_state)
         if keep_trajectory:
             result.observations.append(obs)
             result.actions.append(action.astype(np.float32))
@@ -86,14 +97,18 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
 
 
 class EpisodeWorker:
-    """Owns one simulator at a time (rebuilt when the env changes) and a policy per
-    (policy, env). Never raises for an episode: failures become 'error' records."""
+    """Owns one simulator at a time (rebuilt when the env changes), a policy per (policy, env),
+    and, for matched runs, the world model and judge. Never raises for an episode: failures
+    become 'error' records."""
 
     def __init__(self, settings: RunSettings):
         self.settings = settings
         self._env_id: str | None = None
         self._env = None
         self._policies: dict[tuple[str, str], Any] = {}
+        self._wm = None
+        self._judge = None
+        self._wm_envs: dict[tuple[str, int], Any] = {}
 
     def _env_for(self, episode: Episode):
         from envs import make_env
@@ -114,51 +129,113 @@ class EpisodeWorker:
             self._policies[key] = make_policy(spec, info)
         return self._policies[key]
 
+    def world_model(self):
+        """The run's world model and judge, loaded once per process."""
+        if self._wm is None:
+            from harness.judges import make_judge
+            from world_models import load_world_model
+
+            self._wm = load_world_model(self.settings.wm, self.settings.wm_checkpoint)
+            self._wm.eval()
+            if self.settings.judge:
+                self._judge = make_judge(self.settings.judge, world_model=self._wm)
+        return self._wm, self._judge
+
+    def _wm_env_for(self, episode: Episode, sim_env):
+        from world_models.env import WorldModelEnv
+
+        wm, _ = self.world_model()
+        key = (episode.env_id, episode.max_steps)
+        if key not in self._wm_envs:
+            self._wm_envs.clear()
+            self._wm_envs[key] = WorldModelEnv(wm, wm.info["camera"], sim_observation_space=sim_env.observation_space,
+                                               max_episode_steps=episode.max_steps, instruction=episode.instruction)
+        return self._wm_envs[key]
+
     def run_one(self, episode: Episode, policy: str, *, keep_trajectory: bool) -> EpisodeResult:
         """Run one episode in the simulator (raises on failure; ``run`` records it instead)."""
         env = self._env_for(episode)
         return run_episode(env, self._policy_for(policy, episode.env_id), episode,
                            stop_on_success=self.settings.stop_on_success, keep_trajectory=keep_trajectory)
 
-    def run(self, item: WorkItem) -> dict[str, Any]:
+    def run(self, item: WorkItem) -> list[dict[str, Any]]:
+        """The records of ``item``: one per backend in ``item.backends``."""
         ep = item.episode
-        record: dict[str, Any] = {"policy": item.policy, "backend": item.backend, **ep.to_dict()}
+        base = {"policy": item.policy, **ep.to_dict()}
+        wm_name = item.world_model
         start = time.perf_counter()
         try:
-            if item.backend != "sim":
-                raise ValueError(f"backend {item.backend!r} is not available yet; only 'sim'")
-            result = self.run_one(ep, item.policy, keep_trajectory=item.video_path is not None)
+            sim = self.run_one(ep, item.policy, keep_trajectory=item.video_path is not None or wm_name is not None)
         except Exception as exc:  # one bad episode must not end the run
-            log.warning("episode %s failed: %s", item.key, exc)
+            log.warning("episode %s failed: %s", item.keys, exc)
             self.close()  # the simulator may be in a bad state: rebuild it for the next episode
-            record.update(outcome="error", success=False, success_step=None, length=0, ret=0.0,
-                          error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                          wall_s=round(time.perf_counter() - start, 4), steps_per_s=0.0, video=None)
-            return record
-        wall = time.perf_counter() - start
-        record.update(
-            outcome="success" if result.success else "failure",
-            success=result.success,
-            success_step=result.success_step,
-            length=result.length,
-            ret=round(result.ret, 6),
-            wall_s=round(wall, 4),
-            rollout_s=round(result.rollout_s, 4),
-            steps_per_s=round(result.length / result.rollout_s, 2) if result.rollout_s > 0 else 0.0,
-            video=None,
-        )
-        if item.video_path and (result.success is False or not item.video_only_on_failure):
-            record["video"] = self._write_video(item, result)
-        return record
+            return [_error_record(base, b, exc, start) for b in item.backends]
+        records = {"sim": {**base, "backend": "sim", **_outcome(sim, time.perf_counter() - start)}}
+        wm_result = None
+        if wm_name is not None:
+            backend = f"wm:{wm_name}"
+            wm_start = time.perf_counter()
+            try:
+                wm_result, judged_sim = self._run_in_world_model(ep, item.policy, sim)
+                if judged_sim is not None:
+                    records["sim"].update(judge_score=round(judged_sim[0], 6), judge_success=judged_sim[1])
+                records[backend] = {**base, "backend": backend, **_outcome(wm_result, time.perf_counter() - wm_start),
+                                    "mode": wm_result.mode, "judge": self.settings.judge,
+                                    "judge_score": None if wm_result.judge_score is None else round(wm_result.judge_score, 6),
+                                    "sim_success": sim.success, "latent_divergence": wm_result.latent_divergence}
+            except Exception as exc:
+                log.warning("world-model episode %s failed: %s", item.keys, exc)
+                records[backend] = _error_record(base, backend, exc, wm_start)
+        out = [records[b] for b in item.backends]
+        if item.video_path:
+            failed = not sim.success or (wm_result is not None and not wm_result.success)
+            if failed or not item.video_only_on_failure:
+                video = self._write_video(item, sim, wm_result)
+                for r in out:
+                    r["video"] = video
+        return out
 
-    def _write_video(self, item: WorkItem, result: EpisodeResult) -> str | None:
-        from harness.video import annotate, compose_frame, write_video
+    def _run_in_world_model(self, episode: Episode, policy_spec: str, sim: EpisodeResult):
+        from harness.matched import judge_rollout, run_world_model_episode
+        from policies.base import observes
+
+        wm, judge = self.world_model()
+        wm_env = self._wm_env_for(episode, self._env)
+        policy = self._policy_for(policy_spec, episode.env_id)
+        closed_loop = "state" not in observes(policy)
+        result = run_world_model_episode(wm_env, policy, episode, sim.observations, sim.actions,
+                                         closed_loop=closed_loop, judge=judge,
+                                         stop_on_success=self.settings.stop_on_success)
+        judged_sim = None
+        if judge is not None:  # the same judge on the real rollout: its own error, apart from the world model's
+            frames = np.stack([o["pixels"][wm_env.camera] for o in sim.observations])
+            latents = None
+            if getattr(judge, "needs_latents", False):
+                import torch
+
+                with torch.no_grad():
+                    latents = wm.encode(frames[None])[0].numpy()
+            judged_sim = judge_rollout(judge, frames, latents, episode.instruction)
+        return result, judged_sim
+
+    def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
+        from harness.video import annotate, compose_frame, side_by_side, write_video
 
         try:
-            cams = list(result.frames[0]) if result.frames else []
-            frames = [compose_frame([f[c] for c in cams]) for f in result.frames]
-            verdict = f"SUCCESS at step {result.success_step}" if result.success else "FAILURE"
-            frames = annotate(frames, item.episode.instruction, verdict, result.success, item.policy)
+            ep = item.episode
+            cams = list(sim.frames[0]) if sim.frames else []
+            verdict = f"SUCCESS at step {sim.success_step}" if sim.success else "FAILURE"
+            if wm_result is None:
+                frames = [compose_frame([f[c] for c in cams]) for f in sim.frames]
+                frames = annotate(frames, ep.instruction, verdict, sim.success, item.policy)
+            else:
+                cam = self._wm.info["camera"]
+                wm_verdict = (f"judged SUCCESS at step {wm_result.success_step}" if wm_result.success
+                              else "judged FAILURE") if wm_result.judge_score is not None else "no judge"
+                frames = side_by_side([f[cam] for f in sim.frames], wm_result.frames, ep.instruction,
+                                      (f"simulator: {verdict}", sim.success),
+                                      (f"world model ({wm_result.mode}): {wm_verdict}", wm_result.success),
+                                      item.policy)
             write_video(item.video_path, frames, fps=self.settings.video_fps)
             return item.video_path
         except Exception as exc:  # a video problem must not lose the episode's outcome
@@ -172,3 +249,28 @@ class EpisodeWorker:
             except Exception:  # a broken simulator may fail to close; it is dropped anyway
                 pass
         self._env, self._env_id = None, None
+
+
+def _outcome(result, wall: float) -> dict[str, Any]:
+    """The outcome fields of a record, from an EpisodeResult or a WorldModelResult."""
+    out = {
+        "outcome": "success" if result.success else "failure",
+        "success": result.success,
+        "success_step": result.success_step,
+        "length": result.length,
+        "wall_s": round(wall, 4),
+        "rollout_s": round(result.rollout_s, 4),
+        "steps_per_s": round(result.length / result.rollout_s, 2) if result.rollout_s > 0 else 0.0,
+        "video": None,
+    }
+    if hasattr(result, "ret"):
+        out["ret"] = round(result.ret, 6)
+    if getattr(result, "metrics", None) is not None:
+        out["metrics"] = result.metrics
+    return out
+
+
+def _error_record(base: dict[str, Any], backend: str, exc: BaseException, start: float) -> dict[str, Any]:
+    return {**base, "backend": backend, "outcome": "error", "success": False, "success_step": None, "length": 0,
+            "ret": 0.0, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+            "wall_s": round(time.perf_counter() - start, 4), "steps_per_s": 0.0, "video": None}

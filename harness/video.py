@@ -1,4 +1,5 @@
-"""Episode videos: cameras side by side, the instruction on top, the verdict below."""
+"""Episode videos: cameras side by side, the instruction on top, the verdict below; and
+simulator | world model side by side for matched runs."""
 
 from __future__ import annotations
 
@@ -43,6 +44,37 @@ def annotate(frames: list[np.ndarray], instruction: str, verdict: str, success: 
         status = f"{label}  t={t}  {verdict}"
         bottom = _banner(width, [status[:chars]], GREEN if success else RED, 1.0)
         out.append(np.concatenate([top, frame, bottom], axis=0))
+    return out
+
+
+def side_by_side(sim_frames: list[np.ndarray], wm_frames: list[np.ndarray], instruction: str,
+                 sim: tuple[str, bool], wm: tuple[str, bool], label: str) -> list[np.ndarray]:
+    """Simulator (left) | world model (right), one row per control step, the instruction on
+    top and each side's verdict (text, success) below it. The shorter rollout holds its last
+    frame. Both sides are shown at the simulator's frame size."""
+    import cv2
+
+    if not sim_frames or not wm_frames:
+        return []
+    h, w = sim_frames[0].shape[:2]
+    T = max(len(sim_frames), len(wm_frames))
+    rows = []
+    for t in range(T):
+        a = sim_frames[min(t, len(sim_frames) - 1)]
+        b = wm_frames[min(t, len(wm_frames) - 1)]
+        if b.shape[:2] != (h, w):
+            b = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+        rows.append(compose_frame([a, np.full((h, 2, 3), 255, np.uint8), b]))
+    width = rows[0].shape[1]
+    chars = max(20, width // 11)
+    top = _banner(width, [f"{label}: {line}" if i == 0 else line
+                          for i, line in enumerate(textwrap.wrap(instruction, chars)[:3] or [""])], WHITE, 1.0)
+    half = width // 2
+    out = []
+    for t, row in enumerate(rows):
+        left = _banner(half, [f"t={t} {sim[0]}"[: half // 11]], GREEN if sim[1] else RED, 1.0)
+        right = _banner(width - half, [wm[0][: (width - half) // 11]], GREEN if wm[1] else RED, 1.0)
+        out.append(np.concatenate([top, row, np.concatenate([left, right], axis=1)], axis=0))
     return out
 
 

@@ -51,6 +51,16 @@ class EnvInfo:
         )
 
 
+#: What a policy reads from observations. A policy class may declare ``observes``; one that does
+#: not is assumed to read everything. A world model predicts pixels only, so only policies that
+#: do not read ``state`` can act closed-loop inside one (the others are replayed open-loop).
+ALL_OBSERVATIONS = frozenset({"pixels", "state"})
+
+
+def observes(policy: Any) -> frozenset[str]:
+    return frozenset(getattr(policy, "observes", ALL_OBSERVATIONS))
+
+
 @runtime_checkable
 class Policy(Protocol):
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from harness.errors import HarnessError
-from policies.base import EnvInfo, clip_to, episode_rng
+from policies.base import EnvInfo, clip_to, episode_rng, observes
 
 
 class NoisyPolicy:
@@ -31,6 +31,10 @@ class NoisyPolicy:
         self.space = env_info.action_space
         self.base = make_policy(spec, env_info)
         self._rng = episode_rng(None, self._SALT)
+
+    @property
+    def observes(self) -> frozenset[str]:
+        return observes(self.base)
 
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:
         self.base.reset(instruction, seed=seed, init_state=init_state)

@@ -12,6 +12,8 @@ class RandomPolicy:
 
     _SALT = 0x52414E44
 
+    observes: frozenset[str] = frozenset()  # blind: actions depend on the seed only
+
     def __init__(self, env_info: EnvInfo):
         self.space = env_info.action_space
         self._rng = episode_rng(None, self._SALT)

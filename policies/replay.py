@@ -15,6 +15,8 @@ class ReplayPolicy:
     (same env id and init state) of a harness/robomimic HDF5 dataset. Past the end of the
     sequence it returns zero actions."""
 
+    observes: frozenset[str] = frozenset()  # blind: recorded actions
+
     def __init__(self, env_info: EnvInfo, path: str = "", demo: str | None = None):
         if not path:
             raise HarnessError("policy 'replay' needs a file: write e.g. 'replay:path=actions.npy' or 'replay:path=demos.h5'")

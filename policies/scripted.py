@@ -13,6 +13,8 @@ from policies.base import EnvInfo, clip_to
 class ScriptedPolicy:
     """Meta-World scripted expert for the env's task (needs observation['state'])."""
 
+    observes = frozenset({"state"})
+
     def __init__(self, env_info: EnvInfo):
         if env_info.family != "metaworld":
             raise HarnessError(

@@ -1,0 +1,274 @@
+"""The cross-entropy method over a world model: goal-conditioned MPC in latent space.
+
+``cem_plan`` is the algorithm and nothing else (sample action sequences from a Gaussian, score
+all of them in ONE batched world-model call per iteration, keep the elites, refit). It returns
+the plan and a diagnostics dict; it does not log, evaluate or own an environment.
+
+Units: a world model with ``frameskip`` f predicts one frame per f control steps from the f
+actions between, so a plan is ``horizon`` world-model steps of ``f * A`` numbers each, and
+executing ``execute`` of them means ``execute * f`` control steps.
+
+Presets (``CEM_PRESETS``):
+- ``dino_wm``: DINO-WM's planning defaults — 300 samples, top 30, 30 iterations, horizon 5,
+  execute all 5 before replanning, unit initial std, L2 on the last frame.
+- ``vjepa2_ac``: V-JEPA 2-AC's (Assran et al. 2025) style — L1 energy to the goal latent,
+  horizon 1 (one world-model step), 800 samples, top 10, 10 iterations, replanning every step,
+  with momentum on the mean.
+- ``cpu``: a small budget that keeps closed-loop evaluation interactive on a 2-core CPU with the
+  embedded tiny world models — 64 samples, top 8, 4 iterations, horizon 2, execute 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+
+@dataclass(frozen=True)
+class CEMConfig:
+    samples: int = 300
+    elites: int = 30
+    iterations: int = 30
+    horizon: int = 5  # world-model steps planned
+    execute: int = 5  # world-model steps executed before replanning
+    init_std: float = 1.0
+    min_std: float = 0.05
+    momentum: float = 0.0  # mean <- momentum * old mean + (1 - momentum) * elite mean
+    objective: str = "l2"  # l1 | l2 distance between predicted and goal latents (normalised)
+    goal_frames: str = "last"  # last | all (all predicted frames, later ones weighted more)
+    sampler_steps: int | None = 2  # flow-matching steps while planning (None: the world model's own)
+    max_batch: int = 4096  # candidates per world-model call, only to bound memory
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("samples", "elites", "iterations", "horizon", "execute", "max_batch"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise HarnessError(f"CEM {name}={v!r} must be an integer >= 1")
+        if self.elites > self.samples:
+            raise HarnessError(f"CEM elites={self.elites} must not exceed samples={self.samples}")
+        if self.execute > self.horizon:
+            raise HarnessError(f"CEM execute={self.execute} must not exceed horizon={self.horizon}")
+        if self.objective not in ("l1", "l2"):
+            raise HarnessError(f"CEM objective={self.objective!r}: use l1 or l2")
+        if self.goal_frames not in ("last", "all"):
+            raise HarnessError(f"CEM goal_frames={self.goal_frames!r}: use last or all")
+        if not 0.0 <= float(self.momentum) < 1.0:
+            raise HarnessError(f"CEM momentum={self.momentum!r} must be in [0, 1)")
+        if not float(self.init_std) > 0:
+            raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
+
+
+CEM_PRESETS: dict[str, CEMConfig] = {
+    "dino_wm": CEMConfig(),
+    "vjepa2_ac": CEMConfig(samples=800, elites=10, iterations=10, horizon=1, execute=1, objective="l1",
+                           momentum=0.15),
+    "cpu": CEMConfig(samples=64, elites=8, iterations=4, horizon=2, execute=1),
+}
+
+
+def goal_cost(z_pred, z_goal, objective: str, goal_frames: str):
+    """Cost per candidate: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised -> (S,)."""
+    diff = z_pred - z_goal[None, None]
+    per_frame = diff.abs().mean(dim=(2, 3)) if objective == "l1" else diff.pow(2).mean(dim=(2, 3))  # (S, K)
+    if goal_frames == "last":
+        return per_frame[:, -1]
+    K = per_frame.shape[1]
+    w = per_frame.new_tensor(np.arange(1, K + 1, dtype=np.float32))
+    return (per_frame * w).sum(dim=1) / w.sum()
+
+
+def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarray | None = None,
+             low: float = -1.0, high: float = 1.0, predict=None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Plan ``config.horizon`` world-model steps from ``context`` toward ``goal``.
+
+    context: raw latents (1, T, N, D) (the last ``history`` frames are used); goal: raw latent
+    (N, D). ``init_mean``: (horizon, f*A) warm start (the previous plan shifted). ``predict``:
+    the batched call, ``world_model.predict`` by default (tests count its calls). Returns the
+    mean of the final distribution, clipped to [low, high], shape (horizon, f*A), and
+    diagnostics: cost of the best candidate and elite mean per iteration, elite spread, calls.
+    """
+    import torch
+
+    predict = predict or world_model.predict
+    S, E, K = config.samples, config.elites, config.horizon
+    A = world_model.action_dim
+    ctx = context[:, -world_model.history:]
+    goal_n = world_model.normalize(torch.as_tensor(goal, dtype=torch.float32))
+    mean = np.zeros((K, A), np.float32) if init_mean is None else np.asarray(init_mean, np.float32).reshape(K, A)
+    std = np.full((K, A), float(config.init_std), np.float32)
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator()
+    diag: dict[str, Any] = {"best_cost": [], "elite_cost": [], "elite_std": [], "calls": 0}
+    for it in range(config.iterations):
+        cand = np.clip(mean[None] + std[None] * rng.standard_normal((S, K, A)).astype(np.float32), low, high)
+        cand[0] = np.clip(mean, low, high)  # keep the current mean in the pool
+        costs = []
+        for s0 in range(0, S, config.max_batch):  # chunked only to bound memory
+            part = torch.as_tensor(cand[s0:s0 + config.max_batch])
+            gen.manual_seed(config.seed * 1000 + it)  # common random numbers: candidates differ only by actions
+            z = predict(ctx.expand(part.shape[0], *ctx.shape[1:]), part, generator=gen,
+                        steps=config.sampler_steps, temperature=0.0)
+            diag["calls"] += 1
+            costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames))
+        cost = torch.cat(costs).numpy()
+        elite_idx = np.argsort(cost, kind="stable")[:E]
+        elites = cand[elite_idx]
+        new_mean = elites.mean(axis=0)
+        mean = config.momentum * mean + (1 - config.momentum) * new_mean
+        std = np.maximum(elites.std(axis=0), config.min_std)
+        diag["best_cost"].append(float(cost[elite_idx[0]]))
+        diag["elite_cost"].append(float(cost[elite_idx].mean()))
+        diag["elite_std"].append(float(std.mean()))
+    return np.clip(mean, low, high), diag
+
+
+class CEMPolicy:
+    """MPC with ``cem_plan`` over a world model, from pixels: in the simulator (plan in the world
+    model, act in the simulator) and inside a WorldModelEnv alike.
+
+    Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
+    [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]``.
+
+    The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
+    the same init state until success and takes that frame (a goal state reached in the
+    simulator; Meta-World only); ``goal=data`` takes the final frame of the dataset episode with
+    the same env and init state from ``goal_data``.
+    """
+
+    observes = frozenset({"pixels"})
+
+    def __init__(self, env_info, wm: str = "", checkpoint: str | None = None, preset: str = "cpu",
+                 goal: str = "expert", goal_data: str | None = None, samples: int | None = None,
+                 elites: int | None = None, iterations: int | None = None, horizon: int | None = None,
+                 execute: int | None = None, objective: str | None = None, init_std: float | None = None,
+                 momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None):
+        if not wm:
+            raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
+        if preset not in CEM_PRESETS:
+            raise HarnessError(f"cem preset {preset!r} is unknown; available: {', '.join(CEM_PRESETS)}")
+        if goal not in ("expert", "data"):
+            raise HarnessError(f"cem goal={goal!r}: use goal=expert (scripted expert in the simulator) or goal=data")
+        if goal == "data" and not goal_data:
+            raise HarnessError("cem goal=data needs goal_data=PATH.h5 (a dataset from `harness collect`)")
+        if goal == "expert" and env_info.family != "metaworld":
+            raise HarnessError(f"cem goal=expert needs a scripted expert (Meta-World); {env_info.env_id} has none: "
+                               f"use goal=data,goal_data=PATH.h5")
+        overrides = {k: v for k, v in dict(samples=samples, elites=elites, iterations=iterations, horizon=horizon,
+                                           execute=execute, objective=objective, init_std=init_std,
+                                           momentum=momentum, goal_frames=goal_frames,
+                                           sampler_steps=sampler_steps).items() if v is not None}
+        self.config = replace(CEM_PRESETS[preset], **overrides)
+        from world_models.named import find_checkpoint, read_config
+
+        read_config(wm)
+        find_checkpoint(wm, checkpoint)  # fails here, before any simulator starts, when absent
+        self.env_info, self.wm_name, self.checkpoint = env_info, wm, checkpoint
+        self.goal, self.goal_data = goal, goal_data
+        self._wm = None
+        self._goals: dict[int, Any] = {}
+        self.last_diagnostics: dict[str, Any] = {}
+
+    # lazily: a policy is built once at validation time, where nothing heavy may load
+    @property
+    def world_model(self):
+        if self._wm is None:
+            from world_models import load_world_model
+
+            self._wm = load_world_model(self.wm_name, self.checkpoint)
+            self._wm.eval()
+            camera = self._wm.info.get("camera")
+            if camera not in self.env_info.cameras:
+                raise HarnessError(f"cem: world model {self.wm_name!r} sees camera {camera!r}, which this run does "
+                                   f"not render ({', '.join(self.env_info.cameras) or 'none'}): add --camera {camera}")
+            if self._wm.env_action_dim != self.env_info.action_space.shape[0]:
+                raise HarnessError(f"cem: world model {self.wm_name!r} takes {self._wm.env_action_dim}-D actions; "
+                                   f"{self.env_info.env_id} has {self.env_info.action_space.shape[0]}-D")
+        return self._wm
+
+    def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:
+        import torch
+
+        wm = self.world_model
+        self._init_state = init_state
+        self._seed = 0 if seed is None else int(seed)
+        if init_state not in self._goals:
+            frame = self._goal_frame(init_state)
+            with torch.no_grad():
+                self._goals[init_state] = wm.encode(frame[None, None])[0, 0]
+        self._frames: list[np.ndarray] = []  # one observed frame per world-model step
+        self._queue: list[np.ndarray] = []
+        self._plan: np.ndarray | None = None
+        self._t = 0
+        self._replans = 0
+
+    def _goal_frame(self, init_state: int | None) -> np.ndarray:
+        camera = self.world_model.info["camera"]
+        if self.goal == "data":
+            from harness.dataset import list_demos, read_demo
+
+            for name, attrs in list_demos(self.goal_data):
+                if attrs.get("env_id") == self.env_info.env_id and attrs.get("init_state") == init_state:
+                    return read_demo(self.goal_data, name).frames(camera)[-1]
+            raise HarnessError(f"cem goal_data {self.goal_data!r} has no episode of {self.env_info.env_id} with "
+                               f"init_state {init_state}: collect one with `harness collect`")
+        return expert_goal_frame(self.env_info, camera, self.env_info.image_size, init_state)
+
+    def act(self, observation: dict[str, Any]) -> np.ndarray:
+        import torch
+
+        wm = self.world_model
+        f, A = wm.frameskip, wm.env_action_dim
+        if self._t % f == 0:
+            self._frames.append(observation["pixels"][wm.info["camera"]])
+            self._frames = self._frames[-wm.history:]
+        if not self._queue:
+            cfg = self.config
+            with torch.no_grad():
+                ctx = wm.encode(np.stack(self._frames)[None])
+            warm = None
+            if self._plan is not None:  # shift the previous plan: warm start
+                warm = np.concatenate([self._plan[cfg.execute:], np.zeros((cfg.execute, f * A), np.float32)])
+            plan, diag = cem_plan(wm, ctx, self._goals[self._init_state],
+                                  replace(cfg, seed=(self._seed + self._replans) % (1 << 31)), init_mean=warm)
+            self._plan, self.last_diagnostics = plan, diag
+            self._replans += 1
+            self._queue = list(plan[:cfg.execute].reshape(cfg.execute * f, A))
+        self._t += 1
+        return np.asarray(self._queue.pop(0), np.float32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"wm": self.wm_name, **asdict(self.config), "goal": self.goal}
+
+
+_EXPERT_GOALS: dict[tuple[str, str, int, int | None], np.ndarray] = {}
+
+
+def expert_goal_frame(env_info, camera: str, image_size: int, init_state: int | None, max_steps: int = 500) -> np.ndarray:
+    """The camera frame at which the task's scripted expert first succeeds from ``init_state``
+    (cached per process). Raises when the expert does not succeed within ``max_steps``."""
+    key = (env_info.env_id, camera, image_size, init_state)
+    if key in _EXPERT_GOALS:
+        return _EXPERT_GOALS[key]
+    from envs import make_env
+    from policies.scripted import ScriptedPolicy
+
+    env = make_env(env_info.env_id, cameras=(camera,), image_size=image_size)
+    try:
+        expert = ScriptedPolicy(env_info)
+        obs, _ = env.reset(options={"init_state": init_state})
+        for _ in range(max_steps):
+            obs, _, terminated, truncated, info = env.step(expert.act(obs))
+            if info.get("success"):
+                _EXPERT_GOALS[key] = obs["pixels"][camera].copy()
+                return _EXPERT_GOALS[key]
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    raise HarnessError(f"cem goal=expert: the scripted expert did not reach the goal of {env_info.env_id} from "
+                       f"init state {init_state}; use goal=data,goal_data=PATH.h5")
