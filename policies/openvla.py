@@ -178,11 +178,11 @@ def read_pixel_transforms(folder: Path) -> list[PixelTransform]:
     path = folder / "preprocessor_config.json"
     if not path.is_file():
         raise HarnessError(f"checkpoint {str(folder)!r} has no preprocessor_config.json: it is not a complete OpenVLA/Llava checkpoint folder")
-    cfg = json.loads(path.read_text())
     from PIL import Image
 
     names = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "nearest": Image.Resampling.NEAREST}
     try:
+        cfg = json.loads(path.read_text())
         if "input_sizes" in cfg:  # PrismaticImageProcessor
             strategy = cfg.get("image_resize_strategy", "letterbox")
             out = []
@@ -198,7 +198,7 @@ def read_pixel_transforms(folder: Path) -> list[PixelTransform]:
                 ))
             return out
         size = cfg.get("size", {"height": MODEL_SIZE})
-        side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+        side = (size.get("height") or size.get("shortest_edge")) if isinstance(size, dict) else size
         return [PixelTransform(int(side), "resize-naive", int(cfg.get("resample", Image.Resampling.BICUBIC)),
                                tuple(cfg.get("image_mean", [0.5] * 3)), tuple(cfg.get("image_std", [0.5] * 3)))]
     except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -280,8 +280,6 @@ def load_checkpoint(folder: str, device: str, dtype: str, backend: str) -> tuple
 
     config = json.loads((Path(folder) / "config.json").read_text())
     remote = (config.get("auto_map") or {}).get("AutoModelForVision2Seq")
-    if remote:
-        require_module("timm", "timm (needed by OpenVLA's remote code)", "openvla")
     log.info("loading OpenVLA checkpoint %s on %s (%s)", folder, device, dtype)
     try:
         if remote:
@@ -420,6 +418,8 @@ class OpenVLAPolicy:
         if self.stats.dim != ACTION_DIM:
             raise HarnessError(f"{where}: statistics {self.unnorm_key!r} are {self.stats.dim}-D, OpenVLA's actions are {ACTION_DIM}-D")
         self.remote = (self.config.get("auto_map") or {}).get("AutoModelForVision2Seq")
+        if self.remote:
+            require_module("timm", "timm (imported by OpenVLA's remote code)", "openvla")
         if backend == "remote_code" and not self.remote:
             raise HarnessError(f"backend=remote_code needs OpenVLA's own code, but the config.json of {where} names no AutoModelForVision2Seq class: use backend=harness")
         text = self.config.get("text_config") or {}

@@ -161,13 +161,24 @@ def checkpoint(tmp_path_factory):
     return folder
 
 
+@pytest.fixture
+def one_thread():
+    """Two threads on a shared 2-core machine thrash (1.6 s vs 15 ms per forward of the tiny model)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def observation(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"pixels": {"agentview": rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)}, "state": np.zeros(9, np.float32)}
 
 
 @requires_models
-def test_policy_generates_seven_action_tokens_and_decodes_them(checkpoint):
+def test_policy_generates_seven_action_tokens_and_decodes_them(checkpoint, one_thread):
     import torch
 
     from policies.openvla import load_checkpoint, pixel_values, read_pixel_transforms
@@ -371,3 +382,15 @@ def test_client_encoding_matches_json_numpy():
     ours = loads(json_numpy.dumps(payload))
     np.testing.assert_array_equal(ours["image"], payload["image"])
     assert ours["image"].dtype == np.uint8 and ours["a"] == np.float32(1.5)
+
+
+def test_shipped_example_config_parses():
+    from pathlib import Path
+
+    from harness.config import EvalConfig
+    from policies import parse_policy_spec
+
+    cfg = EvalConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "policies" / "openvla_libero.yaml")
+    assert cfg.image_size == 256 and cfg.episodes == 50
+    spec = parse_policy_spec(cfg.policies[0])
+    assert spec.name == "openvla" and spec.params["center_crop"] is True and spec.params["unnorm_key"] == "libero_spatial"
