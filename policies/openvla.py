@@ -456,7 +456,10 @@ class OpenVLAPolicy:
 
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:
         self._instruction = instruction
-        self._prompt_ids = self.prompt_ids(instruction) if self.backend == "harness" else None
+        if self.backend == "harness":
+            self._prompt_ids = self.prompt_ids(instruction)
+        else:  # as OpenVLA's own scripts do: a fine-tune's dataset_statistics.json wins over config.json
+            self._loaded()[0].norm_stats = load_norm_stats(self.folder)
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         image = preprocess_image(camera_image(observation, self.setup.camera),
@@ -480,7 +483,6 @@ class OpenVLAPolicy:
         from PIL import Image
 
         model, processor = self._loaded()
-        model.norm_stats = load_norm_stats(self.folder)  # dataset_statistics.json of a fine-tune wins
         inputs = processor(build_prompt(self._instruction, self.v01), Image.fromarray(image)).to(self.device, dtype=getattr(torch, self.dtype))
         with torch.inference_mode():
             return np.asarray(model.predict_action(**inputs, unnorm_key=self.unnorm_key, do_sample=False), dtype=np.float64)
