@@ -337,6 +337,71 @@ def train_policy_cmd(
                f"instruction(s); evaluate with --policy bc:path={Path(result['out']) / 'step_NNNNNN'}")
 
 
+@app.command("train-judge")
+def train_judge_cmd(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="simulator rollouts from `harness collect` (HDF5); repeat for several")],
+    out: Annotated[str, typer.Option("--out", "-o", help="folder for the classifier (use as latent_classifier:path=DIR)")],
+    wm: Annotated[str | None, typer.Option("--wm", help="named world model whose encoder gives the latents")] = None,
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="its checkpoint folder")] = None,
+    encoder: Annotated[str | None, typer.Option("--encoder", help="or an encoder by name (see world_models/encoders)")] = None,
+    encoder_path: Annotated[str | None, typer.Option("--encoder-path", help="its weights: train-encoder folder, local HF folder or cached repo id")] = None,
+    camera: Annotated[str | None, typer.Option("--camera", help="camera to judge from (default: the data's first)")] = None,
+    steps: int = 300,
+    lr: float = 3e-3,
+    hidden: int = 64,
+    heldout: Annotated[float, typer.Option("--heldout", help="fraction of episodes held out for scoring")] = 0.25,
+    window: Annotated[int, typer.Option("--window", help="frames in the moving average of per-frame probabilities")] = 3,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Train a success classifier on frozen encoder latents, labelled by the simulator oracle."""
+    from harness.judges.latent_classifier import JudgeTrainConfig, train_success_classifier
+
+    cfg = JudgeTrainConfig(data=tuple(data), out=out, wm=wm, wm_checkpoint=wm_checkpoint, encoder=encoder,
+                           encoder_path=encoder_path, camera=camera, steps=steps, lr=lr, hidden=hidden,
+                           heldout=heldout, window=window, seed=seed, threads=threads)
+    show = _train_progress(progress)
+    r = train_success_classifier(cfg, (lambda i, n, num: show("judge", i, n, num)) if show else None)
+    for split in ("train", "heldout"):
+        m = r[split]
+        if m.get("episodes"):
+            typer.echo(f"{split:>8}: {m['episodes']} episodes, accuracy {m['accuracy']:.3f} (chance "
+                       f"{m['chance_accuracy']:.3f}), kappa {m['kappa']:.3f}, frame accuracy {m['frame_accuracy']:.3f}")
+    typer.echo(f"wrote success classifier to {r['checkpoint']}; judge with --judge latent_classifier:path={r['checkpoint']}")
+
+
+@app.command("judge-eval")
+def judge_eval_cmd(
+    judge: Annotated[str, typer.Option("--judge", "-j", help="judge spec: oracle, vlm:path=DIR, consensus:judges=A+B, latent_classifier:path=DIR")],
+    data: Annotated[list[str], typer.Option("--data", "-d", help="simulator rollouts from `harness collect` (HDF5); repeat for several")],
+    wm: Annotated[str | None, typer.Option("--wm", help="named world model whose encoder gives the judge its latents")] = None,
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="JSON file (default: runs/judge-eval/<judge>.json)")] = None,
+    camera: Annotated[str | None, typer.Option("--camera")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="at most this many episodes")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Score a judge against the simulator oracle on simulator rollouts: accuracy, kappa, precision/recall."""
+    from harness.judges.evaluate import format_table, run_judge_eval
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+    def on_episode(rec, i):
+        if progress:
+            typer.echo(f"[{i}] {rec['episode']}: sim {'success' if rec['sim_success'] else 'failure'}, "
+                       f"judge {rec['score']:.3f} -> {'success' if rec['verdict'] else 'failure'}", err=True)
+
+    r = run_judge_eval(judge, data, out=out, wm=wm, wm_checkpoint=wm_checkpoint, camera=camera, episodes=episodes,
+                       on_episode=on_episode)
+    typer.echo(format_table(r))
+    typer.echo(f"\nwrote {r['out']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

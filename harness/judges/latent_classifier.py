@@ -1,0 +1,404 @@
+"""A success classifier on frozen encoder latents: the judge that works on a fresh machine.
+
+Per frame, the encoder's patch tokens are pooled (mean and max over tokens), standardised, and a
+small MLP gives P(task solved at this frame). An episode's score is the maximum over time of a
+``window``-frame moving average of those probabilities, so one noisy frame cannot decide an
+episode, while a success held for ``window`` frames does. Verdict: score >= threshold (0.5).
+
+Trained by ``harness train-judge`` from simulator rollouts (datasets written by
+``harness collect``), with the simulator oracle's labels: frame k of an episode (k = 0 is the
+reset frame) is labelled with the oracle's flag after action k-1, the reset frame as failure.
+Episodes, not frames, are split into training and held-out sets (stratified by outcome), and
+the loss weights positive frames by (negatives / positives), so rare success frames count.
+
+The checkpoint (``config.json`` + ``model.safetensors``, world_models/checkpoint.py) records the
+identity of its encoder: the encoder's spec and a SHA-256 of its frozen weights, plus where to load
+it from. A classifier refuses latents from any other encoder with one clear line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.errors import HarnessError
+
+from .base import check_frames, check_threshold
+
+log = logging.getLogger(__name__)
+
+FORMAT = "wm-harness-success-classifier/1"
+POOL_GRID = 2  # the token grid is average-pooled to POOL_GRID x POOL_GRID cells for the features
+TRAIN_HINT = ("Train one with `harness train-judge --data D.h5 --wm NAME --out DIR` "
+              "(or --encoder NAME --encoder-path P).")
+
+
+# encoder identity --------------------------------------------------------------------------
+def encoder_identity(encoder: Any) -> dict[str, Any]:
+    """What makes two encoders' latents interchangeable: the spec and the exact frozen weights."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(encoder.frozen_state().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(tensor.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return {"name": encoder.kind, "spec": encoder.spec(), "weights_sha256": h.hexdigest(),
+            "tokens": int(encoder.num_tokens), "dim": int(encoder.dim), "grid": [int(g) for g in encoder.grid]}
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    return f"{identity['name']} ({identity['tokens']} tokens x {identity['dim']} dims, weights {identity['weights_sha256'][:12]})"
+
+
+def load_judge_encoder(source: dict[str, Any]) -> Any:
+    """The encoder a classifier was trained on, from the source recorded in its checkpoint."""
+    if source.get("kind") == "world_model":
+        from world_models import load_world_model
+
+        return load_world_model(source["name"], source.get("checkpoint")).encoder
+    from world_models.encoders import load_encoder
+
+    return load_encoder(source["name"], source.get("path"))
+
+
+# the network ---------------------------------------------------------------------------------
+def _head_class():
+    import torch
+    from torch import nn
+
+    class SuccessHead(nn.Module):
+        """Pooled latent tokens -> standardised features -> MLP -> success logit, per frame."""
+
+        def __init__(self, dim: int, grid: tuple[int, int] | list[int], hidden: int = 64, dropout: float = 0.2):
+            super().__init__()
+            self.dim, self.grid, self.hidden = dim, (int(grid[0]), int(grid[1])), hidden
+            width = dim * (2 + POOL_GRID * POOL_GRID)
+            self.register_buffer("feature_mean", torch.zeros(width))
+            self.register_buffer("feature_std", torch.ones(width))
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, hidden), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(hidden, 1))
+
+        def features(self, z: torch.Tensor) -> torch.Tensor:
+            """(M, N, D) -> (M, (2 + P*P) D): mean and max over all tokens, and the token grid
+            average-pooled to P x P (P = POOL_GRID), which keeps coarse *where* (the arm's reach)."""
+            M, N, D = z.shape
+            spatial = z.transpose(1, 2).reshape(M, D, *self.grid)
+            pooled = nn.functional.adaptive_avg_pool2d(spatial, POOL_GRID).flatten(1)  # (M, D * P * P)
+            return torch.cat([z.mean(dim=1), z.amax(dim=1), pooled], dim=-1)
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            f = (self.features(z.float()) - self.feature_mean) / self.feature_std
+            return self.net(f).squeeze(-1)  # (M,)
+
+    return SuccessHead
+
+
+def episode_score(frame_probs: np.ndarray, window: int) -> float:
+    """Max over time of the ``window``-frame moving average (the whole episode if shorter)."""
+    p = np.asarray(frame_probs, dtype=np.float64)
+    w = max(1, min(int(window), len(p)))
+    return float(np.convolve(p, np.ones(w) / w, mode="valid").max())
+
+
+def frame_labels(success: np.ndarray, num_frames: int) -> np.ndarray:
+    """Per-frame labels from per-step oracle flags: frame 0 is the reset (failure), frame k+1
+    follows action k."""
+    return np.concatenate([[False], np.asarray(success, dtype=bool)])[:num_frames]
+
+
+# the judge -------------------------------------------------------------------------------------
+class LatentClassifierJudge:
+    """Success classifier on frozen encoder latents (``latent_classifier:path=DIR``)."""
+
+    needs_latents = True
+    needs_success = False
+
+    def __init__(self, path: str, window: int | None = None, threshold: float | None = None, encoder: Any = None):
+        import torch
+
+        from world_models.checkpoint import load_checkpoint, load_state
+
+        self.path = str(path)
+        config, tensors = load_checkpoint(path, "success classifier", FORMAT, TRAIN_HINT)
+        try:
+            head_cfg, enc_cfg = config["head"], config["encoder"]
+            self.identity, self.source = enc_cfg["identity"], enc_cfg["source"]
+            self.head = _head_class()(int(head_cfg["dim"]), head_cfg["grid"], int(head_cfg["hidden"]))
+            self.window = int(window if window is not None else config["window"])
+            self.threshold = check_threshold(threshold if threshold is not None else config["threshold"],
+                                             "latent_classifier")
+        except (KeyError, TypeError, ValueError) as e:
+            raise HarnessError(f"success classifier {path}/config.json is inconsistent ({type(e).__name__}: {e}); "
+                               f"re-train it. {TRAIN_HINT}") from None
+        if self.window < 1:
+            raise HarnessError(f"latent_classifier: window must be >= 1, got {self.window}")
+        load_state(self.head, tensors, "", self.path)
+        self.head.eval().requires_grad_(False)
+        self.config = config
+        self._encoder = None
+        if encoder is not None:
+            self.check_encoder(encoder)
+            self._encoder = encoder
+        self.label = f"latent_classifier:path={self.path}"
+        self._torch = torch
+
+    def check_encoder(self, encoder: Any) -> None:
+        """Refuse an encoder other than the one the classifier was trained on."""
+        other = encoder_identity(encoder)
+        if other["weights_sha256"] != self.identity["weights_sha256"] or other["spec"] != self.identity["spec"]:
+            raise HarnessError(f"success classifier {self.path} was trained on latents of {_describe(self.identity)}; "
+                               f"these latents come from {_describe(other)}. Train a classifier for this encoder: "
+                               f"`harness train-judge --wm NAME --data D.h5 --out DIR`")
+
+    @property
+    def encoder(self) -> Any:
+        if self._encoder is None:
+            enc = load_judge_encoder(self.source)
+            self.check_encoder(enc)
+            self._encoder = enc
+        return self._encoder
+
+    def frame_probabilities(self, latents: np.ndarray) -> np.ndarray:
+        z = self._torch.as_tensor(np.asarray(latents, dtype=np.float32))
+        if z.ndim != 3 or tuple(z.shape[1:]) != (self.identity["tokens"], self.identity["dim"]):
+            raise HarnessError(f"success classifier {self.path} expects latents (T, {self.identity['tokens']}, "
+                               f"{self.identity['dim']}) from {_describe(self.identity)}, got {tuple(z.shape)}")
+        with self._torch.no_grad():
+            return self._torch.sigmoid(self.head(z)).numpy()
+
+    def score(self, frames: np.ndarray | None, instruction: str, latents: np.ndarray | None = None, *,
+              success: Sequence[bool] | None = None) -> float:
+        if latents is None:
+            if frames is None:
+                raise HarnessError("latent_classifier judge needs frames or latents")
+            frames = check_frames(frames, "latent_classifier judge")
+            latents = self.encoder.encode(frames[None])[0].numpy()
+        return episode_score(self.frame_probabilities(latents), self.window)
+
+
+# training ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class JudgeTrainConfig:
+    data: tuple[str, ...]
+    out: str
+    wm: str | None = None
+    wm_checkpoint: str | None = None
+    encoder: str | None = None
+    encoder_path: str | None = None
+    camera: str | None = None
+    steps: int = 300
+    lr: float = 3e-3
+    hidden: int = 64
+    heldout: float = 0.25
+    window: int = 3
+    seed: int = 0
+    threads: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.data, str) or not self.data:
+            raise HarnessError("pass at least one --data FILE (a dataset written by `harness collect`)")
+        for d in self.data:
+            if not Path(d).is_file():
+                raise HarnessError(f"--data {d}: no such file; write one with `harness collect --env ... --out {d}`")
+        if (self.wm is None) == (self.encoder is None):
+            raise HarnessError("pass exactly one of --wm NAME (its encoder) or --encoder NAME [--encoder-path P]")
+        if self.wm_checkpoint is not None and self.wm is None:
+            raise HarnessError("--wm-checkpoint needs --wm NAME")
+        for name, value, low in (("steps", self.steps, 1), ("hidden", self.hidden, 1), ("window", self.window, 1)):
+            if not isinstance(value, int) or value < low:
+                raise HarnessError(f"--{name} must be an integer >= {low}, got {value!r}")
+        if not 0.0 < self.heldout < 1.0:
+            raise HarnessError(f"--heldout must be a fraction in (0, 1), got {self.heldout!r}")
+        if not self.lr > 0:
+            raise HarnessError(f"--lr must be > 0, got {self.lr!r}")
+        out = Path(self.out)
+        if out.exists() and not out.is_dir():
+            raise HarnessError(f"--out {self.out} exists and is not a folder")
+
+    def encoder_source(self) -> dict[str, Any]:
+        if self.wm is not None:
+            ckpt = None if self.wm_checkpoint is None else str(Path(self.wm_checkpoint).resolve())
+            return {"kind": "world_model", "name": self.wm, "checkpoint": ckpt}
+        path = self.encoder_path
+        if path is not None and Path(path).expanduser().exists():
+            path = str(Path(path).expanduser().resolve())
+        return {"kind": "encoder", "name": self.encoder, "path": path}
+
+
+@dataclass
+class EncodedEpisode:
+    source: str  # "file#demo"
+    latents: np.ndarray  # (T + 1, N, D)
+    labels: np.ndarray  # (T + 1,) bool
+    success: bool  # the oracle: any step succeeded
+    attrs: dict[str, Any]
+
+
+def dataset_camera(path: str, camera: str | None) -> str:
+    """The camera to read from a dataset: ``camera`` if it has it, else its first one."""
+    import h5py
+
+    from harness.dataset import list_demos
+
+    try:
+        demos = list_demos(path)
+        if not demos:
+            raise HarnessError(f"{path} holds no episodes")
+        with h5py.File(path, "r") as f:
+            keys = sorted(k[:-4] for k in f["data"][demos[0][0]]["obs"] if k.endswith("_rgb"))
+    except (OSError, KeyError) as e:
+        raise HarnessError(f"{path} is not a dataset written by `harness collect` (HDF5 with data/demo_*/obs): "
+                           f"{' '.join(str(e).split())[:120]}") from None
+    if camera is None:
+        if not keys:
+            raise HarnessError(f"{path} has no camera images (obs/<camera>_rgb)")
+        return keys[0]
+    if camera not in keys:
+        raise HarnessError(f"{path} has no camera {camera!r}; its cameras: {', '.join(keys) or '(none)'}")
+    return camera
+
+
+def iter_rollouts(paths: Sequence[str], camera: str | None, limit: int | None = None):
+    """(source, frames (T+1, H, W, 3), per-step success, attrs) for every episode of the files."""
+    from harness.dataset import list_demos, read_demo
+
+    count = 0
+    for path in paths:
+        cam = dataset_camera(path, camera)
+        for name, _ in list_demos(path):
+            if limit is not None and count >= limit:
+                return
+            ep = read_demo(path, name, keys=[f"{cam}_rgb"])
+            if ep.success is None:
+                raise HarnessError(f"{path}#{name} has no per-step success flags: it was not written by "
+                                   f"`harness collect`, so the oracle's labels are unknown")
+            count += 1
+            yield f"{path}#{name}", ep.frames(cam), np.asarray(ep.success, dtype=bool), ep.attrs
+
+
+def encode_episodes(encoder: Any, paths: Sequence[str], camera: str | None) -> list[EncodedEpisode]:
+    out = []
+    for source, frames, success, attrs in iter_rollouts(paths, camera):
+        z = encoder.encode(frames[None])[0].numpy()  # (T + 1, N, D)
+        out.append(EncodedEpisode(source, z, frame_labels(success, len(z)), bool(success.any()), attrs))
+    return out
+
+
+def split_episodes(episodes: Sequence[EncodedEpisode], heldout: float, seed: int) -> tuple[list[int], list[int]]:
+    """Episode indices (train, held-out), stratified by outcome, deterministic under ``seed``."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for outcome in (True, False):
+        idx = [i for i, e in enumerate(episodes) if e.success == outcome]
+        rng.shuffle(idx)
+        k = int(round(heldout * len(idx)))
+        if len(idx) >= 2:
+            k = min(max(k, 1), len(idx) - 1)
+        else:
+            k = 0
+        held += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(held)
+
+
+def _episode_metrics(judge_scores: list[float], truth: list[bool], threshold: float) -> dict[str, Any]:
+    from harness.agreement import accuracy, cohen_kappa, confusion
+
+    if not truth:
+        return {"episodes": 0}
+    verdicts = [s >= threshold for s in judge_scores]
+    majority = max(np.mean(truth), 1 - np.mean(truth))
+    return {"episodes": len(truth), "accuracy": accuracy(truth, verdicts), "kappa": cohen_kappa(truth, verdicts),
+            "chance_accuracy": float(majority), **confusion(truth, verdicts)}
+
+
+def train_success_classifier(cfg: JudgeTrainConfig,
+                             progress: Callable[[int, int, dict[str, float]], None] | None = None) -> dict[str, Any]:
+    """Encode the datasets, train the head on the training episodes, score the held-out ones,
+    save the checkpoint. Returns the metrics (also stored in the checkpoint's config)."""
+    import torch
+
+    from world_models.checkpoint import save_checkpoint
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    source = cfg.encoder_source()
+    encoder = load_judge_encoder(source)
+    identity = encoder_identity(encoder)
+    episodes = encode_episodes(encoder, cfg.data, cfg.camera)
+    train_idx, held_idx = split_episodes(episodes, cfg.heldout, cfg.seed)
+    z = torch.as_tensor(np.concatenate([episodes[i].latents for i in train_idx]))
+    y = torch.as_tensor(np.concatenate([episodes[i].labels for i in train_idx])).float()
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        what = "no successful frame" if positives == 0 else "no failed frame"
+        raise HarnessError(f"the training episodes hold {what}: a classifier needs both; collect rollouts of a policy "
+                           f"that succeeds (e.g. scripted) and of one that fails (e.g. random)")
+
+    torch.manual_seed(cfg.seed)
+    head = _head_class()(identity["dim"], identity["grid"], cfg.hidden)
+    feats = head.features(z.float())
+    head.feature_mean.copy_(feats.mean(0))
+    head.feature_std.copy_(feats.std(0).clamp_min(1e-6))
+    pos_weight = torch.tensor((len(y) - positives) / positives)
+    optim = torch.optim.AdamW(head.net.parameters(), lr=cfg.lr, weight_decay=1e-2)
+    head.train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batch = min(256, len(y))
+    for step in range(1, cfg.steps + 1):
+        idx = torch.randint(0, len(y), (batch,), generator=gen)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(head(z[idx]), y[idx], pos_weight=pos_weight)
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        if progress is not None:
+            progress(step, cfg.steps, {"loss": float(loss.detach())})
+    head.eval()
+
+    threshold = 0.5
+
+    def scores(indices: list[int]) -> list[float]:
+        with torch.no_grad():
+            return [episode_score(torch.sigmoid(head(torch.as_tensor(episodes[i].latents))).numpy(), cfg.window)
+                    for i in indices]
+
+    def frame_accuracy(indices: list[int]) -> float | None:
+        if not indices:
+            return None
+        with torch.no_grad():
+            hits = [((torch.sigmoid(head(torch.as_tensor(episodes[i].latents))) >= 0.5).numpy() == episodes[i].labels)
+                    for i in indices]
+        return float(np.concatenate(hits).mean())
+
+    metrics = {
+        "train": {**_episode_metrics(scores(train_idx), [episodes[i].success for i in train_idx], threshold),
+                  "frame_accuracy": frame_accuracy(train_idx)},
+        "heldout": {**_episode_metrics(scores(held_idx), [episodes[i].success for i in held_idx], threshold),
+                    "frame_accuracy": frame_accuracy(held_idx)},
+        "final_loss": float(loss.detach()),
+        "frames": int(len(y)), "positive_frames": positives,
+    }
+    config = {
+        "format": FORMAT,
+        "encoder": {"identity": identity, "source": source},
+        "head": {"dim": identity["dim"], "grid": identity["grid"], "hidden": cfg.hidden},
+        "window": cfg.window,
+        "threshold": threshold,
+        "camera": dataset_camera(cfg.data[0], cfg.camera),
+        "train": {"data": [str(Path(d).resolve()) for d in cfg.data], "steps": cfg.steps, "lr": cfg.lr,
+                  "seed": cfg.seed, "heldout_fraction": cfg.heldout,
+                  "train_episodes": [episodes[i].source for i in train_idx],
+                  "heldout_episodes": [episodes[i].source for i in held_idx], "metrics": metrics},
+    }
+    folder = save_checkpoint(cfg.out, config, {k: v for k, v in head.state_dict().items()})
+    log.info("success classifier written to %s: %s", folder, metrics)
+    return {"checkpoint": os.fspath(folder), **metrics}
