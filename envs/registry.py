@@ -127,4 +127,32 @@ def _register_metaworld() -> None:
                           description=f"difficulty group '{level}' of Seo et al. ({len(tasks)} tasks)")
 
 
+def _register_calvin() -> None:
+    from envs import calvin_tasks as ct
+
+    ct.add_calvin_env_root_to_path()  # a CALVIN_ENV_ROOT checkout counts as installed
+    # calvin_env is not on PyPI: the "what" names the clone + editable install; the extra adds its deps.
+    requires = ("calvin_env", f"CALVIN ({ct.INSTALL_HINT})", "calvin")
+    base = {"family": "calvin", "cameras": ct.CAMERAS, "default_cameras": ct.DEFAULT_CAMERAS,
+            "default_image_size": ct.DEFAULT_IMAGE_SIZE, "action_dim": 7, "requires": requires}
+    for task in ct.TASKS:
+        # Seven tasks start with set-up subtasks (e.g. lift a block before placing it).
+        n_sub = ct.SUBTASKS_PER_TASK_EPISODE[task]
+        ENVS.register(f"calvin/{task}", "envs.calvin:CalvinEnv", description=ct.INSTRUCTIONS[task],
+                      kwargs={"task": task},
+                      meta={**base, "task": task, "instruction": ct.INSTRUCTIONS[task],
+                            "num_init_states": ct.TASK_START_STATES[task],
+                            "max_episode_steps": n_sub * ct.STEPS_PER_SUBTASK})
+    ENVS.register("calvin/chains", "envs.calvin:CalvinEnv",
+                  description="CALVIN long-horizon evaluation: 1000 chains of 5 instructions",
+                  kwargs={"task": "chains"},
+                  meta={**base, "task": "chains", "instruction": ct.CHAINS_INSTRUCTION,
+                        "num_init_states": ct.NUM_CHAINS,
+                        "max_episode_steps": ct.CHAIN_LENGTH * ct.STEPS_PER_SUBTASK})
+    ENV_SETS.register("calvin", ("calvin/chains",), description="CALVIN's chain evaluation (calvin/chains)")
+    ENV_SETS.register("calvin/tasks", tuple(f"calvin/{t}" for t in ct.TASKS),
+                      description="all 34 CALVIN tasks, one at a time")
+
+
 _register_metaworld()
+_register_calvin()
