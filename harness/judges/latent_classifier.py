@@ -327,10 +327,20 @@ def train_success_classifier(cfg: JudgeTrainConfig,
     save the checkpoint. Returns the metrics (also stored in the checkpoint's config)."""
     import torch
 
-    from world_models.checkpoint import save_checkpoint
-
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
+    try:
+        return _train(cfg, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]], None] | None) -> dict[str, Any]:
+    import torch
+
+    from world_models.checkpoint import save_checkpoint
+
     source = cfg.encoder_source()
     encoder = load_judge_encoder(source)
     identity = encoder_identity(encoder)
