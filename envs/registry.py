@@ -154,5 +154,27 @@ def _register_calvin() -> None:
                       description="all 34 CALVIN tasks, one at a time")
 
 
+def _register_libero() -> None:
+    from envs import libero_tasks as lt
+
+    requires = ("libero", "LIBERO", "libero")
+    for suite in lt.SUITES:
+        for task_id, (task, instruction) in enumerate(lt.TASKS[suite]):
+            ENVS.register(
+                lt.env_id(suite, task_id), "envs.libero:LiberoEnv", description=instruction,
+                kwargs={"suite": suite, "task_id": task_id},
+                meta={"family": "libero", "suite": suite, "task_id": task_id, "task": task,
+                      "instruction": instruction, "cameras": lt.CAMERAS, "default_cameras": lt.DEFAULT_CAMERAS,
+                      "default_image_size": lt.DEFAULT_IMAGE_SIZE, "max_episode_steps": lt.MAX_EPISODE_STEPS[suite],
+                      "num_steps_wait": lt.NUM_STEPS_WAIT, "action_dim": 7, "requires": requires,
+                      "default_episodes": lt.NUM_INIT_STATES, "num_init_states": lt.NUM_INIT_STATES},
+            )
+        ENV_SETS.register(f"libero/{suite}", tuple(lt.env_id(suite, i) for i in range(len(lt.TASKS[suite]))),
+                          description=f"all {len(lt.TASKS[suite])} tasks of {suite}")
+    ENV_SETS.register("libero", tuple(lt.env_id(s, i) for s in lt.STANDARD_SUITES for i in range(len(lt.TASKS[s]))),
+                      description="LIBERO's four standard suites: spatial, object, goal, 10 (40 tasks)")
+
+
 _register_metaworld()
 _register_calvin()
+_register_libero()
