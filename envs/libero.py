@@ -106,6 +106,7 @@ def import_libero() -> types.SimpleNamespace:
 
     require_module("libero", "LIBERO", "libero")
     os.environ.setdefault("MUJOCO_GL", "egl")  # before the first mujoco import
+    os.environ.setdefault("MPLCONFIGDIR", str(harness_home() / "matplotlib"))  # LIBERO imports matplotlib
     _prepare_robosuite()
     _prepare_libero_config()
     try:
@@ -172,6 +173,8 @@ class LiberoEnv(gym.Env):
         with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints the task order
             bench = libero.benchmark.get_benchmark(suite)(task_order_index=0)
         task = bench.get_task(self.task_id)
+        # task.language (from the task name) is the instruction OpenVLA and LeRobot evaluate with;
+        # the BDDL file's own :language sometimes words it differently.
         if task.name != self.task:
             raise RuntimeError(f"the installed LIBERO orders {suite} differently: task {self.task_id} is "
                                f"{task.name!r}, the harness's table says {self.task!r}")
