@@ -402,6 +402,46 @@ def judge_eval_cmd(
     typer.echo(f"\nwrote {r['out']}")
 
 
+@app.command("probe")
+def probe_cmd(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="dataset from `harness collect` (HDF5); repeat for several")],
+    out: Annotated[str, typer.Option("--out", "-o", help="folder for probe.json")],
+    encoder: Annotated[str | None, typer.Option("--encoder", help="probe this encoder's latents (see world_models/encoders)")] = None,
+    encoder_path: Annotated[str | None, typer.Option("--encoder-path", help="its weights: train-encoder folder, local HF folder or cached repo id")] = None,
+    layer: Annotated[list[int] | None, typer.Option("--layer", help="hidden state of a pretrained encoder; repeat for a layer-wise curve")] = None,
+    wm: Annotated[str | None, typer.Option("--wm", help="or a named world model's latents")] = None,
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="its checkpoint folder")] = None,
+    generated: Annotated[bool, typer.Option("--generated", help="also probe the world model's open-loop predicted latents")] = False,
+    k: Annotated[list[int] | None, typer.Option("--k", help="frames between the pair (t, t+k); repeat (default 1 and 4)")] = None,
+    probe: Annotated[list[str] | None, typer.Option("--probe", help="linear (ridge) or mlp; repeat for both")] = None,
+    corruption: Annotated[list[str] | None, typer.Option("--corruption", help="none, noise, blur, jitter, occlusion (NAME:SEVERITY); repeat")] = None,
+    severity: Annotated[int, typer.Option("--severity", help="default corruption severity 1..5")] = 3,
+    split: Annotated[str, typer.Option("--split", help="hold out by episode or by task")] = "episode",
+    target: Annotated[str, typer.Option("--target", help="chunk (the k actions, concatenated) or net (their sum; gripper averaged)")] = "chunk",
+    pool: Annotated[str, typer.Option("--pool", help="tokens -> features: mean or flatten")] = "mean",
+    seeds: Annotated[int, typer.Option("--seeds", help="probe seeds averaged")] = 3,
+    seed: int = 0,
+    test_fraction: Annotated[float, typer.Option("--test-fraction")] = 0.2,
+    camera: Annotated[str | None, typer.Option("--camera")] = None,
+    family: Annotated[str | None, typer.Option("--family", help="metaworld, libero or calvin when the data does not say")] = None,
+    horizon: Annotated[int, typer.Option("--horizon", help="--generated: open-loop steps before restarting from real frames")] = 16,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Inverse-dynamics probes: R^2 / Pearson r of actions read off frozen latents of frames t, t+k."""
+    from harness.probe import ProbeConfig, format_table, run_probe
+
+    cfg = ProbeConfig(data=tuple(data), out=out, encoder=encoder, encoder_path=encoder_path, layers=tuple(layer or ()),
+                      wm=wm, wm_checkpoint=wm_checkpoint, generated=generated, ks=tuple(k or (1, 4)),
+                      probes=tuple(probe or ("linear",)), corruptions=tuple(corruption or ("none",)), severity=severity,
+                      split=split, target=target, pool=pool, seeds=seeds, seed=seed, test_fraction=test_fraction,
+                      camera=camera, family=family, horizon=horizon, threads=threads)
+    r = run_probe(cfg, (lambda msg: typer.echo(msg, err=True)) if progress else None)
+    typer.echo(format_table(r))
+    typer.echo(f"\n{r['split']['train_episodes']} training / {r['split']['test_episodes']} held-out episodes "
+               f"(split by {r['split']['by']}), {len(r['seeds'])} seeds; wrote {Path(out) / 'probe.json'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
