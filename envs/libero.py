@@ -230,22 +230,36 @@ class LiberoEnv(gym.Env):
         if not 0 <= k < self.num_init_states:
             raise ValueError(f"init_state {k} is out of range: {self.suite}/{self.task_id} has "
                              f"{self.num_init_states} fixed init states (0..{self.num_init_states - 1})")
-        # LIBERO's reset draws fixture poses from numpy's global generator: seed it with k for
-        # the duration of the reset and give the caller's generator state back afterwards.
-        global_rng = np.random.get_state()
-        try:
-            np.random.seed(k)
-            self._env.reset()
-        finally:
-            np.random.set_state(global_rng)
-        for robot in self._env.env.robots:  # a soft reset keeps the last gripper command; a hard one zeroes it
-            robot.gripper.current_action = np.zeros(robot.gripper.dof)
-        raw = self._env.set_init_state(self.init_states[k])
+        raw = self._reset_to(self.init_states[k], fixture_seed=k)
         noop = np.asarray(lt.NOOP_ACTION)
         for _ in range(self.num_steps_wait):
             raw, _, _, _ = self._env.step(noop)
         self._init_state, self._steps = k, 0
         return self._observation(raw), self._info(bool(self._env.check_success()))
+
+    def reset_to_state(self, state: np.ndarray, fixture_seed: int = 0):
+        """Start an episode from any flattened MuJoCo state (e.g. a demonstration's first
+        ``states`` row), without the no-op wait. Returns (observation, info) like reset()."""
+        raw = self._reset_to(np.asarray(state, dtype=np.float64), fixture_seed)
+        self._init_state, self._steps = -1, 0
+        return self._observation(raw), self._info(bool(self._env.check_success()))
+
+    def get_sim_state(self) -> np.ndarray:
+        """LIBERO's flattened MuJoCo state (time, qpos, qvel), the layout of its init states."""
+        return np.asarray(self._env.get_sim_state(), dtype=np.float64)
+
+    def _reset_to(self, state: np.ndarray, fixture_seed: int) -> dict[str, np.ndarray]:
+        # LIBERO's reset draws fixture poses from numpy's global generator: seed it for the
+        # duration of the reset and give the caller's generator state back afterwards.
+        global_rng = np.random.get_state()
+        try:
+            np.random.seed(fixture_seed)
+            self._env.reset()
+        finally:
+            np.random.set_state(global_rng)
+        for robot in self._env.env.robots:  # a soft reset keeps the last gripper command; a hard one zeroes it
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        return self._env.set_init_state(state)
 
     def step(self, action):
         if self._init_state is None:

@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from envs import libero_tasks as lt
+from harness.dataset import list_demos, read_demo
+from harness.errors import HarnessError
+from harness.libero_demos import identify_env, import_demos, replay_demos
+from tests.conftest import run_cli
+
+HAS_LIBERO = importlib.util.find_spec("libero") is not None
+requires_libero = pytest.mark.skipif(not HAS_LIBERO, reason='LIBERO not installed: pip install -e ".[libero]"')
+
+TASK = lt.TASKS["libero_spatial"][0][0]
+SIZE = 32
+
+
+def _write_libero_file(path, demos: list[dict], bddl: str | None = f"libero/libero/bddl_files/libero_spatial/{TASK}.bddl"):
+    """A demo file in LIBERO's layout. Each demo: actions, states, rewards, dones, raw (OpenGL
+    convention) images, ee_states, gripper_states."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        data = f.create_group("data")
+        if bddl is not None:
+            data.attrs["bddl_file_name"] = bddl
+        data.attrs["problem_info"] = json.dumps({"language_instruction": lt.TASKS["libero_spatial"][0][1]})
+        data.attrs["env_args"] = json.dumps({"type": 1, "env_name": "Libero_Tabletop_Manipulation"})
+        data.attrs["macros_image_convention"] = "opengl"
+        for i, d in enumerate(demos):
+            g = data.create_group(f"demo_{i}")
+            g.attrs["num_samples"] = len(d["actions"])
+            for key in ("actions", "states", "rewards", "dones"):
+                if key in d:
+                    g.create_dataset(key, data=d[key])
+            obs = g.create_group("obs")
+            for key in ("agentview_rgb", "eye_in_hand_rgb", "ee_states", "gripper_states"):
+                obs.create_dataset(key, data=d[key])
+        data.attrs["num_demos"] = len(demos)
+
+
+def _synthetic_demo(T: int, success: bool, rng) -> dict:
+    state = rng.normal(size=(T, 8)).astype(np.float32)
+    rewards = np.zeros(T, np.float32)
+    if success:
+        rewards[-1] = 1.0
+    return {"actions": rng.uniform(-1, 1, (T, 7)), "states": rng.normal(size=(T, 92)), "rewards": rewards,
+            "dones": (rewards > 0).astype(np.uint8),
+            "agentview_rgb": rng.integers(0, 255, (T, SIZE, SIZE, 3), dtype=np.uint8),
+            "eye_in_hand_rgb": rng.integers(0, 255, (T, SIZE, SIZE, 3), dtype=np.uint8),
+            "ee_states": state[:, :6], "gripper_states": state[:, 6:]}
+
+
+# ---------------------------------------------------------------------------- without LIBERO
+def test_import_converts_layout_orientation_and_state(tmp_path):
+    rng = np.random.default_rng(0)
+    demos = [_synthetic_demo(5, True, rng), _synthetic_demo(3, False, rng)]
+    src = tmp_path / f"{TASK}_demo.hdf5"
+    _write_libero_file(src, demos)
+    summary = import_demos(src, tmp_path / "out.h5")
+    assert summary == {"env_id": "libero/libero_spatial/0", "out": str(tmp_path / "out.h5"), "demos": 2, "successful": 1}
+    names = [n for n, _ in list_demos(tmp_path / "out.h5")]
+    assert names == ["demo_0", "demo_1"]
+    ep = read_demo(tmp_path / "out.h5", "demo_0")
+    assert np.array_equal(ep.obs["agentview_rgb"], demos[0]["agentview_rgb"][:, ::-1, ::-1])
+    assert np.array_equal(ep.obs["eye_in_hand_rgb"], demos[0]["eye_in_hand_rgb"][:, ::-1, ::-1])
+    assert np.allclose(ep.obs["state"], np.concatenate([demos[0]["ee_states"], demos[0]["gripper_states"]], 1))
+    assert np.allclose(ep.actions, demos[0]["actions"])
+    assert ep.attrs["success"] is True and ep.attrs["success_step"] == 5
+    assert ep.attrs["instruction"] == lt.TASKS["libero_spatial"][0][1] and ep.attrs["env_id"] == "libero/libero_spatial/0"
+    assert read_demo(tmp_path / "out.h5", "demo_1").attrs["success"] is False
+    with pytest.raises(HarnessError, match="exists"):
+        import_demos(src, tmp_path / "out.h5")
+
+
+def test_task_identification(tmp_path):
+    rng = np.random.default_rng(1)
+    named = tmp_path / "libero_10" / f"{lt.TASKS['libero_10'][4][0]}_demo.hdf5"
+    named.parent.mkdir()
+    _write_libero_file(named, [_synthetic_demo(2, False, rng)], bddl=None)
+    assert identify_env(named) == "libero/libero_10/4"  # from the file name
+    odd = tmp_path / "something.hdf5"
+    _write_libero_file(odd, [_synthetic_demo(2, False, rng)], bddl=None)
+    with pytest.raises(HarnessError, match="pass --env"):
+        identify_env(odd)
+    assert identify_env(odd, "libero/libero_goal/3") == "libero/libero_goal/3"
+    with pytest.raises(HarnessError, match="not a LIBERO task"):
+        identify_env(odd, "metaworld/reach-v3")
+    with pytest.raises(HarnessError, match="does not exist"):
+        identify_env(tmp_path / "missing.hdf5")
+
+
+def test_cli_import_and_errors(tmp_path):
+    rng = np.random.default_rng(2)
+    src = tmp_path / "demo.hdf5"
+    _write_libero_file(src, [_synthetic_demo(4, True, rng)])
+    res = run_cli("libero-demos", "import", str(src), "--out", str(tmp_path / "d.h5"))
+    assert res.returncode == 0, res.stderr
+    assert "1 demos (1 successful)" in res.stdout and "libero/libero_spatial/0" in res.stdout
+    res = run_cli("libero-demos", "import", str(tmp_path / "nope.hdf5"), "--out", str(tmp_path / "e.h5"))
+    assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
+
+
+# ---------------------------------------------------------------------------- real LIBERO
+def _record(env, actions, setup=None) -> dict:
+    """Record a demo in the real env the way LIBERO's files hold it."""
+    obs, _ = env.reset(options={"init_state": 0})
+    if setup is not None:
+        setup(env)
+        obs = env.unwrapped.observe()
+    rec = {k: [] for k in ("states", "agentview_rgb", "eye_in_hand_rgb", "ee_states", "gripper_states", "rewards", "dones")}
+    for a in actions:
+        rec["states"].append(env.unwrapped.get_sim_state())
+        rec["agentview_rgb"].append(obs["pixels"]["agentview"][::-1, ::-1])  # back to robosuite's raw image
+        rec["eye_in_hand_rgb"].append(obs["pixels"]["eye_in_hand"][::-1, ::-1])
+        rec["ee_states"].append(obs["state"][:6])
+        rec["gripper_states"].append(obs["state"][6:])
+        obs, reward, _, _, info = env.step(a)
+        rec["rewards"].append(reward)
+        rec["dones"].append(info["success"])
+    out = {k: np.asarray(v) for k, v in rec.items()}
+    out["actions"] = np.asarray(actions)
+    return out
+
+
+def _bowl_onto_plate(env):
+    sim, lenv = env.unwrapped.sim, env.unwrapped.libero_env
+    joint = lenv.get_object("akita_black_bowl_1").joints[-1]
+    qpos = sim.data.get_joint_qpos(joint).copy()
+    qpos[:3] = sim.data.body_xpos[lenv.obj_body_id["plate_1"]] + np.array([0.0, 0.0, 0.03])
+    sim.data.set_joint_qpos(joint, qpos)
+    sim.data.set_joint_qvel(joint, np.zeros(6))
+    sim.forward()
+
+
+@requires_libero
+def test_replay_of_demos_recorded_in_the_simulator(tmp_path):
+    from envs import make_env
+
+    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE)
+    try:
+        noop = np.tile(np.array(lt.NOOP_ACTION), (12, 1))
+        placed = _record(env, noop, setup=_bowl_onto_plate)  # the bowl settles onto the plate
+        random = _record(env, np.random.default_rng(0).uniform(-1, 1, (8, 7)))
+        first_view = env.reset(options={"init_state": 0})[0]
+    finally:
+        env.close()
+    assert placed["dones"][-1] and not random["dones"].any()
+    src = tmp_path / "recorded.hdf5"
+    _write_libero_file(src, [placed, random])
+
+    report = replay_demos(src)
+    assert report["env_id"] == "libero/libero_spatial/0" and report["demos"] == 2
+    ok, bad = report["results"]
+    assert ok["recorded_success"] and ok["replay_success"] and ok["success_step"] <= 12
+    assert not bad["recorded_success"] and not bad["replay_success"]
+    assert report["still_succeed"] and report["replay_successes"] == 1
+    # Same physics and start; the gripper's accumulated command is not in LIBERO's states, so the
+    # fingers may differ by millimetres in the first steps of a replay.
+    assert ok["max_state_error"] < 2e-2 and bad["max_state_error"] < 5e-2
+
+    # imported images are what the env showed
+    import_demos(src, tmp_path / "d.h5")
+    ep = read_demo(tmp_path / "d.h5", "demo_1")
+    assert np.array_equal(ep.obs["agentview_rgb"][0], first_view["pixels"]["agentview"])
+    assert np.allclose(ep.obs["state"][0], first_view["state"])
+
+    # a demo whose actions no longer reach the goal is reported as not still succeeding
+    broken = dict(placed, actions=np.tile(np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]), (12, 1)))
+    broken["states"] = placed["states"].copy()
+    broken["states"][0] = random["states"][0]  # start from the untouched scene: bowl beside the plate
+    _write_libero_file(tmp_path / "broken.hdf5", [broken])
+    res = run_cli("libero-demos", "replay", str(tmp_path / "broken.hdf5"), "--report", str(tmp_path / "r.json"))
+    assert res.returncode == 1, res.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["still_succeed"] is False
