@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from envs import env_meta
 from harness import __version__
 from harness.config import EvalConfig, parse_video_mode
 from harness.episodes import Episode, WorkItem, build_episodes
@@ -92,6 +93,11 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)
     if parse_video_mode(config.video)[0] != "none" and not any(o.cameras for o in resolved.values()):
         raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
+    for env_id in env_ids:
+        available = env_meta(env_id).get("num_init_states")
+        if available is not None and config.episodes > available:
+            raise HarnessError(f"--episodes {config.episodes} is more than the {available} fixed initial states of "
+                               f"{env_id}: use --episodes {available} or fewer")
     judge = resolve_world_model(config, resolved) if config.wm else None
     out = Path(config.out) if config.out else default_out(config, env_ids)
     check_writable(out)
@@ -166,6 +172,26 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     return write_summary(plan, store, time.perf_counter() - start, interrupted)
 
 
+def calvin_summary(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """CALVIN's own numbers for chain runs (average successful length, 1..5 in a row) per policy
+    and backend, and the calvin_env commit the run used."""
+    from envs.calvin import calvin_env_commit
+    from envs.calvin_sequences import chain_metrics
+
+    chains: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["env_id"] == "calvin/chains" and r["outcome"] != "error" and r.get("metrics"):
+            chains.setdefault(r["policy"], {}).setdefault(r["backend"], []).append(r["metrics"])
+    out: dict[str, Any] = {"calvin_env_commit": calvin_env_commit()}
+    if chains:
+        out["calvin_chains"] = {
+            policy: {backend: chain_metrics([m["completed_subtasks"] for m in ms],
+                                            [tuple(m["subtasks"]) for m in ms] if all("subtasks" in m for m in ms) else None)
+                     for backend, ms in backends.items()}
+            for policy, backends in chains.items()}
+    return out
+
+
 def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: bool) -> dict[str, Any]:
     records = store.load()
     steps = sum(r["length"] for r in records)
@@ -191,6 +217,9 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "steps_per_s": round(steps / rollout_time, 2) if rollout_time > 0 else None,  # as in each block
         "results": summarize(records),
     }
+    families = {env_meta(e)["family"] for e in plan.env_ids}
+    if "calvin" in families:
+        summary.update(calvin_summary(plan, records))
     if plan.config.wm:
         from harness.comparison import compare_backends
 

@@ -60,11 +60,13 @@ def default_judge(checkpoint: Path) -> str | None:
 
 def validate_judge(spec: str) -> None:
     """Fail before anything runs when the judge spec names no judge or a parameter it lacks."""
-    from harness.judges import JUDGES, parse_judge_spec
+    from harness.judges import parse_judge_spec
 
-    name = parse_judge_spec(spec)[0]
-    if name not in JUDGES:
-        raise HarnessError(JUDGES.unknown_message(name))
+    name = parse_judge_spec(spec).name  # unknown names and parameters fail here
+    if name == "oracle":
+        raise HarnessError("--judge oracle reads the simulator's own success flags and cannot judge a world-model "
+                           "rollout: choose latent_classifier:path=DIR, vlm:path=DIR or consensus:... "
+                           "(see `harness list judges`)")
 
 
 def judge_rollout(judge, frames: np.ndarray, latents: np.ndarray | None, instruction: str) -> tuple[float, bool]:

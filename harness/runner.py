@@ -59,8 +59,10 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
     stopping on it), the env ends the episode, or max_steps."""
     start = time.perf_counter()
     obs, info = env.reset(seed=episode.seed, options={"init_state": episode.init_state})
-    instruction = episode.instruction
+    # an env may start with another instruction than its registry entry (a CALVIN chain's first subtask)
+    instruction = info.get("instruction") or episode.instruction
     policy.reset(instruction, seed=episode.seed, init_state=episode.init_state)
+    switches = 0
     result = EpisodeResult(False, None, 0, 0.0)
     if keep_trajectory:
         result.observations.append(obs)
@@ -80,7 +82,8 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
         if info.get("instruction") and info["instruction"] != instruction:
             # a multi-step task (a CALVIN chain) moved on to its next subtask
             instruction = info["instruction"]
-            policy.reset(instruction, seed=episode.seed, init_state=episode.init_state)
+            switches += 1  # a fresh seed per subtask, still a function of the episode only
+            policy.reset(instruction, seed=(episode.seed + switches) & 0x7FFFFFFF, init_state=episode.init_state)
         if keep_trajectory:
             result.observations.append(obs)
             result.actions.append(action.astype(np.float32))
@@ -138,7 +141,7 @@ class EpisodeWorker:
             self._wm = load_world_model(self.settings.wm, self.settings.wm_checkpoint)
             self._wm.eval()
             if self.settings.judge:
-                self._judge = make_judge(self.settings.judge, world_model=self._wm)
+                self._judge = make_judge(self.settings.judge, encoder=self._wm.encoder)
         return self._wm, self._judge
 
     def _wm_env_for(self, episode: Episode, sim_env):

@@ -111,7 +111,7 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
         for s0 in range(0, S, config.max_batch):  # chunked only to bound memory
             part = torch.as_tensor(cand[s0:s0 + config.max_batch])
             gen.manual_seed(config.seed * 1000 + it)  # common random numbers: candidates differ only by actions
-            z = predict(ctx.expand(part.shape[0], *ctx.shape[1:]), part, generator=gen,
+            z = predict(ctx, part, generator=gen,  # one context (batch 1) shared by all candidates
                         steps=config.sampler_steps, temperature=0.0)
             diag["calls"] += 1
             costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames))

@@ -82,6 +82,29 @@ def test_temporal_attention_is_causal():
     assert not torch.allclose(v[:, 2], v2[:, 2])
 
 
+def test_cached_context_gives_the_same_velocity_as_the_whole_clip():
+    """Causal temporal attention + clean context: the context states can be computed once."""
+    m = tiny_dit(depth=3, horizon=2)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    ctx, x, a, t = torch.randn(5, 2, 4, 8), torch.randn(5, 2, 4, 8), torch.randn(5, 2, 3), torch.rand(5, 2)
+    with torch.no_grad():
+        full = m(torch.cat([ctx, x], 1), torch.cat([torch.ones(5, 2), t], 1), a)[:, 2:]
+        assert torch.allclose(m.forward_target(x, t, a, m.encode_context(ctx)), full, atol=1e-5)
+        shared = m(torch.cat([ctx[:1].expand(5, -1, -1, -1), x], 1), torch.cat([torch.ones(5, 2), t], 1), a)[:, 2:]
+        assert torch.allclose(m.forward_target(x, t, a, m.encode_context(ctx[:1])), shared, atol=1e-5)
+
+
+def test_predict_shares_one_context_across_candidates():
+    wm = tiny_wm()
+    z = wm.encode(np.random.default_rng(0).integers(0, 255, (1, 2, 32, 32, 3), dtype=np.uint8))
+    acts = torch.rand(3, 2, 4) * 2 - 1
+    g = torch.Generator()
+    one = wm.predict(z, acts, generator=g.manual_seed(0), temperature=0.0)
+    each = wm.predict(z.expand(3, -1, -1, -1), acts, generator=g.manual_seed(0), temperature=0.0)
+    assert one.shape == (3, 2, z.shape[2], z.shape[3]) and torch.allclose(one, each, atol=1e-5)
+
+
 def test_flow_sampler_is_deterministic_under_a_seed_and_exact_for_a_known_field():
     dit = tiny_dit()
     ctx, a = torch.randn(2, 2, 4, 8), torch.randn(2, 1, 3)

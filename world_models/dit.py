@@ -90,15 +90,28 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         L, S, C = x.shape  # (sequences, length, width)
-        q, k, v = self.qkv(x).view(L, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (L, heads, S, C/heads)
-        return self.proj(out.transpose(1, 2).reshape(L, S, C))
+        return self.qkv(x).view(L, S, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)  # 3 x (L, h, S, c)
+
+    def merge(self, out: torch.Tensor) -> torch.Tensor:
+        L, _, S, c = out.shape
+        return self.proj(out.transpose(1, 2).reshape(L, S, self.heads * c))
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        q, k, v = self.split(x)
+        return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
 class DiTBlock(nn.Module):
-    """Spatial attention, causal temporal attention, MLP; each adaLN-Zero modulated."""
+    """Spatial attention, causal temporal attention, MLP; each adaLN-Zero modulated.
+
+    Because temporal attention is causal and the context frames are clean (t = 1) with the
+    ``no_action`` conditioning, the context frames' states never depend on the target frames.
+    ``context`` runs the block on the context alone and returns its temporal keys/values;
+    ``target`` then runs only the target frames against them — the same numbers as ``forward``
+    on the whole clip, without recomputing the context at every sampler step or per candidate.
+    """
 
     def __init__(self, width: int, heads: int, mlp_ratio: float):
         super().__init__()
@@ -111,7 +124,7 @@ class DiTBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, c: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
         B, T, N, C = x.shape
         (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = self.ada(c).chunk(9, dim=-1)  # each (B, T, C)
 
@@ -119,11 +132,32 @@ class DiTBlock(nn.Module):
         x = x + g_s.unsqueeze(2) * self.attn_s(h).view(B, T, N, C)
 
         h = modulate(self.norm_t(x), sh_t, sc_t).permute(0, 2, 1, 3).reshape(B * N, T, C)
-        h = self.attn_t(h, causal=True).view(B, N, T, C).permute(0, 2, 1, 3)
+        q, k, v = self.attn_t.split(h)  # (B*N, heads, T, c)
+        if past is None:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            pk, pv = past  # (Bp*N, heads, H, c), Bp = B or 1 (one context shared by all)
+            if pk.shape[0] != q.shape[0]:
+                pk = pk.unsqueeze(0).expand(B, *pk.shape).reshape(B * N, *pk.shape[1:])
+                pv = pv.unsqueeze(0).expand(B, *pv.shape).reshape(B * N, *pv.shape[1:])
+            Hc = pk.shape[2]
+            # target j sees every context frame and targets 0..j
+            mask = torch.ones(T, Hc + T, dtype=torch.bool, device=x.device).tril(diagonal=Hc)
+            out = F.scaled_dot_product_attention(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=mask)
+        h = self.attn_t.merge(out).view(B, N, T, C).permute(0, 2, 1, 3)
         x = x + g_t.unsqueeze(2) * h
 
         x = x + g_m.unsqueeze(2) * self.mlp(modulate(self.norm_m(x), sh_m, sc_m))
-        return x
+        return x, (k, v)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self._run(x, c)[0]
+
+    def context(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        return self._run(x, c)
+
+    def target(self, x: torch.Tensor, c: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self._run(x, c, past)[0]
 
 
 class FinalLayer(nn.Module):
@@ -200,3 +234,30 @@ class DiT(nn.Module):
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)  # (B, T, N, D)
+
+    def encode_context(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-block temporal keys/values of clean context frames (B, H, N, D), for ``forward_target``."""
+        B, H, N, _ = context.shape
+        h = self.x_embed(context) + self.pos_space + self.pos_time[:, :H]
+        c = self.t_embed(timestep_embedding(torch.ones(B, H), self.config.width)).to(h) + self.no_action
+        cache = []
+        for block in self.blocks:
+            h, kv = block.context(h, c)
+            cache.append(kv)
+        return cache
+
+    def forward_target(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
+                       cache: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Velocity of the K target frames x (B, K, N, D) at flow times t (B, K) given the cached
+        context (batch B, or 1 for one context shared by every row): equal to
+        ``forward(cat([context, x]), ...)[:, H:]``."""
+        B, K = x.shape[:2]
+        H = cache[0][0].shape[2]
+        if H + K > self.config.frames:
+            raise ValueError(f"{H} context + {K} target frames do not fit history {self.config.history} + "
+                             f"horizon {self.config.horizon}")
+        h = self.x_embed(x) + self.pos_space + self.pos_time[:, H:H + K]
+        c = self.t_embed(timestep_embedding(t, self.config.width)) + self.a_embed(actions)
+        for block, kv in zip(self.blocks, cache):
+            h = block.target(h, c, kv)
+        return self.final(h, c)

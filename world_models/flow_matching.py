@@ -81,22 +81,32 @@ def sample(
 ) -> torch.Tensor:
     """Integrate the flow from noise (t=0) to data (t=1) for the K target frames.
 
-    context (B, H, N, D); actions (B, K, A) -> (B, K, N, D). Heun costs two network calls per
+    context (B, H, N, D) or (1, H, N, D) shared by all rows; actions (B, K, A) -> (B, K, N, D). Heun costs two network calls per
     step (one at the last step), Euler one.
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
     if steps < 1:
         raise ValueError(f"sampler steps must be >= 1, got {steps}")
-    B, H, N, D = context.shape
-    K = actions.shape[1]
+    _, H, N, D = context.shape
+    B, K = actions.shape[:2]
     x = noise if noise is not None else torch.randn((B, K, N, D), generator=generator).to(context)
     grid = shift_time(torch.linspace(0.0, 1.0, steps + 1), alpha).tolist()
-    ones = torch.ones(B, H, dtype=context.dtype)
 
-    def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:
-        frame_t = torch.cat([ones, torch.full((B, K), t, dtype=context.dtype)], dim=1).to(context)
-        return model(torch.cat([context, x_k], dim=1), frame_t, actions)[:, H:]
+    if hasattr(model, "encode_context"):
+        # the clean context does not change across steps: compute it once (once for all rows
+        # when one context of batch 1 is shared, as by CEM candidates)
+        cache = model.encode_context(context)
+
+        def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:
+            return model.forward_target(x_k, torch.full((B, K), t, dtype=context.dtype), actions, cache)
+    else:
+        ctx = context.expand(B, -1, -1, -1) if context.shape[0] != B else context
+        ones = torch.ones(B, H, dtype=context.dtype)
+
+        def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:
+            frame_t = torch.cat([ones, torch.full((B, K), t, dtype=context.dtype)], dim=1).to(context)
+            return model(torch.cat([ctx, x_k], dim=1), frame_t, actions)[:, H:]
 
     for t0, t1 in zip(grid[:-1], grid[1:]):
         v0 = velocity(x, t0)

@@ -139,16 +139,21 @@ class WorldModel(nn.Module):
     def predict(self, latents: torch.Tensor, actions: np.ndarray | torch.Tensor,
                 generator: torch.Generator | None = None, steps: int | None = None,
                 temperature: float | None = None) -> torch.Tensor:
-        """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K)."""
-        B, T, N, D = latents.shape
+        """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K).
+
+        ``latents`` (B, T, N, D), or (1, T, N, D) for one context shared by B action sequences
+        (CEM candidates): the context is then computed once for all of them."""
+        _, T, N, D = latents.shape
         actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
                                   dtype=torch.float32)
-        if actions.ndim != 3 or actions.shape[0] != B or actions.shape[2] != self.action_dim:
-            raise ValueError(f"actions must be (B={B}, K, A={self.action_dim}), got {tuple(actions.shape)}")
+        B = actions.shape[0] if actions.ndim == 3 else -1
+        if actions.ndim != 3 or latents.shape[0] not in (1, B) or actions.shape[2] != self.action_dim:
+            raise ValueError(f"actions must be (B={latents.shape[0]}, K, A={self.action_dim}), got "
+                             f"{tuple(actions.shape)}")
         H, chunk = self.history, self.horizon
         ctx = latents[:, -H:].float()  # raw
         if ctx.shape[1] < H:
-            ctx = torch.cat([ctx[:, :1].expand(B, H - ctx.shape[1], N, D), ctx], dim=1)
+            ctx = torch.cat([ctx[:, :1].expand(-1, H - ctx.shape[1], -1, -1), ctx], dim=1)
         temp = self.sampler.temperature if temperature is None else temperature
         out = []
         for k0 in range(0, actions.shape[1], chunk):
@@ -158,7 +163,7 @@ class WorldModel(nn.Module):
                        method=self.sampler.method, alpha=self.alpha, noise=noise)  # (B, k, N, D)
             z = self.from_target(ctx[:, -1:], x)
             out.append(z)
-            ctx = torch.cat([ctx, z], dim=1)[:, -H:]
+            ctx = torch.cat([ctx.expand(B, -1, -1, -1), z], dim=1)[:, -H:]
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
