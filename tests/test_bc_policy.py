@@ -224,7 +224,9 @@ def test_shipped_bc_config_parses(tmp_path):
 @pytest.mark.slow
 def test_bc_checkpoints_form_a_ladder_on_reach(tmp_path):
     """Collect scripted demos on reach-v3 (init states 1000+), train, and evaluate an early and a
-    late checkpoint on held-out init states 0..9 in the simulator: the late one must be clearly better."""
+    later checkpoint on held-out init states 0..9 in the simulator: the later one must be clearly
+    better (measured on the 5-task run: 10% at step 50, 60% at step 250; docs/bc.md). Step 10
+    barely moves; step 50 on reach-only data already reached 20% (vs 30% at 250), too close."""
     pytest.importorskip("metaworld", reason="Meta-World is not installed")
     from harness.cli import main
     from harness.episodes import build_episodes
@@ -233,10 +235,10 @@ def test_bc_checkpoints_form_a_ladder_on_reach(tmp_path):
     data = str(tmp_path / "reach.h5")
     assert main(["collect", "--env", "metaworld/reach-v3", "-p", "scripted", "--episodes", "30",
                  "--first-init-state", "1000", "--out", data, "--no-progress"]) == 0
-    result = train_policy(BCTrainConfig(data=(data,), out=str(tmp_path / "bc"), steps=1500, save_every=100,
+    result = train_policy(BCTrainConfig(data=(data,), out=str(tmp_path / "bc"), steps=250, save_every=10,
                                         val_fraction=0.0, seed=0))
     worker = EpisodeWorker(RunSettings(None, None))
-    episodes = build_episodes(["metaworld/reach-v3"], 10, 0, {"metaworld/reach-v3": 150})
+    episodes = build_episodes(["metaworld/reach-v3"], 10, 0, {"metaworld/reach-v3": 500})
     rates = {}
     for folder in (result["checkpoints"][0], result["checkpoints"][-1]):
         rates[folder] = np.mean([worker.run_one(ep, f"bc:path={folder}", keep_trajectory=False).success
