@@ -330,11 +330,19 @@ def plan_error_cmd(
 
 
 @app.command("report")
-def report_cmd(run: Annotated[Path, typer.Argument(help="run folder of an eval")]):
-    """Print a run's results as a Markdown table."""
+def report_cmd(
+    runs: Annotated[list[Path], typer.Argument(help="run folders of evals (and probe folders with probe.json)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="folder for report.md/html (default: the first run)")] = None,
+):
+    """Print the results as Markdown; write report.md and a self-contained report.html with plots and videos."""
     from harness.report import load_results, markdown
+    from harness.report_html import write_report
 
-    typer.echo(markdown(load_results(run)))
+    for run in runs:
+        if not (run / "probe.json").exists() or (run / "episodes.jsonl").exists():
+            typer.echo(markdown(load_results(run)))
+    md, page = write_report(runs, out)
+    typer.echo(f"wrote {md} and {page}")
 
 
 @app.command("train-policy")

@@ -120,6 +120,7 @@ class LatentClassifierJudge:
 
     needs_latents = True
     needs_success = False
+    online = True  # a per-frame MLP: cheap enough to judge a world-model rollout as it goes (stop at success)
 
     def __init__(self, path: str, window: int | None = None, threshold: float | None = None, encoder: Any = None):
         import torch
