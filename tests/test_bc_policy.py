@@ -225,8 +225,8 @@ def test_shipped_bc_config_parses(tmp_path):
 def test_bc_checkpoints_form_a_ladder_on_reach(tmp_path):
     """Collect scripted demos on reach-v3 (init states 1000+), train, and evaluate an early and a
     later checkpoint on held-out init states 0..9 in the simulator: the later one must be clearly
-    better (measured on the 5-task run: 10% at step 50, 60% at step 250; docs/bc.md). Step 10
-    barely moves; step 50 on reach-only data already reached 20% (vs 30% at 250), too close."""
+    better (measured on the 5-task run: 10% at step 50, 60% at step 250; docs/bc.md). As written
+    it FAILED here (step 10: 20%, step 250: 30%): reach-only data gives a weaker ladder."""
     pytest.importorskip("metaworld", reason="Meta-World is not installed")
     from harness.cli import main
     from harness.episodes import build_episodes
