@@ -121,39 +121,71 @@ def divergence_plot(block: dict[str, Any]) -> str | None:
     return _png(fig)
 
 
+def _mean(v: Any) -> float | None:
+    return v.get("mean") if isinstance(v, dict) else v
+
+
 def probe_plots(probe: dict[str, Any]) -> list[str]:
-    """R^2 per dimension group (bars) and R^2 per layer (curves) from a probe.json."""
+    """From a probe.json (``harness probe``): R^2 per dimension group for each (source, latents,
+    k) on clean frames next to the random-projection baseline, and R^2 per layer (curves)."""
     plt = _plt()
-    rows = probe.get("results") or []
+    rows = [r for r in probe.get("results") or [] if r.get("corruption") in (None, "none")]
     out = []
-    groups = sorted({g for r in rows for g in (r.get("r2_groups") or {})})
-    if rows and groups:
-        labels = [r.get("label") or f"{r.get('source')} k={r.get('k')}" for r in rows]
-        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(rows) * max(1, len(groups)) / 2), 3.2))
-        width = 0.8 / (len(groups) + 1)
-        for j, g in enumerate(["overall", *groups]):
-            vals = [(r.get("r2") if g == "overall" else (r.get("r2_groups") or {}).get(g)) for r in rows]
-            ax.bar([i + j * width for i in range(len(rows))], [v if v is not None else 0 for v in vals], width,
-                   label=g)
-        ax.set_xticks([i + width * len(groups) / 2 for i in range(len(rows))], labels, rotation=25, ha="right",
+    groups = list(probe.get("groups") or sorted({g for r in rows for g in (r.get("r2_groups") or {})}))
+    bars = [r for r in rows if r.get("layer") is None]
+    if bars:
+        labels = [f"{r['source']} {r.get('latents', '')} k={r['k']} {r.get('probe', '')}".strip() for r in bars]
+        series = ["overall", *groups, "random projection"]
+        fig, ax = plt.subplots(figsize=(max(4.5, 0.45 * len(bars) * len(series)), 3.4))
+        width = 0.8 / len(series)
+        for j, g in enumerate(series):
+            if g == "overall":
+                vals = [_mean(r.get("r2")) for r in bars]
+            elif g == "random projection":
+                vals = [_mean((r.get("baselines") or {}).get("random_projection", {}).get("r2")) for r in bars]
+            else:
+                vals = [_mean((r.get("r2_groups") or {}).get(g)) for r in bars]
+            ax.bar([i + j * width for i in range(len(bars))], [v if v is not None else 0.0 for v in vals], width,
+                   label=g, color="0.7" if g == "random projection" else None)
+        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(bars))], labels, rotation=20, ha="right",
                       fontsize=7)
-        ax.axhline(0, color="0.5", lw=0.8)
-        ax.set_ylabel("action R^2 (held out)")
+        ax.axhline(0, color="0.4", lw=0.8)
+        ax.set_ylabel("action R^2 (held-out episodes)")
         ax.legend(fontsize=7)
         out.append(_png(fig))
     layered = [r for r in rows if r.get("layer") is not None]
     if layered:
-        fig, ax = plt.subplots(figsize=(4.2, 3.0))
-        series: dict[str, list] = {}
+        fig, ax = plt.subplots(figsize=(4.5, 3.2))
+        curves: dict[str, list] = {}
         for r in layered:
-            series.setdefault(f"{r.get('source')} k={r.get('k')}", []).append((r["layer"], r.get("r2")))
-        for name, pts in series.items():
+            curves.setdefault(f"{r['source']} k={r['k']} {r.get('probe', '')}", []).append((r["layer"], _mean(r.get("r2"))))
+        for name, pts in curves.items():
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
         ax.set(xlabel="encoder layer", ylabel="action R^2", title="layer-wise probe")
         ax.legend(fontsize=7)
         out.append(_png(fig))
     return out
+
+
+def probe_table(probe: dict[str, Any]) -> list[str]:
+    """Markdown rows: R^2 / Pearson r per (source, layer, latents, k, corruption, probe)."""
+    groups = list(probe.get("groups") or [])
+    lines = ["| source | layer | latents | k | corruption | probe | R^2 | Pearson r | " +
+             " | ".join(f"R^2 {g}" for g in groups) + " | random proj. R^2 |",
+             "|---|---|---|---:|---|---|---:|---:|" + "---:|" * len(groups) + "---:|"]
+
+    def f(v: Any) -> str:
+        m = _mean(v)
+        return "-" if m is None else f"{m:.3f}"
+
+    for r in probe.get("results") or []:
+        rp = (r.get("baselines") or {}).get("random_projection", {})
+        lines.append(f"| {r['source']} | {'-' if r.get('layer') is None else r['layer']} | {r.get('latents', '-')} | "
+                     f"{r['k']} | {r.get('corruption', 'none')} | {r.get('probe', '-')} | {f(r.get('r2'))} | "
+                     f"{f(r.get('pearson'))} | " + " | ".join(f((r.get('r2_groups') or {}).get(g)) for g in groups) +
+                     f" | {f(rp.get('r2'))} |")
+    return lines
 
 
 def _video_tags(run: Path, records: list[dict[str, Any]]) -> list[str]:
@@ -227,9 +259,10 @@ def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]
         probe_file = run / "probe.json"
         if probe_file.exists() and not (run / "episodes.jsonl").exists():
             probe = json.loads(probe_file.read_text())
-            md_parts.append(f"# Probe: {run}\n")
-            body.append(f"<h2>Action probe: {html.escape(str(run))}</h2><div class='plots'>" +
-                        "".join(probe_plots(probe)) + "</div>")
+            table = probe_table(probe)
+            md_parts.append(f"# Probe: {run}\n\n" + "\n".join(table) + "\n")
+            body.append(f"<h2>Action probe: {html.escape(str(run))}</h2>" + _md_to_html_table(table) +
+                        "<div class='plots'>" + "".join(probe_plots(probe)) + "</div>")
             continue
         results = load_results(run)
         records = RunStore(run).load() if (run / "episodes.jsonl").exists() else []

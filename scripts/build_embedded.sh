@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Rebuild the embedded defaults from scratch with the harness's own pipeline:
+#   collect -> train-encoder (minivae, minijepa) -> train-wm (minivae_dit_tiny, minijepa_dit_tiny)
+#   -> train-judge (a success classifier on each world model's latents) -> train-policy (BC ladder)
+# Every step is seeded, and torch runs on one thread, so the same machine and torch build give
+# the same weights. Outputs (a few MB, safetensors + JSON) go to checkpoints/ in the repository;
+# the bulky intermediates (datasets, latent caches) to $WORK.
+#
+# Time measured on the 2-core CI-like machine while other jobs shared it (load ~6-10): data
+# ~25 min, encoders ~25 min, world models ~2 x 15 min, judges ~2 min, BC ~10 min. On an idle
+# machine roughly half of that.
+#
+#   bash scripts/build_embedded.sh            # everything
+#   STEPS=wm,judge bash scripts/build_embedded.sh   # only some stages (data,encoders,wm,judge,bc)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+H=".venv/bin/harness"
+WORK=${WORK:-runs/embedded}
+OUT=${OUT:-checkpoints}
+STEPS=${STEPS:-data,encoders,wm,judge,bc}
+export WM_HARNESS_HOME=${WM_HARNESS_HOME:-$PWD/$WORK/home}
+mkdir -p "$WORK" "$OUT"
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+DATA="$WORK/metaworld5_64.h5"
+BC_DATA="$WORK/metaworld5_scripted.h5"
+
+if has data; then
+  # World-model data: an expert, a noisy expert and a very noisy one on the 5 default tasks, kept
+  # running after success (the model must learn to hold still too), from init states 1000.. so
+  # that evaluation's init states 0..n-1 are never seen.
+  $H collect --env metaworld -p scripted -p noisy:scale=0.5 -p noisy:scale=1.0 --episodes 8 \
+    --first-init-state 1000 --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 \
+    --out "$DATA" --overwrite --no-progress
+  # BC demonstrations: the scripted expert, rendered at the eval's 128 px.
+  $H collect --env metaworld -p scripted --episodes 40 --first-init-state 1000 --camera corner2 \
+    --out "$BC_DATA" --overwrite --no-progress
+fi
+
+if has encoders; then
+  for enc in minivae minijepa; do
+    rm -rf "$OUT/encoders/$enc"
+    $H train-encoder --data "$DATA" --encoder "$enc" --out "$OUT/encoders/$enc" --steps 2000 --threads 1 --no-progress
+  done
+fi
+
+if has wm; then
+  for wm in minivae_dit_tiny minijepa_dit_tiny; do
+    rm -rf "$OUT/$wm"
+    $H train-wm --wm "$wm" --data "$DATA" --out "$OUT/$wm" --threads 1 --no-progress
+    rm -f "$OUT/$wm/train_state.pt"  # resume state: not needed to use the model
+  done
+fi
+
+if has judge; then
+  for wm in minivae_dit_tiny minijepa_dit_tiny; do
+    rm -rf "$OUT/$wm/judge"
+    $H train-judge --data "$DATA" --wm "$wm" --wm-checkpoint "$OUT/$wm" --out "$OUT/$wm/judge" --threads 1
+  done
+fi
+
+if has bc; then
+  rm -rf "$WORK/bc"
+  $H train-policy --data "$BC_DATA" --out "$WORK/bc" --steps 250 --save-every 50 --no-progress
+  mkdir -p "$OUT/policies/bc_metaworld"
+  for s in 000050 000150 000250; do
+    rm -rf "$OUT/policies/bc_metaworld/step_$s"
+    cp -r "$WORK/bc/step_$s" "$OUT/policies/bc_metaworld/step_$s"
+  done
+fi
+du -sh "$OUT"
