@@ -175,6 +175,7 @@ def test_pixels_equal_robosuites_images_rotated_like_openvla():
         ours, _ = env.reset(options={"init_state": 2})
         rng = np.random.get_state()
         np.random.seed(2)  # the env's fixture-placement seed for init state 2
+        raw.env.sim._render_context_offscreen.gl_ctx.make_current()  # robosuite never switches back itself
         raw.reset()
         np.random.set_state(rng)
         obs = raw.set_init_state(env.init_states[2])
