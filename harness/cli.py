@@ -74,7 +74,7 @@ def _progress(enabled: bool, total: int, label: str):
 def eval_cmd(
     env: Annotated[str | None, typer.Option("--env", "-e", help="env id, set, or comma list (see `harness list`)")] = None,
     policy: Annotated[list[str] | None, typer.Option("--policy", "-p", help="policy spec; repeat for several")] = None,
-    episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="episodes per env (init states 0..n-1)")] = None,
+    episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="episodes per env (init states 0..n-1; default: the env's own, LIBERO 50, else 10)")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="run folder (default: runs/<env>-<hash>)")] = None,
     seed: Annotated[int | None, typer.Option(help="base seed for per-episode seeds")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="episode cap (default: the benchmark's)")] = None,
@@ -109,7 +109,7 @@ def eval_cmd(
         cfg = EvalConfig(**{k: v for k, v in flags.items() if v is not None})
     plan = plan_eval(cfg)
     total = plan.total
-    typer.echo(f"run folder: {plan.out}  ({len(plan.env_ids)} env(s) x {cfg.episodes} episodes x {len(cfg.policies)} "
+    typer.echo(f"run folder: {plan.out}  ({len(plan.env_ids)} env(s), {len(plan.episodes)} episodes x {len(cfg.policies)} "
                f"policies x backends {', '.join(plan.backends)})", err=True)
     bar, task = _progress(progress and sys.stderr.isatty(), total, "eval")
     counts = {"success": 0, "failure": 0, "error": 0}

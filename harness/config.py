@@ -12,6 +12,7 @@ import yaml
 from harness.errors import HarnessError
 
 VIDEO_MODES = "all|failures|none|first:N"
+DEFAULT_EPISODES = 10  # per env, when neither --episodes nor the env's meta (``default_episodes``) says
 
 
 def parse_video_mode(mode: str) -> tuple[str, int]:
@@ -29,7 +30,7 @@ def parse_video_mode(mode: str) -> tuple[str, int]:
 class EvalConfig:
     env: str
     policies: tuple[str, ...] = ("scripted",)
-    episodes: int = 10
+    episodes: int | None = None  # per env; None: the env's own default (LIBERO 50), else DEFAULT_EPISODES
     seed: int = 0
     max_steps: int | None = None
     cameras: tuple[str, ...] | None = None
@@ -49,7 +50,7 @@ class EvalConfig:
             raise HarnessError("--env is empty: name an env id or set, e.g. 'metaworld/reach-v3' (see `harness list envs`)")
         if not self.policies:
             raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
-        check_episode_args(self.episodes, self.seed, self.max_steps)
+        check_episode_args(DEFAULT_EPISODES if self.episodes is None else self.episodes, self.seed, self.max_steps)
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
         parse_video_mode(self.video)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from envs import env_meta
 from harness import __version__
-from harness.config import EvalConfig, parse_video_mode
+from harness.config import DEFAULT_EPISODES, EvalConfig, parse_video_mode
 from harness.episodes import Episode, WorkItem, build_episodes
 from harness.errors import HarnessError
 from harness.executors import EXECUTORS
@@ -93,18 +93,30 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)
     if parse_video_mode(config.video)[0] != "none" and not any(o.cameras for o in resolved.values()):
         raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
-    for env_id in env_ids:
-        available = env_meta(env_id).get("num_init_states")
-        if available is not None and config.episodes > available:
-            raise HarnessError(f"--episodes {config.episodes} is more than the {available} fixed initial states of "
-                               f"{env_id}: use --episodes {available} or fewer")
+    counts = episode_counts(config, env_ids)
     judge = resolve_world_model(config, resolved) if config.wm else None
     out = Path(config.out) if config.out else default_out(config, env_ids)
     check_writable(out)
-    episodes = build_episodes(env_ids, config.episodes, config.seed, {e: o.max_episode_steps for e, o in resolved.items()})
+    episodes = [ep for env_id in env_ids
+                for ep in build_episodes([env_id], counts[env_id], config.seed, {env_id: resolved[env_id].max_episode_steps})]
     plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out, judge)
     RunStore(out).check(plan.identity)
     return plan
+
+
+def episode_counts(config: EvalConfig, env_ids: list[str]) -> dict[str, int]:
+    """Episodes per env: --episodes, else the env's own default (LIBERO: its 50 fixed init states),
+    else DEFAULT_EPISODES; never more than the env's fixed initial states."""
+    counts = {}
+    for env_id in env_ids:
+        meta = env_meta(env_id)
+        n = config.episodes if config.episodes is not None else meta.get("default_episodes", DEFAULT_EPISODES)
+        available = meta.get("num_init_states")
+        if available is not None and n > available:
+            raise HarnessError(f"--episodes {n} is more than the {available} fixed initial states of {env_id}: use "
+                               f"--episodes {available} or fewer")
+        counts[env_id] = n
+    return counts
 
 
 def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
@@ -208,7 +220,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "env_ids": plan.env_ids,
         "env_options": {k: {**v, "cameras": list(v["cameras"])} for k, v in plan.env_options.items()},
         "seeds": {"base_seed": plan.config.seed, "rule": SEED_RULE,
-                  "init_states": f"0..{plan.config.episodes - 1} per env"},
+                  "init_states": {e: f"0..{n - 1}" for e, n in episode_counts(plan.config, plan.env_ids).items()}},
         "versions": package_versions(),
         "git": git_commit(),
         "wall_time_s": round(wall, 3),
