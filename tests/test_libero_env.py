@@ -56,6 +56,9 @@ def test_cli_rejects_unknown_suites_and_tasks(tmp_path):
         res = run_cli("eval", "--env", spec, "--policy", "random", "--episodes", "1", "--out", str(tmp_path / "r"))
         assert res.returncode == 2, res.stderr
         assert hint in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("eval", "--env", "libero/libero_goal/2", "--policy", "random", "--episodes", "51", "--out", str(tmp_path / "r"))
+    assert res.returncode == 2 and "50 fixed initial states" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_axis_angle():
