@@ -61,7 +61,7 @@ def test_corner_images_are_upright():
 
 
 @requires_metaworld
-@pytest.mark.parametrize("env_id", sorted(ENVS.names()))
+@pytest.mark.parametrize("env_id", sorted(n for n in ENVS.names() if n.startswith("metaworld/")))
 def test_check_env_passes(env_id):
     from gymnasium.utils.env_checker import check_env
 
@@ -167,7 +167,7 @@ def test_every_scripted_expert_solves_init_state_0():
     from policies import EnvInfo, make_policy
 
     failed = []
-    for ep in build_episodes(sorted(ENVS.names()), 1, 0, dict.fromkeys(ENVS.names(), 500)):
+    for ep in build_episodes(sorted(n for n in ENVS.names() if n.startswith("metaworld/")), 1, 0, dict.fromkeys(ENVS.names(), 500)):
         env = make_env(ep.env_id, cameras=())
         try:
             r = run_episode(env, make_policy("scripted", EnvInfo.from_env_id(ep.env_id)), ep,
