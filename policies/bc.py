@@ -174,6 +174,8 @@ class _Stream:
 class BCPolicy:
     """Runs a ``harness train-policy`` checkpoint from pixels of one camera + the instruction."""
 
+    observes = frozenset({"pixels"})  # never the simulator's state: it runs closed-loop in a world model too
+
     def __init__(self, env_info: EnvInfo, path: str, threads: int = 1):
         if not isinstance(threads, int) or threads < 1:
             raise HarnessError(f"bc policy threads must be an integer >= 1, got {threads!r}")
