@@ -187,8 +187,10 @@ def test_ctrl_c_saves_finished_episodes_and_the_summary(tmp_path, workers):
     args = [sys.executable, "-m", "harness", "eval", "--env", "metaworld/reach-v3", "-p", "noisy:scale=0.5",
             "--episodes", "20", "--video", "none", "--no-progress", "--camera", "none", "--max-steps", "400",
             "--no-stop-on-success", "--workers", workers, "--out", str(out)]
+    # a shell that runs this suite in the background starts it with SIGINT ignored, which children
+    # inherit (and Python then never raises KeyboardInterrupt): give the run a terminal's default
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     log = out / "episodes.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 2):
