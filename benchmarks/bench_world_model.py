@@ -4,8 +4,9 @@
    H=2 + K=1 frames of 16 tokens x 16 dims, the embedded minivae latent shape).
 2. Sampling cost per predicted frame vs the number of Euler steps (tiny, batch 1), as a ratio
    to one step.
-3. WorldModelEnv steps/s (tiny DiT + minivae decoder to 128 px, one prediction per control step)
-   at batch 1 and batch 64 vs the Meta-World simulator with one 128 px camera.
+3. WorldModelEnv steps/s (tiny DiT + minivae decoder to 128 px) at batch 1 and batch 64 vs the
+   Meta-World simulator with one 128 px camera: one prediction per control step (frameskip 1),
+   and the embedded configuration (frameskip 4: one prediction per 4 control steps).
 
     python benchmarks/bench_world_model.py [--threads 2] [--sim-steps 150]
 
@@ -105,6 +106,21 @@ def main() -> None:
     print(f"WorldModelEnv tiny, batch 64: {b64:8.1f} env-steps/s = {b64 / sim_rate:5.2f}x the simulator (goal >= 20x)")
     lat = 64 / timed(lambda: wm.predict(torch.randn(64, 2, N, D), torch.zeros(64, 1, A)), 5)
     print(f"  latent-only prediction (no pixel decode), batch 64: {lat:8.1f} steps/s = {lat / sim_rate:5.2f}x")
+
+    # the embedded configuration: frameskip 4 (one prediction + decode per 4 control steps), as
+    # shipped in checkpoints/minivae_dit_tiny (random weights of the same shape when absent)
+    f = 4
+    dit4 = DiT(DiTConfig.from_size("tiny", latent_dim=D, num_tokens=N, action_dim=f * A)).eval()
+    wm4 = WorldModel(enc, dit4, None, torch.zeros(D), torch.ones(D), SamplerConfig(steps=args.sampler_steps),
+                     {"camera": "corner2", "frameskip": f}, torch.zeros(D), torch.ones(D))
+    env4 = WorldModelEnv(wm4, "corner2", image_size=128, context=ctx)
+    env4.reset(seed=0)
+    c1 = 1 / timed(lambda: env4.step(rng.uniform(-1, 1, 4).astype(np.float32)), 48, warmup=4)
+    print(f"WorldModelEnv tiny, frameskip {f}, batch 1 : {c1:8.1f} env-steps/s = {c1 / sim_rate:5.2f}x the simulator")
+    venv4 = WorldModelVectorEnv(wm4, "corner2", 64, image_size=128)
+    venv4.reset(seed=0, options={"context": ctx})
+    c64 = 64 / timed(lambda: venv4.step(rng.uniform(-1, 1, (64, 4)).astype(np.float32)), 8, warmup=4)
+    print(f"WorldModelEnv tiny, frameskip {f}, batch 64: {c64:8.1f} env-steps/s = {c64 / sim_rate:5.2f}x the simulator")
 
 
 if __name__ == "__main__":

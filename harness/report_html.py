@@ -55,15 +55,30 @@ def success_bars(results: dict[str, Any]) -> str:
             o = block["overall"]
             xs.append(i + j * width)
             ys.append(o["success_rate"])
-            err[0].append(o["success_rate"] - o["ci95"][0])
-            err[1].append(o["ci95"][1] - o["success_rate"])
+            err[0].append(max(0.0, o["success_rate"] - o["ci95"][0]))  # rounding can put the rate a hair outside
+            err[1].append(max(0.0, o["ci95"][1] - o["success_rate"]))
         ax.bar(xs, ys, width, yerr=err, capsize=3, label=backend)
-    ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(policies))], policies, rotation=20,
+    ax.set_xticks([i + width * (len(backends) - 1) / 2 for i in range(len(policies))],
+                  [short_label(p) for p in policies], rotation=20,
                   ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% CI)")
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def short_label(policy: str) -> str:
+    """'bc:path=checkpoints/policies/bc_metaworld/step_000250' -> 'bc:step_000250' for plot labels."""
+    name, _, params = policy.partition(":")
+    if "/" in params and len(policy) > 24:
+        return f"{name}:{params.rstrip('/').split('/')[-1]}"
+    return policy
+
+
+def _err(block: dict[str, Any]) -> list[list[float]]:
+    """Error-bar lengths of a rate and its interval (never negative: bootstrap rounding)."""
+    r, (lo, hi) = block["success_rate"], block["ci95"]
+    return [[max(0.0, r - lo)], [max(0.0, hi - r)]]
 
 
 def agreement_scatter(block: dict[str, Any], backend: str) -> str:
@@ -74,11 +89,8 @@ def agreement_scatter(block: dict[str, Any], backend: str) -> str:
         s, w = p["sim"], p["wm"]
         if s["success_rate"] is None or w["success_rate"] is None:
             continue
-        ax.errorbar(s["success_rate"], w["success_rate"],
-                    xerr=[[s["success_rate"] - s["ci95"][0]], [s["ci95"][1] - s["success_rate"]]],
-                    yerr=[[w["success_rate"] - w["ci95"][0]], [w["ci95"][1] - w["success_rate"]]],
-                    fmt="o", capsize=2, ms=6)
-        ax.annotate(policy, (s["success_rate"], w["success_rate"]), fontsize=7, xytext=(4, 4),
+        ax.errorbar(s["success_rate"], w["success_rate"], xerr=_err(s), yerr=_err(w), fmt="o", capsize=2, ms=6)
+        ax.annotate(short_label(policy), (s["success_rate"], w["success_rate"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     r = block["ranking"]
     title = backend
