@@ -87,18 +87,29 @@ class EvalConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EvalConfig:
-        data = load_yaml_mapping(path)
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = yaml_fields(cls, path, overrides)
         if isinstance(data.get("policies"), str):
             data["policies"] = [data["policies"]]
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise HarnessError(f"{path}: {exc}") from None
+        return construct(cls, path, data)
+
+
+def yaml_fields(cls: type, path: str | Path, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A config dataclass's fields from a YAML file (unknown keys refused), flags (not None) on top."""
+    data = load_yaml_mapping(path)
+    allowed = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return data
+
+
+def construct(cls: type, path: str | Path, data: dict[str, Any]) -> Any:
+    """``cls(**data)``, a wrong type or a missing field becoming one line naming the file."""
+    try:
+        return cls(**data)
+    except TypeError as exc:
+        raise HarnessError(f"{path}: {exc}") from None
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +77,14 @@ class BCTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> BCTrainConfig:
-        from harness.config import load_yaml_mapping
+        from harness.config import construct, yaml_fields
 
-        data = load_yaml_mapping(path)
-        allowed = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise HarnessError(f"{path}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}")
-        data.update({k: v for k, v in overrides.items() if v is not None})
+        data = yaml_fields(cls, path, overrides)
         missing = [k for k in ("data", "out") if k not in data]
         if missing:
             raise HarnessError(f"{path}: set {' and '.join(missing)} in the file or pass "
                                f"{' '.join('--' + k for k in missing)}")
-        try:
-            return cls(**data)
-        except TypeError as exc:
-            raise HarnessError(f"{path}: {exc}") from None
+        return construct(cls, path, data)
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resume (the step count may grow)."""
