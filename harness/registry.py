@@ -107,3 +107,45 @@ class Registry(Generic[T]):
 
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""
+
+
+def parse_spec(text: str, registry: Registry, *, example: str, skip: tuple[str, ...] = (),
+               tail: str | None = None) -> tuple[str, dict[str, Any]]:
+    """``name:key=value,...`` -> (name, params) for a registry whose entries are factories.
+
+    Values are read as YAML scalars (``0.5`` a float, ``true`` a bool, else the text). The name
+    and every key are checked against the registry and the factory's signature (``skip``: the
+    parameters the harness passes itself, e.g. ``env_info``). ``tail``: a parameter that takes the
+    rest of the spec, commas and colons included (a list of nested specs)."""
+    import inspect
+
+    import yaml
+
+    what = registry.kind
+    text = text.strip()
+    name, sep, rest = text.partition(":")
+    if not name:
+        raise HarnessError(f"empty {what} name in {text!r}: write e.g. {example!r}")
+    if name not in registry:
+        raise HarnessError(registry.unknown_message(name))
+    params: dict[str, Any] = {}
+    if sep and tail:  # the first `tail=` takes the rest of the spec
+        marker = f"{tail}="
+        if rest.startswith(marker):
+            rest, params[tail] = "", rest[len(marker):]
+        elif "," + marker in rest:
+            rest, _, params[tail] = rest.partition("," + marker)
+    if sep:
+        for item in filter(None, (p.strip() for p in rest.split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise HarnessError(f"{what} parameter {item!r} in {text!r} is not key=value: write e.g. {example!r}")
+            try:
+                params[key.strip()] = yaml.safe_load(value.strip())
+            except yaml.YAMLError:
+                params[key.strip()] = value.strip()
+    allowed = [p for p in inspect.signature(registry.get(name)).parameters if p not in skip]
+    for key in params:
+        if key not in allowed:
+            raise HarnessError(f"{what} {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or '(none)'}")
+    return name, params

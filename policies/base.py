@@ -7,16 +7,13 @@ policy's label in results.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
-import yaml
 
-from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.registry import Registry, parse_spec
 
 POLICIES: Registry = Registry("policy")
 
@@ -81,32 +78,8 @@ class PolicySpec:
 
 
 def parse_policy_spec(text: str) -> PolicySpec:
-    text = text.strip()
-    name, sep, rest = text.partition(":")
-    if not name:
-        raise HarnessError(f"empty policy name in {text!r}: write e.g. 'scripted' or 'noisy:scale=0.5'")
-    if name not in POLICIES:
-        raise HarnessError(POLICIES.unknown_message(name))
-    params: dict[str, Any] = {}
-    if sep:
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or not key:
-                raise HarnessError(
-                    f"policy parameter {item!r} in {text!r} is not key=value: write e.g. 'noisy:base=scripted,scale=0.5'"
-                )
-            try:
-                params[key.strip()] = yaml.safe_load(value.strip())
-            except yaml.YAMLError:
-                params[key.strip()] = value.strip()
-    factory = POLICIES.get(name)
-    allowed = [p for p in inspect.signature(factory).parameters if p != "env_info"]
-    for key in params:
-        if key not in allowed:
-            raise HarnessError(
-                f"policy {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or '(none)'}"
-            )
-    return PolicySpec(name, params, text)
+    name, params = parse_spec(text, POLICIES, example="noisy:base=scripted,scale=0.5", skip=("env_info",))
+    return PolicySpec(name, params, text.strip())
 
 
 def make_policy(spec: str | PolicySpec, env_info: EnvInfo) -> Policy:

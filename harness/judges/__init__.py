@@ -22,10 +22,7 @@ import inspect
 from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
-from harness.errors import HarnessError
-from harness.registry import Registry
+from harness.registry import Registry, parse_spec
 
 from .base import Judge, as_env_judge, verdict
 
@@ -54,47 +51,13 @@ class JudgeSpec:
         return self.text
 
 
-def _value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def _tail_parameter(factory: Any) -> str | None:
-    """The parameter that takes the rest of the spec (``consensus``'s ``judges``), if any."""
-    return getattr(factory, "spec_tail", None)
-
-
 def parse_judge_spec(text: str) -> JudgeSpec:
-    """``name:key=value,...`` -> JudgeSpec, checking the name and the parameter names."""
-    text = text.strip()
-    name, sep, rest = text.partition(":")
-    if not name:
-        raise HarnessError(f"empty judge name in {text!r}: write e.g. 'oracle' or 'vlm:path=DIR'")
-    if name not in JUDGES:
-        raise HarnessError(JUDGES.unknown_message(name))
-    factory = JUDGES.get(name)
-    params: dict[str, Any] = {}
-    tail = _tail_parameter(factory)
-    if sep and tail:  # the first `tail=` takes the rest of the spec, nested commas and colons included
-        marker = f"{tail}="
-        if rest.startswith(marker):
-            rest, params[tail] = "", rest[len(marker):]
-        elif "," + marker in rest:
-            rest, _, params[tail] = rest.partition("," + marker)
-    if sep:
-        for item in filter(None, (p.strip() for p in rest.split(","))):
-            key, eq, value = item.partition("=")
-            if not eq or not key.strip():
-                raise HarnessError(f"judge parameter {item!r} in {text!r} is not key=value: write e.g. "
-                                   f"'vlm:path=DIR,frames=8'")
-            params[key.strip()] = _value(value.strip())
-    allowed = [p for p in inspect.signature(factory).parameters if p not in CONTEXT_KEYS]
-    for key in params:
-        if key not in allowed:
-            raise HarnessError(f"judge {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or '(none)'}")
-    return JudgeSpec(name, params, text)
+    """``name:key=value,...`` -> JudgeSpec, checking the name and the parameter names; a judge
+    that combines others names the parameter taking the rest of the spec (``spec_tail``)."""
+    tail = getattr(JUDGES.get(text.strip().partition(":")[0]), "spec_tail", None) \
+        if text.strip().partition(":")[0] in JUDGES else None
+    name, params = parse_spec(text, JUDGES, example="vlm:path=DIR,frames=8", skip=CONTEXT_KEYS, tail=tail)
+    return JudgeSpec(name, params, text.strip())
 
 
 def make_judge(spec: str | JudgeSpec, **context: Any) -> Judge:
