@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the embedded defaults from scratch with the harness's own pipeline:
 #   collect -> train-encoder (minivae, minijepa) -> train-wm (minivae_dit_tiny, minijepa_dit_tiny)
-#   -> train-judge (a success classifier on each world model's latents) -> train-policy (BC ladder)
+#   -> train-policy (BC ladder) -> train-judge (a success classifier on each world model's latents,
+#   trained on the world-model data and on rollouts of the BC ladder and random actions)
 # Every step is seeded, and torch runs on one thread, so the same machine and torch build give
-# the same weights. Outputs (a few MB, safetensors + JSON) go to checkpoints/ in the repository;
+# the same weights. Outputs (about 19 MB, safetensors + JSON) go to checkpoints/ in the repository;
 # the bulky intermediates (datasets, latent caches) to $WORK.
 #
 # Time measured on the 2-core CI-like machine while other jobs shared it (load ~6-10): data
@@ -11,13 +12,13 @@
 # machine roughly half of that.
 #
 #   bash scripts/build_embedded.sh            # everything
-#   STEPS=wm,judge bash scripts/build_embedded.sh   # only some stages (data,encoders,wm,judge,bc)
+#   STEPS=wm,judge bash scripts/build_embedded.sh   # only some stages (data,encoders,wm,bc,judge)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 H=".venv/bin/harness"
-WORK=${WORK:-runs/embedded}
+WORK=${WORK:-runs/embedded-build}
 OUT=${OUT:-checkpoints}
-STEPS=${STEPS:-data,encoders,wm,judge,bc}
+STEPS=${STEPS:-data,encoders,wm,bc,judge}
 export WM_HARNESS_HOME=${WM_HARNESS_HOME:-$PWD/$WORK/home}
 mkdir -p "$WORK" "$OUT"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -53,13 +54,6 @@ if has wm; then
   done
 fi
 
-if has judge; then
-  for wm in minivae_dit_tiny minijepa_dit_tiny; do
-    rm -rf "$OUT/$wm/judge"
-    $H train-judge --data "$DATA" --wm "$wm" --wm-checkpoint "$OUT/$wm" --out "$OUT/$wm/judge" --threads 1
-  done
-fi
-
 if has bc; then
   rm -rf "$WORK/bc"
   $H train-policy --data "$BC_DATA" --out "$WORK/bc" --steps 250 --save-every 50 --no-progress
@@ -69,4 +63,18 @@ if has bc; then
     cp -r "$WORK/bc/step_$s" "$OUT/policies/bc_metaworld/step_$s"
   done
 fi
+if has judge; then
+  # The judges see the rollouts they will judge: besides the world-model data, rollouts of the
+  # shipped BC ladder (best and worst rung) and of random actions, kept running after success.
+  POL_DATA="$WORK/metaworld5_policies.h5"
+  $H collect --env metaworld -p bc:path=$OUT/policies/bc_metaworld/step_000250 \
+    -p bc:path=$OUT/policies/bc_metaworld/step_000050 -p random --episodes 4 --first-init-state 1000 \
+    --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --out "$POL_DATA" --overwrite --no-progress
+  for wm in minivae_dit_tiny minijepa_dit_tiny; do
+    rm -rf "$OUT/$wm/judge"
+    $H train-judge --data "$DATA" --data "$POL_DATA" --wm "$wm" --wm-checkpoint "$OUT/$wm" --out "$OUT/$wm/judge" \
+      --threads 1 --no-progress
+  done
+fi
+
 du -sh "$OUT"
