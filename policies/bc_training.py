@@ -24,7 +24,7 @@ from harness.errors import HarnessError, require_module
 from policies.bc import BC_SIZES, BCConfig, build_network, resize_frames, save_bc_checkpoint
 
 log = logging.getLogger(__name__)
-TRAIN_STATE = "train_state.pt"
+TRAIN_STATE = "train_state.pt"  # world_models.checkpoint.TRAIN_STATE (not imported here: torch loads lazily)
 
 
 def step_dir(out: str | Path, step: int) -> Path:
@@ -285,23 +285,12 @@ def train_policy(cfg: BCTrainConfig, progress: ProgressFn | None = None) -> dict
 def _resume_state(out: Path, cfg: BCTrainConfig) -> dict[str, Any] | None:
     """The saved state when ``out`` holds a run with the same settings; a folder holding
     something else is refused rather than overwritten."""
-    import torch
+    from world_models.checkpoint import load_train_state
 
-    if not out.exists():
-        out.mkdir(parents=True)
+    state = load_train_state(out, cfg.identity(), "train-policy", " or extend it")
+    if state is None:
+        out.mkdir(parents=True, exist_ok=True)
         return None
-    if not out.is_dir() or (any(out.iterdir()) and not (out / TRAIN_STATE).is_file()):
-        raise HarnessError(f"--out {out} exists and is not a train-policy folder; choose a new folder")
-    if not (out / TRAIN_STATE).is_file():
-        return None
-    try:
-        state = torch.load(out / TRAIN_STATE, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
-        raise HarnessError(f"{out / TRAIN_STATE} is unreadable ({type(e).__name__}); remove {out} to start over") from None
-    if state.get("identity") != cfg.identity():
-        diff = sorted(k for k, v in cfg.identity().items() if state.get("identity", {}).get(k) != v)
-        raise HarnessError(f"--out {out} holds a run with different settings ({', '.join(diff)}); use the same "
-                           f"settings to resume or extend it, or a new --out folder")
     if state["step"] >= cfg.steps:
         log.info("%s already has %d steps (asked for %d): nothing to train", out, state["step"], cfg.steps)
     return state

@@ -98,3 +98,27 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix
         raise HarnessError(f"checkpoint {where} does not match its config: {'; '.join(parts)} tensors; "
                            f"the weights and config.json come from different models")
     module.load_state_dict(state)
+
+
+TRAIN_STATE = "train_state.pt"  # a training run's resume state, next to its checkpoint
+
+
+def load_train_state(out: Path, identity: dict[str, Any], command: str, extend_hint: str = "") -> dict[str, Any] | None:
+    """The resume state in ``out`` when it holds a run of ``command`` with the same ``identity``;
+    None when ``out`` is absent or empty. A folder holding something else, an unreadable state or
+    a run with other settings is refused (one line) rather than overwritten."""
+    if not out.exists():
+        return None
+    if not out.is_dir() or (any(out.iterdir()) and not (out / TRAIN_STATE).is_file()):
+        raise HarnessError(f"--out {out} exists and is not a {command} folder; choose a new folder")
+    if not (out / TRAIN_STATE).is_file():
+        return None
+    try:
+        state = torch.load(out / TRAIN_STATE, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
+        raise HarnessError(f"{out / TRAIN_STATE} is unreadable ({type(e).__name__}); remove {out} to start over") from None
+    if state.get("identity") != identity:
+        diff = sorted(k for k, v in identity.items() if state.get("identity", {}).get(k) != v)
+        raise HarnessError(f"--out {out} holds a run with different settings ({', '.join(diff)}); use the same "
+                           f"settings to resume{extend_hint}, or a new --out folder")
+    return state

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from harness.errors import HarnessError
 
+from .checkpoint import TRAIN_STATE, load_train_state
 from .data import check_dataset, load_episodes, split_episodes
 from .dit import DIT_SIZES, DiT, DiTConfig
 from .encoders import ENCODERS, Encoder, is_trained_here, load_encoder
@@ -34,7 +35,6 @@ from .pixel_decoder import PixelDecoder
 from .world_model import SamplerConfig, WorldModel
 
 log = logging.getLogger(__name__)
-TRAIN_STATE = "train_state.pt"
 
 
 @dataclass
@@ -373,21 +373,9 @@ def _train_decoder(cfg: TrainConfig, wm: WorldModel, camera: str, latents: list[
 def _resume_state(out: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     """The saved training state when ``out`` holds an unfinished or extendable run of the same
     config; a folder holding something else is refused rather than overwritten."""
-    if not out.exists():
+    state = load_train_state(out, cfg.identity(), "train-wm checkpoint")
+    if state is None:
         return None
-    if out.is_file() or (any(out.iterdir()) and not (out / TRAIN_STATE).is_file()):
-        raise HarnessError(f"--out {out} exists and is not a train-wm checkpoint folder; choose a new folder")
-    if not (out / TRAIN_STATE).is_file():
-        return None
-    try:
-        state = torch.load(out / TRAIN_STATE, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - any unreadable state is the same user problem
-        raise HarnessError(f"{out / TRAIN_STATE} is unreadable ({type(e).__name__}); remove the folder to "
-                           f"start over") from None
-    if state.get("identity") != cfg.identity():
-        diff = sorted(k for k in cfg.identity() if state.get("identity", {}).get(k) != cfg.identity()[k])
-        raise HarnessError(f"--out {out} holds a run with different settings ({', '.join(diff)}); use the same "
-                           f"settings to resume or a new --out folder")
     if state["phase"] == "done":
         # A finished run can be extended with more steps; otherwise there is nothing to do.
         hist = state.get("history") or []
