@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 
+from harness import agreement
 from harness.episodes import Episode
 from harness.errors import HarnessError
+from harness.judges.base import verdict
 
 WM_PREFIX = "wm:"
 
@@ -69,12 +71,6 @@ def validate_judge(spec: str) -> None:
                            "(see `harness list judges`)")
 
 
-def judge_rollout(judge, frames: np.ndarray, latents: np.ndarray | None, instruction: str) -> tuple[float, bool]:
-    """(score, verdict) of a judge on one rollout: frames uint8 (T, H, W, 3), latents (T, N, D)."""
-    score = float(judge.score(frames, instruction, latents=latents))
-    return score, bool(score >= judge.threshold)
-
-
 def run_world_model_episode(wm_env, policy, episode: Episode, sim_observations: list[dict[str, Any]],
                             sim_actions: list[np.ndarray], *, closed_loop: bool, judge=None,
                             stop_on_success: bool = True) -> WorldModelResult:
@@ -110,18 +106,18 @@ def run_world_model_episode(wm_env, policy, episode: Episode, sim_observations: 
         frames.append(obs["pixels"][camera])
         latents.append(info["latent"])
         if online and (t + 1) % every == 0:
-            _, ok = judge_rollout(judge, np.stack(frames), np.stack(latents), episode.instruction)
+            _, ok = verdict(judge, np.stack(frames), episode.instruction, np.stack(latents))
             if ok:
                 success_step = t + 1
                 break
     frames_arr, latents_arr = np.stack(frames), np.stack(latents)
-    score = verdict = None
+    score, ok = None, False
     if judge is not None:
-        score, verdict = judge_rollout(judge, frames_arr, latents_arr, episode.instruction)
-        if verdict and success_step is None:
+        score, ok = verdict(judge, frames_arr, episode.instruction, latents_arr)
+        if ok and success_step is None:
             success_step = len(frames) - 1
     result = WorldModelResult(
-        success=bool(verdict), success_step=success_step if verdict else None, length=len(frames) - 1,
+        success=ok, success_step=success_step if ok else None, length=len(frames) - 1,
         mode="closed_loop" if closed_loop else "open_loop_replay", judge_score=score,
         frames=frames, latents=latents,
     )
@@ -142,7 +138,7 @@ def latent_divergence(world_model, wm_latents: np.ndarray, sim_observations: lis
         return []
     sim_frames = np.stack([sim_observations[t]["pixels"][camera] for t in steps])
     with torch.no_grad():
-        z_sim = world_model.encode(sim_frames[None])[0]  # (K, N, D)
-        std = world_model.latent_std.reshape(1, 1, -1)
-        diff = (torch.as_tensor(wm_latents[steps]) - z_sim) / std
-    return [round(float(v), 6) for v in diff.pow(2).mean(dim=(1, 2))]
+        z_sim = world_model.encode(sim_frames[None])[0].numpy()  # (K, N, D)
+    std = world_model.latent_std.reshape(1, 1, -1).numpy()
+    mse = agreement.latent_divergence(np.asarray(wm_latents)[steps] / std, z_sim / std)["mse"]
+    return [round(v, 6) for v in mse]

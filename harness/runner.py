@@ -199,7 +199,8 @@ class EpisodeWorker:
         return out
 
     def _run_in_world_model(self, episode: Episode, policy_spec: str, sim: EpisodeResult):
-        from harness.matched import judge_rollout, run_world_model_episode
+        from harness.judges.base import verdict
+        from harness.matched import run_world_model_episode
         from policies.base import observes
 
         wm, judge = self.world_model()
@@ -218,7 +219,7 @@ class EpisodeWorker:
 
                 with torch.no_grad():
                     latents = wm.encode(frames[None])[0].numpy()
-            judged_sim = judge_rollout(judge, frames, latents, episode.instruction)
+            judged_sim = verdict(judge, frames, episode.instruction, latents)
         return result, judged_sim
 
     def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
