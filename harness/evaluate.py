@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -220,7 +221,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "env_ids": plan.env_ids,
         "env_options": {k: {**v, "cameras": list(v["cameras"])} for k, v in plan.env_options.items()},
         "seeds": {"base_seed": plan.config.seed, "rule": SEED_RULE,
-                  "init_states": {e: f"0..{n - 1}" for e, n in episode_counts(plan.config, plan.env_ids).items()}},
+                  "init_states": {e: f"0..{n - 1}" for e, n in Counter(ep.env_id for ep in plan.episodes).items()}},
         "versions": package_versions(),
         "git": git_commit(),
         "wall_time_s": round(wall, 3),

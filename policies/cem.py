@@ -20,7 +20,7 @@ Presets (``CEM_PRESETS``):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -240,9 +240,6 @@ class CEMPolicy:
             self._queue = list(plan[:cfg.execute].reshape(cfg.execute * f, A))
         self._t += 1
         return np.asarray(self._queue.pop(0), np.float32)
-
-    def describe(self) -> dict[str, Any]:
-        return {"wm": self.wm_name, **asdict(self.config), "goal": self.goal}
 
 
 _EXPERT_GOALS: dict[tuple[str, str, int, int | None], np.ndarray] = {}
