@@ -73,11 +73,12 @@ def validate_judge(spec: str) -> None:
 
 def run_world_model_episode(wm_env, policy, episode: Episode, sim_observations: list[dict[str, Any]],
                             sim_actions: list[np.ndarray], *, closed_loop: bool, judge=None,
-                            stop_on_success: bool = True) -> WorldModelResult:
+                            stop_on_success: bool = True, sim_latents: np.ndarray | None = None) -> WorldModelResult:
     """Run ``policy`` in ``wm_env`` from the simulator episode's reset frame.
 
     ``sim_observations``/``sim_actions``: the simulator trajectory of the same episode (T+1
-    observations, T actions). Closed-loop: up to ``episode.max_steps`` steps, stopping when an
+    observations, T actions; ``sim_latents``: their encodings when the caller has them already).
+    Closed-loop: up to ``episode.max_steps`` steps, stopping when an
     online judge (one with ``online = True``, cheap per step) says success; open-loop: the
     simulator's actions, in order."""
     start = time.perf_counter()
@@ -121,24 +122,29 @@ def run_world_model_episode(wm_env, policy, episode: Episode, sim_observations: 
         mode="closed_loop" if closed_loop else "open_loop_replay", judge_score=score,
         frames=frames, latents=latents,
     )
-    result.latent_divergence = latent_divergence(wm_env.wm, latents_arr, sim_observations, camera, every)
+    result.latent_divergence = latent_divergence(wm_env.wm, latents_arr, sim_observations, camera, every,
+                                                 sim_latents)
     result.rollout_s = time.perf_counter() - start
     return result
 
 
 def latent_divergence(world_model, wm_latents: np.ndarray, sim_observations: list[dict[str, Any]], camera: str,
-                      every: int) -> list[float]:
+                      every: int, sim_latents: np.ndarray | None = None) -> list[float]:
     """Per world-model step k (control step k * every): mean over tokens and channels of
-    ((z_wm - z_sim) / latent_std)^2, where z_sim encodes the simulator's frame at that step.
+    ((z_wm - z_sim) / latent_std)^2, where z_sim encodes the simulator's frame at that step
+    (taken from ``sim_latents`` when given, else encoded here, only at those steps).
     Step 0 is the shared context frame (near 0 up to encoder noise)."""
     import torch
 
     steps = list(range(0, min(len(wm_latents), len(sim_observations)), every))
     if not steps:
         return []
-    sim_frames = np.stack([sim_observations[t]["pixels"][camera] for t in steps])
-    with torch.no_grad():
-        z_sim = world_model.encode(sim_frames[None])[0].numpy()  # (K, N, D)
+    if sim_latents is not None:
+        z_sim = np.asarray(sim_latents)[steps]
+    else:
+        sim_frames = np.stack([sim_observations[t]["pixels"][camera] for t in steps])
+        with torch.no_grad():
+            z_sim = world_model.encode(sim_frames[None])[0].numpy()  # (K, N, D)
     std = world_model.latent_std.reshape(1, 1, -1).numpy()
     mse = agreement.latent_divergence(np.asarray(wm_latents)[steps] / std, z_sim / std)["mse"]
     return [round(v, 6) for v in mse]

@@ -207,19 +207,18 @@ class EpisodeWorker:
         wm_env = self._wm_env_for(episode, self._env)
         policy = self._policy_for(policy_spec, episode.env_id)
         closed_loop = "state" not in observes(policy)
+        frames = np.stack([o["pixels"][wm_env.camera] for o in sim.observations])
+        sim_latents = None
+        if getattr(judge, "needs_latents", False):  # encoded once: for the judge and the divergence
+            import torch
+
+            with torch.no_grad():
+                sim_latents = wm.encode(frames[None])[0].numpy()
         result = run_world_model_episode(wm_env, policy, episode, sim.observations, sim.actions,
                                          closed_loop=closed_loop, judge=judge,
-                                         stop_on_success=self.settings.stop_on_success)
-        judged_sim = None
-        if judge is not None:  # the same judge on the real rollout: its own error, apart from the world model's
-            frames = np.stack([o["pixels"][wm_env.camera] for o in sim.observations])
-            latents = None
-            if getattr(judge, "needs_latents", False):
-                import torch
-
-                with torch.no_grad():
-                    latents = wm.encode(frames[None])[0].numpy()
-            judged_sim = verdict(judge, frames, episode.instruction, latents)
+                                         stop_on_success=self.settings.stop_on_success, sim_latents=sim_latents)
+        # the same judge on the real rollout: its own error, apart from the world model's
+        judged_sim = None if judge is None else verdict(judge, frames, episode.instruction, sim_latents)
         return result, judged_sim
 
     def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
