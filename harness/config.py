@@ -44,6 +44,8 @@ class EvalConfig:
     wm: str | None = None  # world model for the matched evaluation ("none" or None: simulator only)
     wm_checkpoint: str | None = None
     judge: str | None = None  # judge spec for world-model success; None: the world model's own, if it has one
+    wm_batch: int = 1  # world-model episodes advanced together in one batched call per step
+    ray_address: str | None = None  # with executor "ray": "auto", "HOST:PORT" or None for a local cluster
 
     def __post_init__(self):
         if not isinstance(self.env, str) or not self.env.strip():
@@ -53,6 +55,9 @@ class EvalConfig:
         check_episode_args(DEFAULT_EPISODES if self.episodes is None else self.episodes, self.seed, self.max_steps)
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
+        _positive("wm_batch", self.wm_batch, "--wm-batch")
+        if self.ray_address is not None and self.executor != "ray":
+            raise HarnessError(f"--ray-address {self.ray_address} needs --executor ray (got --executor {self.executor})")
         parse_video_mode(self.video)
         if self.wm is not None and (not isinstance(self.wm, str) or self.wm.strip().lower() in ("", "none")):
             object.__setattr__(self, "wm", None)

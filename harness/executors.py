@@ -1,40 +1,116 @@
 """Executors run work items and stream records back as episodes finish.
 
-``local``: in this process with one worker, or N worker processes (spawn/forkserver, one
+``local``: in this process with one worker, or N worker processes (forkserver/spawn, one
 simulator per process; each process builds its own renderer, so no GL context is shared).
+A worker process that dies (a simulator segfault, the OOM killer, ``kill -9``) is replaced and
+its chunk of episodes retried once on the new process; if it dies again, those episodes become
+``error`` records and the run goes on. ``ray`` (``harness/ray_executor.py``): Ray actors.
+
+Executors hand workers chunks of items (``chunked``): with ``--wm-batch B`` a chunk of B
+episodes has its world-model rollouts advanced together in one batched call per step.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
+import signal
 import sys
+import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from multiprocessing.connection import wait
 from typing import Any
 
 from harness.episodes import WorkItem
 from harness.registry import Registry
-from harness.runner import EpisodeWorker, RunSettings
+from harness.runner import EpisodeWorker, RunSettings, failed_records
 
 EXECUTORS: Registry = Registry("executor")
+EXECUTORS.register("ray", "harness.ray_executor:RayExecutor",
+                   description="Ray actors on a local or remote cluster (--ray-address; the distributed extra)")
 
-_WORKER: EpisodeWorker | None = None
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 2  # a chunk whose worker died is retried once on a fresh worker
 
 
-def _init_worker(settings: RunSettings) -> None:
-    global _WORKER
-    import logging
+class WorkerDied(RuntimeError):
+    """The worker process (or actor) running an episode died."""
 
+
+def chunk_size(settings: RunSettings) -> int:
+    """Items per chunk: world-model episodes are batched ``wm_batch`` at a time; simulator-only
+    runs go one item at a time, which balances workers best."""
+    return max(1, settings.wm_batch) if settings.wm else 1
+
+
+def chunked(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    """Consecutive items in lists of at most ``size``."""
+    chunk: list[WorkItem] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def died_records(chunk: list[WorkItem], reason: str, start: float) -> list[dict[str, Any]]:
+    """'error' records for a chunk whose worker died on every attempt."""
+    exc = WorkerDied(f"{reason} on each of {MAX_ATTEMPTS} attempts running this episode")
+    return [record for item in chunk for record in failed_records(item, exc, start)]
+
+
+def _worker_main(conn, settings: RunSettings) -> None:
+    """A worker process: build an EpisodeWorker, then run the chunks the parent sends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.basicConfig(level=logging.WARNING)
-    _WORKER = EpisodeWorker(settings)
+    worker = EpisodeWorker(settings)
+    name = mp.current_process().name
+    try:
+        while True:
+            try:
+                chunk = conn.recv()
+            except EOFError:  # the parent is gone
+                return
+            if chunk is None:
+                return
+            records = worker.run_batch(chunk)
+            for record in records:
+                record["worker"] = name
+            conn.send(records)
+    finally:
+        worker.close()
 
 
-def _run_in_worker(item: WorkItem) -> list[dict[str, Any]]:
-    assert _WORKER is not None
-    records = _WORKER.run(item)
-    for record in records:
-        record["worker"] = mp.current_process().name
-    return records
+class _Process:
+    """One worker process, its pipe, and the chunk it is running."""
+
+    def __init__(self, ctx, settings: RunSettings, name: str):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_worker_main, args=(child, settings), name=name, daemon=True)
+        self.proc.start()
+        child.close()
+        self.chunk: list[WorkItem] | None = None
+        self.attempt = 0
+        self.started = 0.0
+
+    def give(self, chunk: list[WorkItem], attempt: int) -> None:
+        self.chunk, self.attempt, self.started = chunk, attempt, time.perf_counter()
+        self.conn.send(chunk)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        self.proc.join(timeout)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(1.0)
+        self.conn.close()
 
 
 @EXECUTORS.register("local")
@@ -46,36 +122,73 @@ class LocalExecutor:
         self.workers = workers
 
     def map(self, items: Iterable[WorkItem]) -> Iterator[dict[str, Any]]:
+        chunks = chunked(items, chunk_size(self.settings))
         if self.workers <= 1:
             worker = EpisodeWorker(self.settings)
             try:
-                for item in items:
-                    for record in worker.run(item):
+                for chunk in chunks:
+                    for record in worker.run_batch(chunk):
                         record["worker"] = "main"
                         yield record
             finally:
                 worker.close()
             return
-        yield from self._map_processes(list(items))
+        yield from self._map_processes(chunks)
 
-    def _map_processes(self, items: list[WorkItem]) -> Iterator[dict[str, Any]]:
-        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
-        pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context(method),
-                                   initializer=_init_worker, initargs=(self.settings,))
-        pending: set[Future] = set()
-        todo = iter(items)
+    def _map_processes(self, chunks: Iterator[list[WorkItem]]) -> Iterator[dict[str, Any]]:
+        ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+        todo: deque[tuple[list[WorkItem], int]] = deque()  # retries go first
+        spawned = 0
+
+        def spawn() -> _Process:
+            nonlocal spawned
+            spawned += 1
+            return _Process(ctx, self.settings, f"worker-{spawned}")
+
+        def next_task() -> tuple[list[WorkItem], int] | None:
+            if todo:
+                return todo.popleft()
+            chunk = next(chunks, None)
+            return None if chunk is None else (chunk, 1)
+
+        pool = [spawn() for _ in range(self.workers)]
         try:
-            # Keep only a few items in flight so a kill loses little and order stays near input order.
-            for item in todo:
-                pending.add(pool.submit(_run_in_worker, item))
-                if len(pending) >= 2 * self.workers:
-                    break
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield from fut.result()
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.add(pool.submit(_run_in_worker, nxt))
+            for p in pool:
+                task = next_task()
+                if task is not None:
+                    p.give(*task)
+            while any(p.chunk is not None for p in pool):
+                busy = [p for p in pool if p.chunk is not None]
+                ready = set(wait([p.conn for p in busy] + [p.proc.sentinel for p in busy]))
+                for i, p in enumerate(pool):
+                    if p.chunk is None or (p.conn not in ready and p.proc.sentinel not in ready):
+                        continue
+                    records = None
+                    if p.conn in ready:
+                        try:
+                            records = p.conn.recv()
+                        except (EOFError, OSError):
+                            records = None
+                    if records is not None:
+                        p.chunk = None
+                        yield from records
+                    else:  # the process died with this chunk
+                        chunk, attempt, started = p.chunk, p.attempt, p.started
+                        p.proc.join(1.0)
+                        reason = f"worker process {p.proc.name} died (exit code {p.proc.exitcode})"
+                        p.chunk = None
+                        p.stop(0.5)
+                        pool[i] = p = spawn()
+                        if attempt < MAX_ATTEMPTS:
+                            log.warning("%s; retrying its %d episode(s) on %s", reason, len(chunk), p.proc.name)
+                            todo.appendleft((chunk, attempt + 1))
+                        else:
+                            log.warning("%s again; recording its %d episode(s) as errors", reason, len(chunk))
+                            yield from died_records(chunk, reason, started)
+                    if p.chunk is None:
+                        task = next_task()
+                        if task is not None:
+                            p.give(*task)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for p in pool:
+                p.stop(timeout=0.5 if any(q.chunk is not None for q in pool) else 5.0)

@@ -33,6 +33,7 @@ class RunSettings:
     wm: str | None = None  # world-model name for "wm:<name>" backends
     wm_checkpoint: str | None = None
     judge: str | None = None  # judge spec scoring world-model (and simulator) rollouts
+    wm_batch: int = 1  # world-model episodes of a batch of items advanced together
 
 
 @dataclass
@@ -161,6 +162,11 @@ class EpisodeWorker:
         return run_episode(env, self._policy_for(policy, episode.env_id), episode,
                            stop_on_success=self.settings.stop_on_success, keep_trajectory=keep_trajectory)
 
+    def run_batch(self, items: list[WorkItem]) -> list[dict[str, Any]]:
+        """The records of ``items`` (one per backend of each). Executors hand a worker chunks of
+        up to ``settings.wm_batch`` items (``harness.executors.chunked``)."""
+        return [record for item in items for record in self.run(item)]
+
     def run(self, item: WorkItem) -> list[dict[str, Any]]:
         """The records of ``item``: one per backend in ``item.backends``."""
         ep = item.episode
@@ -172,7 +178,7 @@ class EpisodeWorker:
         except Exception as exc:  # one bad episode must not end the run
             log.warning("episode %s failed: %s", item.keys, exc)
             self.close()  # the simulator may be in a bad state: rebuild it for the next episode
-            return [_error_record(base, b, exc, start) for b in item.backends]
+            return failed_records(item, exc, start)
         records = {"sim": {**base, "backend": "sim", **_outcome(sim, time.perf_counter() - start)}}
         wm_result = None
         if wm_name is not None:
@@ -273,7 +279,14 @@ def _outcome(result, wall: float) -> dict[str, Any]:
     return out
 
 
+def failed_records(item: WorkItem, exc: BaseException, start: float) -> list[dict[str, Any]]:
+    """'error' records for every backend of ``item`` (an episode, or the worker running it, failed)."""
+    base = {"policy": item.policy, **item.episode.to_dict()}
+    return [_error_record(base, b, exc, start) for b in item.backends]
+
+
 def _error_record(base: dict[str, Any], backend: str, exc: BaseException, start: float) -> dict[str, Any]:
     return {**base, "backend": backend, "outcome": "error", "success": False, "success_step": None, "length": 0,
-            "ret": 0.0, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
+            "ret": 0.0, "error": f"{type(exc).__name__}: {exc}",
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
             "wall_s": round(time.perf_counter() - start, 4), "steps_per_s": 0.0, "video": None}
