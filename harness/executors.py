@@ -63,11 +63,11 @@ def died_records(chunk: list[WorkItem], reason: str, start: float) -> list[dict[
     return [record for item in chunk for record in failed_records(item, exc, start)]
 
 
-def _worker_main(conn, settings: RunSettings) -> None:
-    """A worker process: build an EpisodeWorker, then run the chunks the parent sends."""
+def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker]) -> None:
+    """A worker process: build its worker, then run the chunks the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     logging.basicConfig(level=logging.WARNING)
-    worker = EpisodeWorker(settings)
+    worker = factory(settings)
     name = mp.current_process().name
     try:
         while True:
@@ -88,9 +88,9 @@ def _worker_main(conn, settings: RunSettings) -> None:
 class _Process:
     """One worker process, its pipe, and the chunk it is running."""
 
-    def __init__(self, ctx, settings: RunSettings, name: str):
+    def __init__(self, ctx, settings: RunSettings, factory: type[EpisodeWorker], name: str):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, settings), name=name, daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, settings, factory), name=name, daemon=True)
         self.proc.start()
         child.close()
         self.chunk: list[WorkItem] | None = None
@@ -117,14 +117,15 @@ class _Process:
 class LocalExecutor:
     """Episodes in this process (workers=1) or in N local worker processes."""
 
-    def __init__(self, settings: RunSettings, workers: int = 1):
+    def __init__(self, settings: RunSettings, workers: int = 1, worker: type[EpisodeWorker] = EpisodeWorker):
         self.settings = settings
         self.workers = workers
+        self.factory = worker  # what runs the chunks (an importable class, for the worker processes)
 
     def map(self, items: Iterable[WorkItem]) -> Iterator[dict[str, Any]]:
         chunks = chunked(items, chunk_size(self.settings))
         if self.workers <= 1:
-            worker = EpisodeWorker(self.settings)
+            worker = self.factory(self.settings)
             try:
                 for chunk in chunks:
                     for record in worker.run_batch(chunk):
@@ -143,7 +144,7 @@ class LocalExecutor:
         def spawn() -> _Process:
             nonlocal spawned
             spawned += 1
-            return _Process(ctx, self.settings, f"worker-{spawned}")
+            return _Process(ctx, self.settings, self.factory, f"worker-{spawned}")
 
         def next_task() -> tuple[list[WorkItem], int] | None:
             if todo:

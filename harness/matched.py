@@ -71,60 +71,198 @@ def validate_judge(spec: str) -> None:
                            "(see `harness list judges`)")
 
 
-def run_world_model_episode(wm_env, policy, episode: Episode, sim_observations: list[dict[str, Any]],
-                            sim_actions: list[np.ndarray], *, closed_loop: bool, judge=None,
-                            stop_on_success: bool = True, sim_latents: np.ndarray | None = None) -> WorldModelResult:
-    """Run ``policy`` in ``wm_env`` from the simulator episode's reset frame.
+@dataclass
+class WorldModelTask:
+    """One world-model episode of a batch: the simulator episode it mirrors (T+1 observations,
+    T actions; ``sim_latents``: their encodings when the caller has them) and who acts in it."""
 
-    ``sim_observations``/``sim_actions``: the simulator trajectory of the same episode (T+1
-    observations, T actions; ``sim_latents``: their encodings when the caller has them already).
-    Closed-loop: up to ``episode.max_steps`` steps, stopping when an
-    online judge (one with ``online = True``, cheap per step) says success; open-loop: the
-    simulator's actions, in order."""
+    episode: Episode
+    policy: str  # the spec; episodes of one spec and env share a batch-capable policy instance
+    sim_observations: list[dict[str, Any]]
+    sim_actions: list[np.ndarray]
+    closed_loop: bool
+    sim_latents: np.ndarray | None = None
+
+
+@dataclass(eq=False)
+class _Row:
+    task: WorldModelTask
+    policy: Any
+    budget: int
+    frames: list[np.ndarray] = field(default_factory=list)
+    latents: list[np.ndarray] = field(default_factory=list)
+    success_step: int | None = None
+    error: BaseException | None = None
+    done: bool = False
+
+
+def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_for, *, camera: str, judge=None,
+                             stop_on_success: bool = True) -> list[WorldModelResult | BaseException]:
+    """Run the world-model episodes of ``tasks`` together: one batched world-model call per
+    control step for all the episodes still running, and one ``act_batch`` call per batch-capable
+    policy (``policies.base.acts_in_batch``).
+
+    Each episode starts from its simulator episode's reset frame, with its own seed and its own
+    noise stream, so its outcome does not depend on the batch it runs in. Closed-loop episodes
+    run up to ``episode.max_steps`` steps and stop when an online judge (``online = True``) says
+    success; open-loop episodes replay the simulator's actions. ``policy_for(spec, env_id, slot)``
+    gives the policy instance for slot ``slot`` of a batch. A policy exception, a bad or
+    non-finite action, or a non-finite prediction ends that episode only: its entry in the
+    returned list is the exception; the others are ``WorldModelResult``s."""
+    from policies.base import acts_in_batch
+    from world_models.env import LatentRollout
+
     start = time.perf_counter()
-    camera = wm_env.camera
-    context = sim_observations[0]["pixels"][camera]
-    obs, info = wm_env.reset(seed=episode.seed, options={"context": context, "instruction": episode.instruction})
-    policy.reset(episode.instruction, seed=episode.seed, init_state=episode.init_state)
-    frames, latents = [obs["pixels"][camera]], [info["latent"]]
+    if not tasks:
+        return []
+    size = tasks[0].sim_observations[0]["pixels"][camera].shape[0]
+    rollout = LatentRollout(world_model, size)
+    every = max(1, world_model.frameskip)
     online = judge is not None and getattr(judge, "online", False) and stop_on_success
-    every = max(1, wm_env.wm.frameskip)
-    success_step = None
-    budget = episode.max_steps if closed_loop else len(sim_actions)
-    shape = wm_env.action_space.shape
-    for t in range(budget):
-        if closed_loop:
-            action = np.asarray(policy.act(obs))
-            if action.shape != shape:
-                raise ValueError(f"policy returned an action of shape {action.shape}; the world model expects {shape}")
-            if not np.all(np.isfinite(action)):
-                raise FloatingPointError(f"policy returned a non-finite action at step {t} in the world model: {action}")
-        else:
-            action = sim_actions[t]
-        obs, _, _, _, info = wm_env.step(action)
-        if not np.all(np.isfinite(info["latent"])):
-            raise FloatingPointError(f"the world model predicted a non-finite latent at step {t + 1}")
-        frames.append(obs["pixels"][camera])
-        latents.append(info["latent"])
-        if online and (t + 1) % every == 0:
-            _, ok = verdict(judge, np.stack(frames), episode.instruction, np.stack(latents))
-            if ok:
-                success_step = t + 1
-                break
-    frames_arr, latents_arr = np.stack(frames), np.stack(latents)
+    shape = (world_model.env_action_dim,)
+
+    rows: list[_Row] = []
+    groups: dict[tuple[str, str], list[_Row]] = {}  # rows acted for by one batch-capable instance
+    for slot, task in enumerate(tasks):
+        ep = task.episode
+        policy = policy_for(task.policy, ep.env_id, 0) if task.closed_loop else None
+        if policy is not None and acts_in_batch(policy):
+            groups.setdefault((task.policy, ep.env_id), []).append(_Row(task, policy, ep.max_steps))
+            rows.append(groups[(task.policy, ep.env_id)][-1])
+            continue
+        if policy is not None:
+            policy = policy_for(task.policy, ep.env_id, slot)
+        rows.append(_Row(task, policy, ep.max_steps if task.closed_loop else len(task.sim_actions)))
+
+    context = np.stack([t.sim_observations[0]["pixels"][camera] for t in tasks])[:, None]  # (B, 1, S, S, 3)
+    pixels, z = rollout.reset(context, [t.episode.seed for t in tasks])
+    for i, row in enumerate(rows):
+        row.frames.append(pixels[i])
+        row.latents.append(z[i].numpy())
+        ep = row.task.episode
+        try:
+            if row.policy is not None and not acts_in_batch(row.policy):
+                row.policy.reset(ep.instruction, seed=ep.seed, init_state=ep.init_state)
+        except Exception as exc:
+            row.error = exc
+    for group in groups.values():
+        try:
+            group[0].policy.reset_batch([r.task.episode.instruction for r in group],
+                                        seeds=[r.task.episode.seed for r in group],
+                                        init_states=[r.task.episode.init_state for r in group])
+        except Exception as exc:
+            for r in group:
+                r.error = exc
+
+    active = _drop(rollout, groups, rows, lambda r: r.error is not None or r.budget <= 0)
+    t = 0
+    while active:
+        actions: dict[int, np.ndarray] = {}
+        for group in groups.values():
+            members = [r for r in group if not r.done]
+            if not members:
+                continue
+            try:
+                batch = np.asarray(members[0].policy.act_batch([_obs(r, camera) for r in members]))
+                if batch.ndim != 2 or batch.shape[0] != len(members):
+                    raise ValueError(f"policy returned actions of shape {batch.shape} for {len(members)} episodes")
+            except Exception as exc:
+                for r in members:
+                    r.error = exc
+                continue
+            for r, a in zip(members, batch):
+                actions[id(r)] = a
+        for r in active:
+            if r.error is not None or id(r) in actions:
+                continue
+            try:
+                actions[id(r)] = np.asarray(r.policy.act(_obs(r, camera))) if r.task.closed_loop else r.task.sim_actions[t]
+            except Exception as exc:
+                r.error = exc
+        for r in active:
+            if r.error is None:
+                r.error = _check_action(actions[id(r)], shape, t)
+        active = _drop(rollout, groups, active, lambda r: r.error is not None)
+        if not active:
+            break
+        pixels, z = rollout.step(np.stack([actions[id(r)] for r in active]))
+        t += 1
+        for i, r in enumerate(active):
+            latent = z[i].numpy()
+            if not np.all(np.isfinite(latent)):
+                r.error = FloatingPointError(f"the world model predicted a non-finite latent at step {t}")
+                continue
+            r.frames.append(pixels[i])
+            r.latents.append(latent)
+            if online and t % every == 0:
+                _, ok = verdict(judge, np.stack(r.frames), r.task.episode.instruction, np.stack(r.latents))
+                if ok:
+                    r.success_step = t
+                    r.done = True
+            if t >= r.budget:
+                r.done = True
+        active = _drop(rollout, groups, active, lambda r: r.error is not None or r.done)
+
+    elapsed = time.perf_counter() - start
+    out: list[WorldModelResult | BaseException] = []
+    for r in rows:
+        if r.error is not None:
+            out.append(r.error)
+            continue
+        # the batch's wall time shared out: the episodes ran together
+        out.append(_result(world_model, r, judge, camera, every, elapsed / len(rows)))
+    return out
+
+
+def _obs(row: _Row, camera: str) -> dict[str, Any]:
+    return {"pixels": {camera: row.frames[-1]}}
+
+
+def _check_action(action: np.ndarray, shape: tuple[int, ...], t: int) -> BaseException | None:
+    if action.shape != shape:
+        return ValueError(f"policy returned an action of shape {action.shape}; the world model expects {shape}")
+    if not np.all(np.isfinite(action)):
+        return FloatingPointError(f"policy returned a non-finite action at step {t} in the world model: {action}")
+    return None
+
+
+def _select(groups: dict[tuple[str, str], list[_Row]], going: list[_Row]) -> None:
+    """Tell each batch-capable policy which of its episodes go on (its rows stay in the order
+    of its internal streams)."""
+    alive = {id(r) for r in going}
+    for key, group in list(groups.items()):
+        keep = [i for i, r in enumerate(group) if id(r) in alive]
+        if len(keep) < len(group):
+            if keep:
+                group[0].policy.select_batch(keep)
+            groups[key] = [group[i] for i in keep]
+
+
+def _drop(rollout, groups, active: list[_Row], ends) -> list[_Row]:
+    """The rows of ``active`` that go on; the rollout and the batch policies follow."""
+    for r in active:
+        if ends(r):
+            r.done = True
+    going = [r for r in active if not r.done]
+    if len(going) < len(active):
+        if going:
+            rollout.keep([i for i, r in enumerate(active) if not r.done])
+        _select(groups, going)
+    return going
+
+
+def _result(world_model, row: _Row, judge, camera: str, every: int, rollout_s: float) -> WorldModelResult:
+    task = row.task
+    frames_arr, latents_arr = np.stack(row.frames), np.stack(row.latents)
     score, ok = None, False
     if judge is not None:
-        score, ok = verdict(judge, frames_arr, episode.instruction, latents_arr)
-        if ok and success_step is None:
-            success_step = len(frames) - 1
-    result = WorldModelResult(
-        success=ok, success_step=success_step if ok else None, length=len(frames) - 1,
-        mode="closed_loop" if closed_loop else "open_loop_replay", judge_score=score,
-        frames=frames, latents=latents,
-    )
-    result.latent_divergence = latent_divergence(wm_env.wm, latents_arr, sim_observations, camera, every,
-                                                 sim_latents)
-    result.rollout_s = time.perf_counter() - start
+        score, ok = verdict(judge, frames_arr, task.episode.instruction, latents_arr)
+    success_step = (row.success_step or len(row.frames) - 1) if ok else None
+    result = WorldModelResult(success=ok, success_step=success_step, length=len(row.frames) - 1,
+                              mode="closed_loop" if task.closed_loop else "open_loop_replay", judge_score=score,
+                              frames=row.frames, latents=row.latents, rollout_s=rollout_s)
+    result.latent_divergence = latent_divergence(world_model, latents_arr, task.sim_observations, camera, every,
+                                                 task.sim_latents)
     return result
 
 

@@ -112,7 +112,6 @@ class EpisodeWorker:
         self._policies: dict[tuple[str, str], Any] = {}
         self._wm = None
         self._judge = None
-        self._wm_envs: dict[tuple[str, int], Any] = {}
 
     def _env_for(self, episode: Episode):
         from envs import make_env
@@ -124,10 +123,12 @@ class EpisodeWorker:
             self._env_id = episode.env_id
         return self._env
 
-    def _policy_for(self, spec: str, env_id: str):
+    def _policy_for(self, spec: str, env_id: str, slot: int = 0):
+        """The policy instance for ``spec`` in ``env_id``; ``slot`` > 0: another instance, for
+        the other episodes of a world-model batch (a policy keeps per-episode state)."""
         from policies import EnvInfo, make_policy
 
-        key = (spec, env_id)
+        key = (spec, env_id, slot)
         if key not in self._policies:
             info = EnvInfo.from_env_id(env_id, self.settings.cameras, self.settings.image_size)
             self._policies[key] = make_policy(spec, info)
@@ -145,87 +146,113 @@ class EpisodeWorker:
                 self._judge = make_judge(self.settings.judge, encoder=self._wm.encoder)
         return self._wm, self._judge
 
-    def _wm_env_for(self, episode: Episode, sim_env):
-        from world_models.env import WorldModelEnv
-
-        wm, _ = self.world_model()
-        key = (episode.env_id, episode.max_steps)
-        if key not in self._wm_envs:
-            self._wm_envs.clear()
-            self._wm_envs[key] = WorldModelEnv(wm, wm.info["camera"], sim_observation_space=sim_env.observation_space,
-                                               max_episode_steps=episode.max_steps, instruction=episode.instruction)
-        return self._wm_envs[key]
-
     def run_one(self, episode: Episode, policy: str, *, keep_trajectory: bool) -> EpisodeResult:
         """Run one episode in the simulator (raises on failure; ``run`` records it instead)."""
         env = self._env_for(episode)
         return run_episode(env, self._policy_for(policy, episode.env_id), episode,
                            stop_on_success=self.settings.stop_on_success, keep_trajectory=keep_trajectory)
 
-    def run_batch(self, items: list[WorkItem]) -> list[dict[str, Any]]:
-        """The records of ``items`` (one per backend of each). Executors hand a worker chunks of
-        up to ``settings.wm_batch`` items (``harness.executors.chunked``)."""
-        return [record for item in items for record in self.run(item)]
-
     def run(self, item: WorkItem) -> list[dict[str, Any]]:
         """The records of ``item``: one per backend in ``item.backends``."""
-        ep = item.episode
-        base = {"policy": item.policy, **ep.to_dict()}
-        wm_name = item.world_model
-        start = time.perf_counter()
-        try:
-            sim = self.run_one(ep, item.policy, keep_trajectory=item.video_path is not None or wm_name is not None)
-        except Exception as exc:  # one bad episode must not end the run
-            log.warning("episode %s failed: %s", item.keys, exc)
-            self.close()  # the simulator may be in a bad state: rebuild it for the next episode
-            return failed_records(item, exc, start)
-        records = {"sim": {**base, "backend": "sim", **_outcome(sim, time.perf_counter() - start)}}
-        wm_result = None
-        if wm_name is not None:
-            backend = f"wm:{wm_name}"
-            wm_start = time.perf_counter()
-            try:
-                wm_result, judged_sim = self._run_in_world_model(ep, item.policy, sim)
-                if judged_sim is not None:
-                    records["sim"].update(judge_score=round(judged_sim[0], 6), judge_success=judged_sim[1])
-                records[backend] = {**base, "backend": backend, **_outcome(wm_result, time.perf_counter() - wm_start),
-                                    "mode": wm_result.mode, "judge": self.settings.judge,
-                                    "judge_score": None if wm_result.judge_score is None else round(wm_result.judge_score, 6),
-                                    "sim_success": sim.success, "latent_divergence": wm_result.latent_divergence}
-            except Exception as exc:
-                log.warning("world-model episode %s failed: %s", item.keys, exc)
-                records[backend] = _error_record(base, backend, exc, wm_start)
-        out = [records[b] for b in item.backends]
-        if item.video_path:
-            failed = not sim.success or (wm_result is not None and not wm_result.success)
-            if failed or not item.video_only_on_failure:
-                video = self._write_video(item, sim, wm_result)
-                for r in out:
-                    r["video"] = video
-        return out
+        return self.run_batch([item])
 
-    def _run_in_world_model(self, episode: Episode, policy_spec: str, sim: EpisodeResult):
+    def run_batch(self, items: list[WorkItem]) -> list[dict[str, Any]]:
+        """The records of ``items``, one per backend of each. Each simulator episode runs in turn;
+        then the world-model episodes of all of them run together, one batched world-model call
+        per step (executors hand a worker up to ``settings.wm_batch`` items at once)."""
+        out: list[dict[str, dict[str, Any]]] = []  # per item: backend -> record
+        sims: list[EpisodeResult | None] = []
+        for item in items:
+            ep = item.episode
+            start = time.perf_counter()
+            try:
+                sim = self.run_one(ep, item.policy,
+                                   keep_trajectory=item.video_path is not None or item.world_model is not None)
+            except Exception as exc:  # one bad episode must not end the run
+                log.warning("episode %s failed: %s", item.keys, exc)
+                self.close()  # the simulator may be in a bad state: rebuild it for the next episode
+                out.append(dict(zip(item.backends, failed_records(item, exc, start))))
+                sims.append(None)
+                continue
+            base = {"policy": item.policy, **ep.to_dict()}
+            out.append({"sim": {**base, "backend": "sim", **_outcome(sim, time.perf_counter() - start)}})
+            sims.append(sim)
+        matched = [i for i, item in enumerate(items) if item.world_model is not None and sims[i] is not None]
+        wm_results: dict[int, Any] = {}
+        if matched:
+            wm_results = self._run_in_world_model([items[i] for i in matched], [sims[i] for i in matched])
+            wm_results = dict(zip(matched, wm_results))
+        records = []
+        for i, item in enumerate(items):
+            if i in wm_results:
+                out[i].update(self._wm_record(item, sims[i], out[i]["sim"], *wm_results[i]))
+            recs = [out[i][b] for b in item.backends]
+            wm = wm_results.get(i, (None,))[0]
+            if item.video_path and sims[i] is not None:
+                wm_ok = wm is None or (not isinstance(wm, BaseException) and wm.success)
+                if not (sims[i].success and wm_ok) or not item.video_only_on_failure:
+                    video = self._write_video(item, sims[i], None if isinstance(wm, BaseException) else wm)
+                    for r in recs:
+                        r["video"] = video
+            records.extend(recs)
+        return records
+
+    def _wm_record(self, item: WorkItem, sim: EpisodeResult, sim_record: dict[str, Any], result,
+                   judged_sim) -> dict[str, dict[str, Any]]:
+        """The world-model record of ``item`` (and the judge's verdict on its simulator record)."""
+        backend = f"wm:{item.world_model}"
+        base = {"policy": item.policy, **item.episode.to_dict()}
+        if isinstance(result, BaseException):
+            log.warning("world-model episode %s failed: %s", item.keys, result)
+            return {backend: _error_record(base, backend, result, time.perf_counter())}
+        if judged_sim is not None:
+            sim_record.update(judge_score=round(judged_sim[0], 6), judge_success=judged_sim[1])
+        return {backend: {**base, "backend": backend, **_outcome(result, result.rollout_s),
+                          "mode": result.mode, "judge": self.settings.judge,
+                          "judge_score": None if result.judge_score is None else round(result.judge_score, 6),
+                          "sim_success": sim.success, "latent_divergence": result.latent_divergence}}
+
+    def _run_in_world_model(self, items: list[WorkItem], sims: list[EpisodeResult]) -> list[tuple[Any, Any]]:
+        """Per item: (WorldModelResult or the exception that ended it, the judge's (score, verdict)
+        on the simulator rollout or None)."""
         from harness.judges.base import verdict
-        from harness.matched import run_world_model_episode
+        from harness.matched import WorldModelTask, run_world_model_episodes
         from policies.base import observes
 
-        wm, judge = self.world_model()
-        wm_env = self._wm_env_for(episode, self._env)
-        policy = self._policy_for(policy_spec, episode.env_id)
-        closed_loop = "state" not in observes(policy)
-        frames = np.stack([o["pixels"][wm_env.camera] for o in sim.observations])
-        sim_latents = None
-        if getattr(judge, "needs_latents", False):  # encoded once: for the judge and the divergence
-            import torch
+        try:
+            wm, judge = self.world_model()
+        except Exception as exc:  # e.g. a checkpoint that went bad after planning
+            return [(exc, None)] * len(items)
+        camera = wm.info["camera"]
+        out: list[tuple[Any, Any]] = [(None, None)] * len(items)
+        tasks, where = [], []
+        for i, (item, sim) in enumerate(zip(items, sims)):
+            ep = item.episode
+            try:
+                frames = np.stack([o["pixels"][camera] for o in sim.observations])
+                sim_latents = None
+                if getattr(judge, "needs_latents", False):  # encoded once: for the judge and the divergence
+                    import torch
 
-            with torch.no_grad():
-                sim_latents = wm.encode(frames[None])[0].numpy()
-        result = run_world_model_episode(wm_env, policy, episode, sim.observations, sim.actions,
-                                         closed_loop=closed_loop, judge=judge,
-                                         stop_on_success=self.settings.stop_on_success, sim_latents=sim_latents)
-        # the same judge on the real rollout: its own error, apart from the world model's
-        judged_sim = None if judge is None else verdict(judge, frames, episode.instruction, sim_latents)
-        return result, judged_sim
+                    with torch.no_grad():
+                        sim_latents = wm.encode(frames[None])[0].numpy()
+                closed_loop = "state" not in observes(self._policy_for(item.policy, ep.env_id))
+                # the same judge on the real rollout: its own error, apart from the world model's
+                judged = None if judge is None else verdict(judge, frames, ep.instruction, sim_latents)
+            except Exception as exc:
+                out[i] = (exc, None)
+                continue
+            out[i] = (None, judged)
+            tasks.append(WorldModelTask(ep, item.policy, sim.observations, sim.actions, closed_loop, sim_latents))
+            where.append(i)
+        try:
+            results = run_world_model_episodes(wm, tasks, self._policy_for, camera=camera, judge=judge,
+                                               stop_on_success=self.settings.stop_on_success)
+        except Exception as exc:  # the batch itself failed (e.g. the model raised): all its episodes
+            results = [exc] * len(tasks)
+        for i, result in zip(where, results):
+            out[i] = (result, out[i][1])
+        return out
 
     def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
         from harness.video import annotate, compose_frame, side_by_side, write_video

@@ -58,6 +58,14 @@ def observes(policy: Any) -> frozenset[str]:
     return frozenset(getattr(policy, "observes", ALL_OBSERVATIONS))
 
 
+def acts_in_batch(policy: Any) -> bool:
+    """Whether one instance of ``policy`` can run several episodes at once (several world-model
+    rollouts stepped together): it then has ``reset_batch(instructions, seeds=, init_states=)``,
+    ``act_batch(observations) -> (B, A)`` and ``select_batch(rows)`` (go on with these episodes
+    only, in this order). Other policies get one instance per episode of a batch."""
+    return all(callable(getattr(policy, m, None)) for m in ("reset_batch", "act_batch", "select_batch"))
+
+
 @runtime_checkable
 class Policy(Protocol):
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:

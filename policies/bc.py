@@ -210,8 +210,14 @@ class BCPolicy:
         return self.act_batch([observation])[0]
 
     # a batch of episodes stepped together (e.g. several world-model rollouts) --------------
-    def reset_batch(self, instructions: list[str]) -> None:
+    def reset_batch(self, instructions: list[str], *, seeds: list[int | None] | None = None,
+                    init_states: list[int | None] | None = None) -> None:
+        """Start one episode per instruction (deterministic: seeds and init states change nothing)."""
         self._streams = [_Stream(self._instruction_id(t), self.cfg.frames) for t in instructions]
+
+    def select_batch(self, rows: list[int]) -> None:
+        """Go on with these episodes only, in this order (the others ended)."""
+        self._streams = [self._streams[i] for i in rows]
 
     def act_batch(self, observations: list[dict[str, Any]]) -> np.ndarray:
         """One action per episode, (B, A) float32; episodes whose chunk ran out share one forward pass."""

@@ -50,11 +50,18 @@ class LatentRollout:
         self.wm = world_model
         self.image_size = image_size
         self.context: torch.Tensor | None = None  # (B, H, N, D) raw latents
-        self.generator = torch.Generator()
+        self.generator: torch.Generator | list[torch.Generator] = torch.Generator()
 
-    def reset(self, frames: np.ndarray, seed: int | None) -> tuple[np.ndarray, torch.Tensor]:
-        """frames uint8 (B, T, H, W, 3) real context -> (pixels of the last frame, its latent)."""
-        self.generator.manual_seed(0 if seed is None else int(seed))
+    def reset(self, frames: np.ndarray, seed: int | list[int] | None) -> tuple[np.ndarray, torch.Tensor]:
+        """frames uint8 (B, T, H, W, 3) real context -> (pixels of the last frame, its latent).
+        ``seed``: one for the batch, or one per episode (each episode then draws its own noise,
+        the same in a batch of any size)."""
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != len(frames):
+                raise ValueError(f"{len(seed)} seeds for {len(frames)} episodes")
+            self.generator = [torch.Generator().manual_seed(int(s)) for s in seed]
+        else:
+            self.generator = torch.Generator().manual_seed(0 if seed is None else int(seed))
         z = self.wm.encode(frames)  # (B, T, N, D)
         self.context = z[:, -self.wm.history:]
 
@@ -73,6 +80,15 @@ class LatentRollout:
         self.context = torch.cat([self.context, z], dim=1)[:, -self.wm.history:]
         self.last = (self.render(z)[:, 0], z[:, 0])
         return self.last
+
+    def keep(self, rows: list[int]) -> None:
+        """Go on with these episodes only (in this order): the others ended or failed."""
+        index = torch.as_tensor(rows, dtype=torch.long)
+        self.context = self.context[index]
+        self.pending = [p[rows] for p in self.pending]
+        self.last = (self.last[0][rows], self.last[1][index])
+        if isinstance(self.generator, list):
+            self.generator = [self.generator[i] for i in rows]
 
     def render(self, z: torch.Tensor) -> np.ndarray:
         frames = self.wm.decode(z)  # (B, T, S, S, 3) uint8

@@ -137,12 +137,14 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, actions: np.ndarray | torch.Tensor,
-                generator: torch.Generator | None = None, steps: int | None = None,
+                generator: torch.Generator | list[torch.Generator] | None = None, steps: int | None = None,
                 temperature: float | None = None) -> torch.Tensor:
         """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K).
 
         ``latents`` (B, T, N, D), or (1, T, N, D) for one context shared by B action sequences
-        (CEM candidates): the context is then computed once for all of them."""
+        (CEM candidates): the context is then computed once for all of them. ``generator``: one
+        for the batch, or one per row, so that an episode draws the same noise whichever batch
+        it runs in."""
         _, T, N, D = latents.shape
         actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
                                   dtype=torch.float32)
@@ -158,7 +160,12 @@ class WorldModel(nn.Module):
         out = []
         for k0 in range(0, actions.shape[1], chunk):
             a = actions[:, k0:k0 + chunk]
-            noise = torch.randn((B, a.shape[1], N, D), generator=generator) * temp
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != B:
+                    raise ValueError(f"predict got {len(generator)} generators for a batch of {B}")
+                noise = torch.cat([torch.randn((1, a.shape[1], N, D), generator=g) for g in generator]) * temp
+            else:
+                noise = torch.randn((B, a.shape[1], N, D), generator=generator) * temp
             x = sample(self.transition, self.normalize(ctx), a, steps=steps or self.sampler.steps,
                        method=self.sampler.method, alpha=self.alpha, noise=noise)  # (B, k, N, D)
             z = self.from_target(ctx[:, -1:], x)
