@@ -8,9 +8,12 @@
    Meta-World simulator with one 128 px camera: one prediction per control step (frameskip 1),
    and the embedded configuration (frameskip 4: one prediction per 4 control steps).
 
-    python benchmarks/bench_world_model.py [--threads 2] [--sim-steps 150]
+    python benchmarks/bench_world_model.py [--threads 1] [--sim-steps 150] [--embedded]
 
-Weights are random: speed does not depend on them.
+Weights are random (speed does not depend on them), except with ``--embedded``, which times the
+shipped ``checkpoints/minivae_dit_tiny`` instead of the random frameskip-4 model.
+``benchmarks/run_all.py`` imports ``sim_steps_per_s``, ``wm_env_steps_per_s`` and
+``embedded_world_model`` from here.
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
+EMBEDDED_WM = "minivae_dit_tiny"
+CAMERA = "corner2"
+
 
 def timed(fn, repeats: int, warmup: int = 1) -> float:
+    """Mean seconds per call of ``fn`` over ``repeats`` calls, after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn()
     t = time.perf_counter()
@@ -33,28 +40,79 @@ def timed(fn, repeats: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t) / repeats
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--sim-steps", type=int, default=150)
-    ap.add_argument("--sampler-steps", type=int, default=4)
-    args = ap.parse_args()
+def random_world_model(frameskip: int = 1, sampler_steps: int = 4, size: str = "tiny"):
+    """A minivae + DiT world model of the embedded shape (16 tokens x 16 dims) with random weights."""
     import torch
 
-    torch.set_num_threads(args.threads)
     from world_models.dit import DiT, DiTConfig
     from world_models.encoders import ENCODERS
-    from world_models.env import WorldModelEnv, WorldModelVectorEnv
-    from world_models.flow_matching import flow_matching_loss
     from world_models.world_model import SamplerConfig, WorldModel
 
-    print(f"torch {torch.__version__}, {args.threads} threads")
-    torch.manual_seed(0)
-    N, D, A = 16, 16, 4
+    enc = ENCODERS.build("minivae").eval()
+    N, D, A = enc.num_tokens, enc.dim, 4
+    dit = DiT(DiTConfig.from_size(size, latent_dim=D, num_tokens=N, action_dim=frameskip * A)).eval()
+    return WorldModel(enc, dit, None, torch.zeros(D), torch.ones(D), SamplerConfig(steps=sampler_steps),
+                      {"camera": CAMERA, "frameskip": frameskip}, torch.zeros(D), torch.ones(D))
 
-    # 1. training throughput ------------------------------------------------------------------
+
+def embedded_world_model(name: str = EMBEDDED_WM):
+    """The shipped embedded world model (``checkpoints/<name>``), in eval mode."""
+    from world_models import load_world_model
+
+    wm = load_world_model(name)
+    wm.eval()
+    return wm
+
+
+def sim_steps_per_s(task: str = "pick-place-v3", size: int = 128, steps: int = 150,
+                    camera: str = CAMERA) -> tuple[float, np.ndarray]:
+    """Meta-World env steps/s with one ``size`` px camera (the harness's env, random actions), and
+    the reset frame (uint8 (size, size, 3)) to start world models from."""
+    from envs import make_env
+
+    sim = make_env(f"metaworld/{task}", cameras=(camera,), image_size=size)
+    try:
+        obs, _ = sim.reset(seed=0, options={"init_state": 0})
+        rng = np.random.default_rng(0)
+        steps = min(steps, sim.max_episode_steps - 6)  # stepping past the episode's end raises
+        t = timed(lambda: sim.step(rng.uniform(-1, 1, 4).astype(np.float32)), steps, warmup=5)
+    finally:
+        sim.close()
+    return 1.0 / t, obs["pixels"][camera]
+
+
+def wm_env_steps_per_s(wm, context: np.ndarray, batch: int, steps: int, image_size: int = 128,
+                       camera: str = CAMERA) -> float:
+    """Environment steps/s of ``wm`` behind the Gymnasium interface: ``WorldModelEnv`` at batch 1,
+    ``WorldModelVectorEnv`` (one batched call per step) otherwise; ``batch * steps / time``.
+    ``steps`` is rounded up to whole world-model steps (``frameskip`` control steps each), and one
+    whole world-model step is run first as warm-up."""
+    from world_models.env import WorldModelEnv, WorldModelVectorEnv
+
+    f = wm.frameskip
+    steps = -(-steps // f) * f
+    rng = np.random.default_rng(0)
+    if batch == 1:
+        env = WorldModelEnv(wm, camera, image_size=image_size, context=context)
+        env.reset(seed=0)
+        t = timed(lambda: env.step(rng.uniform(-1, 1, 4).astype(np.float32)), steps, warmup=f)
+    else:
+        venv = WorldModelVectorEnv(wm, camera, batch, image_size=image_size)
+        venv.reset(seed=0, options={"context": context})
+        t = timed(lambda: venv.step(rng.uniform(-1, 1, (batch, 4)).astype(np.float32)), steps, warmup=f)
+    return batch / t
+
+
+def training_rates(sizes: tuple[tuple[str, int], ...] = (("tiny", 10), ("S", 2))) -> dict[str, float]:
+    """Flow-matching training samples/s per DiT size (batch 8, H=2 + K=1 frames of 16 x 16)."""
+    import torch
+
+    from world_models.dit import DiT, DiTConfig
+    from world_models.flow_matching import flow_matching_loss
+
+    N, D, A = 16, 16, 4
     rates = {}
-    for size, reps in (("tiny", 10), ("S", 2)):
+    for size, reps in sizes:
         dit = DiT(DiTConfig.from_size(size, latent_dim=D, num_tokens=N, action_dim=A))
         opt = torch.optim.AdamW(dit.parameters(), lr=1e-4)
         ctx, tgt, act = torch.randn(8, 2, N, D), torch.randn(8, 1, N, D), torch.randn(8, 1, A)
@@ -66,17 +124,33 @@ def main() -> None:
             opt.step()
 
         rates[size] = 8 / timed(step, reps)
-        params = sum(p.numel() for p in dit.parameters()) / 1e6
-        print(f"train DiT-{size:<4} ({params:5.1f} M params): {rates[size]:8.1f} samples/s")
+    return rates
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (1: on a shared 2-core machine 2 threads make tiny calls ~10x slower)")
+    ap.add_argument("--sim-steps", type=int, default=150)
+    ap.add_argument("--sampler-steps", type=int, default=4)
+    ap.add_argument("--embedded", action="store_true", help="time the shipped minivae_dit_tiny checkpoint")
+    args = ap.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    torch.manual_seed(0)
+
+    # 1. training throughput ------------------------------------------------------------------
+    rates = training_rates()
+    for size, r in rates.items():
+        print(f"train DiT-{size:<4}: {r:8.1f} samples/s")
     print(f"  ratio tiny / S: {rates['tiny'] / rates['S']:.1f}x")
 
     # 2. sampling cost vs Euler steps ------------------------------------------------------------
-    enc = ENCODERS.build("minivae").eval()
-    dit = DiT(DiTConfig.from_size("tiny", latent_dim=D, num_tokens=N, action_dim=A)).eval()
-    wm = WorldModel(enc, dit, None, torch.zeros(D), torch.ones(D), SamplerConfig(steps=args.sampler_steps),
-                    {"camera": "corner2"}, torch.zeros(D), torch.ones(D))
-    z = torch.randn(1, 2, N, D)
-    a = torch.zeros(1, 1, A)
+    wm = random_world_model(frameskip=1, sampler_steps=args.sampler_steps)
+    z = torch.randn(1, 2, wm.encoder.num_tokens, wm.encoder.dim)
+    a = torch.zeros(1, 1, wm.action_dim)
     base = None
     for steps in (1, 2, 4, 8, 16):
         t = timed(lambda s=steps: wm.predict(z, a, steps=s), 20)
@@ -84,43 +158,16 @@ def main() -> None:
         print(f"sample 1 frame, {steps:>2} Euler steps: {t * 1e3:7.2f} ms  ({t / base:4.1f}x one step)")
 
     # 3. WorldModelEnv vs the simulator -------------------------------------------------------------
-    from envs import make_env
-
-    sim = make_env("metaworld/pick-place-v3", cameras=("corner2",), image_size=128)
-    obs, _ = sim.reset(seed=0, options={"init_state": 0})
-    rng = np.random.default_rng(0)
-    sim_t = timed(lambda: sim.step(rng.uniform(-1, 1, 4).astype(np.float32)), args.sim_steps, warmup=5)
-    sim_rate = 1 / sim_t
-    ctx = obs["pixels"]["corner2"]
-    sim.close()
+    sim_rate, ctx = sim_steps_per_s(size=128, steps=args.sim_steps)
     print(f"Meta-World sim, one 128 px camera: {sim_rate:8.1f} steps/s (baseline)")
-
-    env = WorldModelEnv(wm, "corner2", image_size=128, context=ctx)
-    env.reset(seed=0)
-    b1 = 1 / timed(lambda: env.step(rng.uniform(-1, 1, 4).astype(np.float32)), 50, warmup=3)
-    print(f"WorldModelEnv tiny, batch 1 : {b1:8.1f} env-steps/s = {b1 / sim_rate:5.2f}x the simulator (goal >= 1x)")
-    venv = WorldModelVectorEnv(wm, "corner2", 64, image_size=128)
-    venv.reset(seed=0, options={"context": ctx})
-    t64 = timed(lambda: venv.step(rng.uniform(-1, 1, (64, 4)).astype(np.float32)), 5, warmup=1)
-    b64 = 64 / t64
-    print(f"WorldModelEnv tiny, batch 64: {b64:8.1f} env-steps/s = {b64 / sim_rate:5.2f}x the simulator (goal >= 20x)")
-    lat = 64 / timed(lambda: wm.predict(torch.randn(64, 2, N, D), torch.zeros(64, 1, A)), 5)
+    wm4 = embedded_world_model() if args.embedded else random_world_model(frameskip=4, sampler_steps=args.sampler_steps)
+    for label, model in (("frameskip 1", wm), (f"frameskip {wm4.frameskip}" + (" (embedded)" if args.embedded else ""), wm4)):
+        b1 = wm_env_steps_per_s(model, ctx, 1, 48)
+        b64 = wm_env_steps_per_s(model, ctx, 64, 8)
+        print(f"WorldModelEnv tiny, {label}, batch 1 : {b1:8.1f} env-steps/s = {b1 / sim_rate:5.2f}x the simulator (goal >= 1x)")
+        print(f"WorldModelEnv tiny, {label}, batch 64: {b64:8.1f} env-steps/s = {b64 / sim_rate:5.2f}x the simulator (goal >= 20x)")
+    lat = 64 / timed(lambda: wm.predict(torch.randn(64, 2, z.shape[2], z.shape[3]), torch.zeros(64, 1, wm.action_dim)), 5)
     print(f"  latent-only prediction (no pixel decode), batch 64: {lat:8.1f} steps/s = {lat / sim_rate:5.2f}x")
-
-    # the embedded configuration: frameskip 4 (one prediction + decode per 4 control steps), as
-    # shipped in checkpoints/minivae_dit_tiny (random weights of the same shape when absent)
-    f = 4
-    dit4 = DiT(DiTConfig.from_size("tiny", latent_dim=D, num_tokens=N, action_dim=f * A)).eval()
-    wm4 = WorldModel(enc, dit4, None, torch.zeros(D), torch.ones(D), SamplerConfig(steps=args.sampler_steps),
-                     {"camera": "corner2", "frameskip": f}, torch.zeros(D), torch.ones(D))
-    env4 = WorldModelEnv(wm4, "corner2", image_size=128, context=ctx)
-    env4.reset(seed=0)
-    c1 = 1 / timed(lambda: env4.step(rng.uniform(-1, 1, 4).astype(np.float32)), 48, warmup=4)
-    print(f"WorldModelEnv tiny, frameskip {f}, batch 1 : {c1:8.1f} env-steps/s = {c1 / sim_rate:5.2f}x the simulator")
-    venv4 = WorldModelVectorEnv(wm4, "corner2", 64, image_size=128)
-    venv4.reset(seed=0, options={"context": ctx})
-    c64 = 64 / timed(lambda: venv4.step(rng.uniform(-1, 1, (64, 4)).astype(np.float32)), 8, warmup=4)
-    print(f"WorldModelEnv tiny, frameskip {f}, batch 64: {c64:8.1f} env-steps/s = {c64 / sim_rate:5.2f}x the simulator")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,307 @@
+"""Every benchmark in one run, one table of ratios measured side by side.
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--threads 1] [--only wm,cem,overhead,workers,memory]
+                                           [--json results.json] [--profile]
+
+Rows (docs/benchmarks.md says what each one measures):
+
+- Meta-World simulator steps/s (one 128 px camera) vs ``WorldModelEnv`` env-steps/s of the
+  embedded ``minivae_dit_tiny`` (frameskip 4, decoded to 128 px) at batch 1 and batch 64
+  (issue 5: >= 1x at batch 1, >= 20x per env-step at batch 64);
+- CEM plan time per control step (presets ``cpu`` and ``dino_wm``) and one 300-candidate
+  iteration batched vs a per-candidate loop (issue 6: >= 20x);
+- ``harness eval --workers 2`` vs ``--workers 1`` episodes/s;
+- the harness's own overhead: ``run_episode`` vs a bare ``policy.act`` + ``env.step`` loop
+  (target <= 10%), and the whole in-process ``run_eval`` vs the bare loop;
+- peak RSS of an in-process eval, simulator only and with the world model (child processes).
+
+``--quick`` shrinks every size (about 2-3 minutes on 2 shared cores); the default takes about
+5-10. Timings alternate between the things compared and keep the best of each, so load from
+other users of the machine hits both alike; the ratios within one run are the meaningful figures.
+``--threads`` sets torch's threads (default 1: on a busy 2-core machine torch's default of 2
+makes each tiny world-model call several times slower). If the run_episode overhead misses its
+target, a cProfile of an in-process eval is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # the bench_* modules next to this file
+    sys.path.insert(0, str(HERE))
+
+SECTIONS = ("wm", "cem", "overhead", "workers", "memory")
+OVERHEAD_TARGET = ("<=", 1.10)  # harness time / bare-loop time: at most 10% more
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement. ``ratio = value / baseline``; ``target`` is a condition on the ratio,
+    e.g. ``(">=", 20.0)``; rows without a baseline or target show "-"."""
+
+    measure: str
+    value: float | None
+    unit: str
+    baseline: float | None = None
+    target: tuple[str, float] | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or self.baseline is None or self.baseline == 0:
+            return None
+        return self.value / self.baseline
+
+    @property
+    def met(self) -> bool | None:
+        if self.target is None or self.ratio is None:
+            return None
+        op, threshold = self.target
+        if op == ">=":
+            return self.ratio >= threshold
+        if op == "<=":
+            return self.ratio <= threshold
+        raise ValueError(f"target operator must be '>=' or '<=', got {op!r}")
+
+
+def fmt_num(x: float | None) -> str:
+    if x is None:
+        return "-"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:,.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def fmt_target(target: tuple[str, float] | None) -> str:
+    return "-" if target is None else f"{target[0]} {target[1]:g}x"
+
+
+def format_table(rows: list[Row]) -> str:
+    """The markdown table: measure | value | baseline | ratio | target | met?"""
+    lines = ["| measure | value | baseline | ratio | target | met? |", "|---|---:|---:|---:|---:|:---:|"]
+    for r in rows:
+        unit = f" {r.unit}" if r.unit else ""
+        met = {None: "-", True: "yes", False: "NO"}[r.met]
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {r.measure}{note} | {fmt_num(r.value)}{unit} | "
+                     f"{fmt_num(r.baseline)}{unit if r.baseline is not None else ''} | "
+                     f"{'-' if r.ratio is None else fmt_num(r.ratio) + 'x'} | {fmt_target(r.target)} | {met} |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each measurement is; ``QUICK`` and ``FULL`` below."""
+
+    sim_steps: int = 150  # simulator steps timed per round
+    wm_b1_steps: int = 96  # control steps of WorldModelEnv at batch 1 per round
+    wm_b64_steps: int = 16  # control steps of the 64-env WorldModelVectorEnv per round
+    rounds: int = 2  # sim/WM timings alternate this many times, best kept
+    cem_samples: int = 300
+    cem_loop_samples: int | None = None  # None: time the whole per-candidate loop
+    cem_dino_iterations: int | None = None  # None: time all 30 iterations of a dino_wm plan
+    overhead_steps: int = 150
+    overhead_repeats: int = 3
+    eval_episodes: int = 4
+    eval_steps: int = 150
+    eval_repeats: int = 3
+    workers_episodes: int = 4  # per task (2 tasks)
+    workers_steps: int = 150
+    memory_episodes: int = 2
+    memory_steps: int = 60
+
+
+FULL = Sizes()
+QUICK = Sizes(sim_steps=60, wm_b1_steps=32, wm_b64_steps=8, rounds=1, cem_loop_samples=40,
+              cem_dino_iterations=2, overhead_steps=60, overhead_repeats=2, eval_episodes=2, eval_steps=40,
+              eval_repeats=1, workers_episodes=1, workers_steps=40, memory_episodes=1, memory_steps=20)
+
+
+# sections ----------------------------------------------------------------------------------------
+def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
+    """Simulator vs WorldModelEnv of the embedded world model, alternating, best of rounds."""
+    from bench_world_model import (
+        EMBEDDED_WM,
+        embedded_world_model,
+        sim_steps_per_s,
+        wm_env_steps_per_s,
+    )
+
+    wm = embedded_world_model()
+    sim = b1 = b64 = 0.0
+    for _ in range(sizes.rounds):
+        rate, frame = sim_steps_per_s(size=128, steps=sizes.sim_steps)
+        sim = max(sim, rate)
+        b1 = max(b1, wm_env_steps_per_s(wm, frame, 1, sizes.wm_b1_steps, image_size=128))
+        b64 = max(b64, wm_env_steps_per_s(wm, frame, 64, sizes.wm_b64_steps, image_size=128))
+    state.update(wm=wm, frame=frame)
+    f = wm.frameskip
+    return [
+        Row("Meta-World sim, 1 camera 128 px", sim, "steps/s"),
+        Row(f"WorldModelEnv {EMBEDDED_WM} (frameskip {f}) vs sim, batch 1", b1, "steps/s", sim, (">=", 1.0)),
+        Row(f"WorldModelEnv {EMBEDDED_WM} vs sim, batch 64 (env-steps of all 64)", b64, "steps/s", sim, (">=", 20.0)),
+    ]
+
+
+def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
+    import torch
+    from bench_cem import batched_vs_loop, plan_time
+    from bench_world_model import embedded_world_model, sim_steps_per_s
+
+    wm = state.get("wm") or embedded_world_model()
+    frame = state.get("frame")
+    if frame is None:
+        _, frame = sim_steps_per_s(size=128, steps=5)
+    z = wm.encode(frame[None, None])  # (1, 1, N, D): the simulator's reset frame
+    ctx = z.expand(-1, wm.history, -1, -1).contiguous()
+    goal = z[0, 0] + 0.1 * torch.randn(z.shape[2:], generator=torch.Generator().manual_seed(0))  # speed does not depend on it
+    rows = []
+    for preset, iterations in (("cpu", None), ("dino_wm", sizes.cem_dino_iterations)):
+        p = plan_time(wm, ctx, goal, preset, iterations)
+        note = f"{p['samples']} samples x {p['iterations']} it, horizon {p['horizon']}, replan every {p['control_steps']} steps"
+        if p["timed_iterations"] != p["iterations"]:
+            note += f"; {p['timed_iterations']} it timed"
+        rows.append(Row(f"CEM plan time per control step, preset {preset}", p["per_control_step_s"] * 1e3, "ms",
+                        note=note))
+    S = sizes.cem_samples
+    r = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples)
+    note = "" if r["loop_samples"] == S else f"loop timed on {r['loop_samples']}"
+    rows.append(Row(f"CEM iteration, {S} candidates x horizon 5: one batched call vs per-candidate loop",
+                    S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0), note))
+    return rows
+
+
+def overhead_rows(sizes: Sizes, state: dict) -> list[Row]:
+    from bench_overhead import CAMERAS, IMAGE_SIZE, run_eval_vs_bare, runner_vs_bare
+
+    r = runner_vs_bare(sizes.overhead_steps, sizes.overhead_repeats)
+    s = runner_vs_bare(sizes.overhead_steps, sizes.overhead_repeats, cameras=(), image_size=None)
+    e = run_eval_vs_bare(sizes.eval_episodes, sizes.eval_steps, sizes.eval_repeats)
+    state["overhead"] = r
+    cam = f"{CAMERAS[0]} {IMAGE_SIZE} px"
+    return [
+        Row(f"harness run_episode vs bare act+step loop, {cam}", r["runner_step_s"] * 1e3, "ms/step",
+            r["bare_step_s"] * 1e3, OVERHEAD_TARGET),
+        Row("harness run_episode vs bare act+step loop, state only (no rendering)", s["runner_step_s"] * 1e3,
+            "ms/step", s["bare_step_s"] * 1e3, OVERHEAD_TARGET),
+        Row(f"in-process eval (plan_eval + run_eval, store + fsync, summary) vs bare loop, {cam}", e["eval_s"], "s",
+            e["bare_s"], note=f"{e['episodes']} episodes x {e['steps']} steps"),
+    ]
+
+
+def workers_rows(sizes: Sizes, state: dict) -> list[Row]:
+    from bench_workers import workers_throughput
+
+    r = workers_throughput(sizes.workers_episodes, sizes.workers_steps)
+    note = (f"{r['episodes']} episodes x {sizes.workers_steps} steps, 128 px; "
+            f"{'identical' if r['identical_outcomes'] else 'DIFFERENT'} outcomes")
+    return [Row("harness eval --workers 2 vs --workers 1", r["w2_eps"], "episodes/s", r["w1_eps"], note=note)]
+
+
+def memory_rows(sizes: Sizes, state: dict) -> list[Row]:
+    from bench_memory import WM, peak_rss_mb
+
+    threads = state.get("threads", 1)
+    sim = peak_rss_mb(None, sizes.memory_episodes, sizes.memory_steps, threads)
+    wm = peak_rss_mb(WM, sizes.memory_episodes, sizes.memory_steps, threads)
+    note = f"{sizes.memory_episodes} episode(s) x {sizes.memory_steps} steps, BC policy, own process"
+    return [
+        Row("peak RSS of an in-process eval, simulator only", sim["peak_rss_mb"], "MB", note=note),
+        Row(f"peak RSS of an in-process eval, simulator + {WM} vs simulator only", wm["peak_rss_mb"], "MB",
+            sim["peak_rss_mb"]),
+    ]
+
+
+SECTION_FUNCS = {"wm": wm_rows, "cem": cem_rows, "overhead": overhead_rows, "workers": workers_rows,
+                 "memory": memory_rows}
+
+
+def machine_line() -> str:
+    """CPU model, cores usable, load average."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"CPU: {model}, {cores} cores usable; load average {load}"
+
+
+def run(sections: tuple[str, ...], sizes: Sizes, threads: int, log=print) -> list[Row]:
+    import torch
+
+    torch.set_num_threads(threads)
+    state: dict = {"threads": threads}
+    rows: list[Row] = []
+    for name in sections:
+        t = time.perf_counter()
+        rows += SECTION_FUNCS[name](sizes, state)
+        log(f"[{name}] done in {time.perf_counter() - t:.0f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes: the whole table in about 2-3 minutes")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in this process and the memory children")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--json", default=None, help="also write the rows and the machine line to this JSON file")
+    ap.add_argument("--profile", action="store_true", help="print a cProfile of an in-process eval in any case")
+    args = ap.parse_args(argv)
+    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    import torch
+
+    sizes = QUICK if args.quick else FULL
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    start = time.perf_counter()
+    header = [machine_line(), f"python {platform.python_version()}, torch {torch.__version__}, "
+                              f"torch threads {args.threads} (torch default here: {torch.get_num_threads()}); "
+                              f"sizes: {'quick' if args.quick else 'full'}"]
+    for line in header:
+        log(line)
+    rows = run(sections, sizes, args.threads, log)
+    torch.set_num_threads(args.threads)
+    print("\n".join(header))
+    print(f"(all rows measured in this run, {time.perf_counter() - start:.0f} s; timings are best-of on a shared "
+          f"machine: compare within the run)\n")
+    print(format_table(rows))
+    overhead = next((r for r in rows if r.measure.startswith("harness run_episode") and r.met is False), None)
+    if args.profile or overhead is not None:
+        from bench_overhead import profile_run_eval
+
+        if overhead is not None:
+            print(f"\nrun_episode overhead {100 * (overhead.ratio - 1):+.1f}% misses its target: where an "
+                  "in-process eval's time goes (cProfile):")
+        print(profile_run_eval(sizes.eval_episodes, sizes.eval_steps))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": header, "rows": [asdict(r) | {"ratio": r.ratio, "met": r.met}
+                                                                             for r in rows]}, indent=2) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""benchmarks/run_all.py: the table's ratio and met? columns, and the smallest sizes of a few rows
+through the importable functions (the whole table is `run_all.py --quick`, minutes)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import pytest
+from conftest import ROOT, requires_metaworld
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import run_all  # noqa: E402
+from run_all import QUICK, Row, format_table  # noqa: E402
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as run_all.py does (on a busy 2-core machine two threads are far slower)."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def table_cells(text: str) -> list[list[str]]:
+    lines = text.splitlines()
+    assert lines[0] == "| measure | value | baseline | ratio | target | met? |"
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_table_ratio_and_met_from_given_numbers():
+    rows = [
+        Row("wm batch 64", 250.0, "steps/s", 10.0, (">=", 20.0)),   # 25x >= 20x
+        Row("wm batch 1", 9.0, "steps/s", 10.0, (">=", 1.0)),       # 0.9x < 1x
+        Row("overhead ok", 1.05, "ms/step", 1.0, ("<=", 1.10)),     # +5%
+        Row("overhead bad", 1.25, "ms/step", 1.0, ("<=", 1.10)),    # +25%
+        Row("workers", 3.0, "episodes/s", 2.0, note="4 episodes"),  # ratio, no target
+        Row("plan time", 146.0, "ms"),                              # value only
+    ]
+    cells = table_cells(format_table(rows))
+    assert cells[0] == ["wm batch 64", "250 steps/s", "10.0 steps/s", "25.0x", ">= 20x", "yes"]
+    assert cells[1] == ["wm batch 1", "9.00 steps/s", "10.0 steps/s", "0.9x", ">= 1x", "NO"]
+    assert cells[2][3:] == ["1.05x", "<= 1.1x", "yes"]
+    assert cells[3][3:] == ["1.25x", "<= 1.1x", "NO"]
+    assert cells[4] == ["workers (4 episodes)", "3.00 episodes/s", "2.00 episodes/s", "1.50x", "-", "-"]
+    assert cells[5] == ["plan time", "146 ms", "-", "-", "-", "-"]
+    assert rows[0].ratio == pytest.approx(25.0) and rows[3].met is False
+    assert Row("zero baseline", 1.0, "", 0.0, (">=", 1.0)).met is None
+    with pytest.raises(ValueError, match="operator"):
+        _ = Row("bad", 1.0, "", 1.0, ("==", 1.0)).met
+
+
+def test_unknown_section_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_all.main(["--only", "wm,nosuch"])
+    assert exc.value.code == 2
+    assert "nosuch" in capsys.readouterr().err
+
+
+def test_cem_batched_vs_loop_and_plan_time_on_the_embedded_world_model(one_thread):
+    import torch
+    from bench_cem import batched_vs_loop, plan_time
+    from bench_world_model import embedded_world_model
+
+    wm = embedded_world_model()
+    N, D = wm.encoder.num_tokens, wm.encoder.dim
+    ctx = torch.zeros(1, 2, N, D)
+    r = batched_vs_loop(wm, ctx, samples=16, horizon=2, loop_samples=4)
+    assert r["loop_samples"] == 4 and r["batched_s"] > 0 and r["loop_s"] > 0
+    assert r["speedup"] == pytest.approx(r["loop_s"] / r["batched_s"])
+    p = plan_time(wm, ctx, torch.zeros(N, D), "cpu", iterations=1)
+    # preset cpu: 4 iterations of 64 samples, execute 1 world-model step = frameskip control steps
+    assert p["timed_iterations"] == 1 and p["iterations"] == 4 and p["calls_per_iteration"] == 1
+    assert p["control_steps"] == wm.frameskip
+    assert p["per_control_step_s"] == pytest.approx(p["plan_s"] / wm.frameskip)
+
+
+@requires_metaworld
+def test_wm_and_overhead_rows_at_the_smallest_sizes(one_thread):
+    tiny = replace(QUICK, sim_steps=8, wm_b1_steps=8, wm_b64_steps=4, rounds=1)
+    state: dict = {}
+    sim, b1, b64 = run_all.wm_rows(tiny, state)
+    assert sim.value > 0 and sim.baseline is None
+    # both world-model rows are compared with the simulator rate measured in the same run
+    assert b1.baseline == sim.value == b64.baseline
+    assert b1.target == (">=", 1.0) and b64.target == (">=", 20.0)
+    assert b64.ratio == pytest.approx(b64.value / sim.value)
+
+    from bench_overhead import runner_vs_bare
+
+    r = runner_vs_bare(steps=20, repeats=1, cameras=(), image_size=None)
+    assert r["bare_step_s"] > 0 and r["runner_step_s"] > 0
+    assert r["overhead"] == pytest.approx(r["runner_step_s"] / r["bare_step_s"] - 1)
