@@ -17,5 +17,5 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS:-metaworld,libero,models,test}]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS:-metaworld,libero,models,distributed,test}]"
 echo "setup done: $(.venv/bin/python -c 'import harness; print("harness", harness.__version__)')"
