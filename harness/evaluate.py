@@ -89,6 +89,9 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     """All validation happens here, before any simulator starts."""
     if config.executor not in EXECUTORS:
         raise HarnessError(EXECUTORS.unknown_message(config.executor))
+    check = getattr(EXECUTORS.get(config.executor), "check", None)
+    if check is not None:  # e.g. more local worker processes than the machine can run
+        check(config.workers)
     if len(set(config.policies)) != len(config.policies):
         raise HarnessError(f"--policy lists the same policy twice: {', '.join(config.policies)}")
     env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)

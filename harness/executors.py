@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ from multiprocessing.connection import wait
 from typing import Any
 
 from harness.episodes import WorkItem
+from harness.errors import HarnessError
 from harness.registry import Registry
 from harness.runner import EpisodeWorker, RunSettings, failed_records
 
@@ -118,9 +120,19 @@ class LocalExecutor:
     """Episodes in this process (workers=1) or in N local worker processes."""
 
     def __init__(self, settings: RunSettings, workers: int = 1, worker: type[EpisodeWorker] = EpisodeWorker):
+        self.check(workers)
         self.settings = settings
         self.workers = workers
         self.factory = worker  # what runs the chunks (an importable class, for the worker processes)
+
+    @staticmethod
+    def check(workers: int) -> None:
+        """Refuse more worker processes than this machine can run (each holds a simulator)."""
+        limit = 4 * (os.cpu_count() or 1)
+        if workers > limit:
+            raise HarnessError(f"--workers {workers} is more than this machine's {os.cpu_count()} CPUs can run "
+                               f"(at most {limit} local worker processes): use --workers {os.cpu_count()}, or "
+                               f"--executor ray to spread episodes over a cluster")
 
     def map(self, items: Iterable[WorkItem]) -> Iterator[dict[str, Any]]:
         chunks = chunked(items, chunk_size(self.settings))
@@ -134,9 +146,10 @@ class LocalExecutor:
             finally:
                 worker.close()
             return
-        yield from self._map_processes(chunks)
+        chunks = list(chunks)
+        yield from self._map_processes(iter(chunks), min(self.workers, len(chunks)))
 
-    def _map_processes(self, chunks: Iterator[list[WorkItem]]) -> Iterator[dict[str, Any]]:
+    def _map_processes(self, chunks: Iterator[list[WorkItem]], processes: int) -> Iterator[dict[str, Any]]:
         ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
         todo: deque[tuple[list[WorkItem], int]] = deque()  # retries go first
         spawned = 0
@@ -152,7 +165,7 @@ class LocalExecutor:
             chunk = next(chunks, None)
             return None if chunk is None else (chunk, 1)
 
-        pool = [spawn() for _ in range(self.workers)]
+        pool = [spawn() for _ in range(processes)]  # never more processes than chunks
         try:
             for p in pool:
                 task = next_task()
