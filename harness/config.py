@@ -13,6 +13,7 @@ from harness.errors import HarnessError
 
 VIDEO_MODES = "all|failures|none|first:N"
 DEFAULT_EPISODES = 10  # per env, when neither --episodes nor the env's meta (``default_episodes``) says
+MAX_EPISODES = 100_000  # per env: Meta-World's init states never run out, so a typo would plan forever
 
 
 def parse_video_mode(mode: str) -> tuple[str, int]:
@@ -52,6 +53,15 @@ class EvalConfig:
             raise HarnessError("--env is empty: name an env id or set, e.g. 'metaworld/reach-v3' (see `harness list envs`)")
         if not self.policies:
             raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
+        for flag, values in (("--policy", self.policies), ("--camera", self.cameras)):
+            if values is not None and (not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values)):
+                raise HarnessError(f"{flag} takes a list of names, got {values!r}: write one name per item, quoted if needed")
+        for flag, value in (("--video", self.video), ("--executor", self.executor), ("--out", self.out), ("--wm", self.wm),
+                            ("--wm-checkpoint", self.wm_checkpoint), ("--judge", self.judge), ("--ray-address", self.ray_address)):
+            if value is not None and not isinstance(value, str):
+                raise HarnessError(f"{flag} {value!r} must be text (got {type(value).__name__}); quote it in YAML")
+        if not isinstance(self.stop_on_success, bool):
+            raise HarnessError(f"stop_on_success {self.stop_on_success!r} must be true or false")
         check_episode_args(DEFAULT_EPISODES if self.episodes is None else self.episodes, self.seed, self.max_steps)
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
@@ -93,8 +103,9 @@ class EvalConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EvalConfig:
         data = yaml_fields(cls, path, overrides)
-        if isinstance(data.get("policies"), str):
-            data["policies"] = [data["policies"]]
+        for key in ("policies", "cameras"):
+            if isinstance(data.get(key), str):
+                data[key] = [data[key]]
         return construct(cls, path, data)
 
 
@@ -138,6 +149,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
 def check_episode_args(episodes: Any, seed: Any, max_steps: Any) -> None:
     """The checks every command that builds episodes shares (eval, collect)."""
     _positive("episodes", episodes, "--episodes")
+    if episodes > MAX_EPISODES:
+        raise HarnessError(f"--episodes {episodes} is more than {MAX_EPISODES} per env: use a smaller number")
     if max_steps is not None:
         _positive("max_steps", max_steps, "--max-steps")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:

@@ -126,11 +126,20 @@ def episode_counts(config: EvalConfig, env_ids: list[str]) -> dict[str, int]:
 def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
     """Check the world model, its camera and the judge before anything runs; the judge spec to use."""
     from harness.matched import default_judge, validate_judge
+    from world_models.checkpoint import load_checkpoint
     from world_models.named import find_checkpoint, read_config
+    from world_models.world_model import WM_FORMAT
 
     read_config(config.wm)  # an unknown name lists the known ones
     checkpoint = find_checkpoint(config.wm, config.wm_checkpoint)
-    camera = json.loads((checkpoint / "config.json").read_text()).get("info", {}).get("camera")
+    # an absent, torn or foreign checkpoint fails here in one line rather than in every episode
+    wm_config, _ = load_checkpoint(checkpoint, "world model", WM_FORMAT, f"Train it with `harness train-wm --wm "
+                                   f"{config.wm} --data DATASET` or pass --wm-checkpoint DIR.")
+    info = wm_config.get("info")
+    camera = info.get("camera") if isinstance(info, dict) else None
+    if not isinstance(camera, str):
+        raise HarnessError(f"world model checkpoint {checkpoint}/config.json names no camera (info.camera): restore "
+                           f"the original config.json or re-train it with `harness train-wm --wm {config.wm}`")
     for env_id, opts in resolved.items():
         if camera not in opts.cameras:
             raise HarnessError(f"world model {config.wm!r} models camera {camera!r}, which {env_id} does not render "

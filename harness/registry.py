@@ -140,6 +140,8 @@ def parse_spec(text: str, registry: Registry, *, example: str, skip: tuple[str, 
             key, eq, value = item.partition("=")
             if not eq or not key.strip():
                 raise HarnessError(f"{what} parameter {item!r} in {text!r} is not key=value: write e.g. {example!r}")
+            if key.strip() in params:
+                raise HarnessError(f"{what} parameter {key.strip()!r} is given twice in {text!r}: keep one")
             try:
                 params[key.strip()] = yaml.safe_load(value.strip())
             except yaml.YAMLError:
