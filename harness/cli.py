@@ -318,7 +318,7 @@ def plan_error_cmd(
         raise HarnessError(f"--pairs {pairs} must be >= 1")
     model = load_world_model(wm, wm_checkpoint)
     camera = check_dataset(data, model.info.get("camera"))
-    eps = load_episodes(data, camera, model.image_size)
+    eps = load_episodes(data, camera, model.image_size, action_dim=model.env_action_dim)
     r = planning_error(model, eps[:episodes] if episodes else eps, tuple(k or (1, 4)), pairs, CEM_PRESETS[preset], seed)
     r.update(world_model=wm, data=data, preset=preset)
     typer.echo(f"{'k':>3} {'pairs':>5} {'action MSE':>10} {'MAE':>7} {'zero-action MSE':>15} {'random MSE':>10}")

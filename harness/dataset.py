@@ -135,12 +135,46 @@ def _demo_names(data) -> list[str]:
 
 
 def list_demos(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
-    """(demo name, attrs) for every episode in the file, in order."""
+    """(demo name, attrs) for every episode in the file, in order; a file in another layout is
+    refused here in one line, so no reader meets a malformed episode halfway through."""
     import h5py
 
     with h5py.File(path, "r") as f:
         data = f["data"]
-        return [(n, _attrs(data[n])) for n in _demo_names(data)]
+        if not isinstance(data, h5py.Group):
+            raise _layout_error(path, "data is not a group")
+        names = _demo_names(data)
+        for name in names:
+            _check_demo(path, name, data[name])
+        return [(n, _attrs(data[n])) for n in names]
+
+
+def _layout_error(path, problem: str):
+    from harness.errors import HarnessError
+
+    return HarnessError(f"{os.fspath(path)}: {problem}; expected the layout `harness collect` writes: data/demo_i/"
+                        f"actions (T, A) finite numbers and obs/<camera>_rgb (T, H, W, 3) uint8")
+
+
+def _check_demo(path, name: str, g) -> None:
+    import h5py
+
+    actions = g.get("actions") if isinstance(g, h5py.Group) else None
+    if not isinstance(actions, h5py.Dataset) or actions.ndim != 2 or not np.issubdtype(actions.dtype, np.number):
+        raise _layout_error(path, f"{name} has no actions (T, A) of numbers")
+    if not np.all(np.isfinite(actions[()])):
+        raise _layout_error(path, f"{name} has NaN or infinite actions")
+    for group in ("obs", "final_obs"):
+        obs = g.get(group)
+        if obs is None and group == "final_obs":
+            continue
+        if not isinstance(obs, h5py.Group):
+            raise _layout_error(path, f"{name}/{group} is not a group of observations")
+        for key, arr in obs.items():
+            if key.endswith("_rgb") and (not isinstance(arr, h5py.Dataset) or arr.dtype != np.uint8 or arr.ndim != 4
+                                         or arr.shape[-1] != 3):
+                got = f"{arr.dtype} {arr.shape}" if isinstance(arr, h5py.Dataset) else "a group"
+                raise _layout_error(path, f"{name}/{group}/{key} is {got}, not images")
 
 
 def read_demo(path: str | os.PathLike, name: str, keys: list[str] | None = None) -> EpisodeData:

@@ -49,7 +49,7 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
     out_dir = Path(out)
     check_writable(out_dir)
 
-    all_eps = load_episodes(data, camera)
+    all_eps = load_episodes(data, camera, action_dim=model.env_action_dim)
     heldout = os.path.abspath(data) == model.info.get("data")
     idx = split_episodes(len(all_eps), float(model.info.get("train", {}).get("config", {}).get("val_fraction", 0.1)))[1] \
         if heldout else list(range(len(all_eps)))

@@ -56,11 +56,16 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (size, size), interpolation=cv2.INTER_AREA) for f in frames])
 
 
-def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None) -> list[Episode]:
-    """Every episode's frames (resized to ``size`` when given) and actions, in file order."""
+def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
+                  action_dim: int | None = None) -> list[Episode]:
+    """Every episode's frames (resized to ``size`` when given) and actions, in file order;
+    ``action_dim``: the action size a world model takes, refused in one line when the data differ."""
     out = []
     for name, _ in list_demos(path):
         demo = read_demo(path, name, keys=[f"{camera}_rgb"])
+        if action_dim is not None and demo.actions.shape[1] != action_dim:
+            raise HarnessError(f"{path}:{name} has {demo.actions.shape[1]}-D actions; the world model takes "
+                               f"{action_dim}-D: use data of the benchmark it was trained on")
         frames = demo.frames(camera)
         actions = demo.actions.astype(np.float32)
         if frames.shape[0] == demo.length:  # robomimic files without final_obs: last action has no next frame

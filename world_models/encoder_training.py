@@ -62,6 +62,8 @@ def train_encoder(cfg: EncoderTrainConfig,
     except (TypeError, ValueError) as e:
         raise HarnessError(f"bad {cfg.encoder} settings {cfg.params}: {e}") from None
     episodes = load_episodes(cfg.data, camera, size=encoder.image_size)
+    if not episodes:
+        raise HarnessError(f"no episode in {cfg.data} has two or more frames: collect longer episodes")
     train_idx, _ = split_episodes(len(episodes), cfg.val_fraction)
     frames = [episodes[i].frames for i in train_idx]
     pairs = np.array([(e, t) for e, f in enumerate(frames) for t in range(len(f))], dtype=np.int64)

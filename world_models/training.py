@@ -245,6 +245,9 @@ def train_world_model(cfg: TrainConfig, progress: ProgressFn | None = None) -> d
     cache = cache_latents(cfg.data, camera, encoder, cfg.cache_dir or harness_home() / "latents",
                           progress=(lambda i, n: progress("encode", i, n, {})) if progress else None)
     latents, actions = cache["latents"], cache["actions"]
+    if not latents:
+        raise HarnessError(f"no episode in {cfg.data} has two or more frames to learn a transition from: collect "
+                           f"longer episodes")
     train_idx, val_idx = split_episodes(len(latents), cfg.val_fraction)
     env_action_dim = int(actions[0].shape[-1])
     action_dim = env_action_dim * cfg.frameskip
