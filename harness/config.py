@@ -133,6 +133,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         text = Path(path).read_text()
     except OSError as exc:
         raise HarnessError(f"cannot read config {str(path)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"config {str(path)!r} is not text (not UTF-8): give a YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
