@@ -150,10 +150,16 @@ class RayExecutor:
                                    "log_to_driver": True}  # worker warnings show as on local workers
         if self.address is None:  # "local": a new cluster, never one found by `ray start` here
             options.update(num_cpus=self.workers, include_dashboard=False)
+            # Ray runs workers at nice 15 by default; on a machine shared with other work that
+            # halves their CPU share against --workers N processes (measured: docs/distributed.md)
+            os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             ray.init(address=self.address or "local", **options)
         except ConnectionError as exc:
-            raise HarnessError(f"cannot connect to a Ray cluster at {self.address} ({exc}): {FIX}") from None
+            auth = ("; a cluster with token authentication (Ray's default for `ray start` once "
+                    "~/.ray/auth_token exists) also needs RAY_AUTH_MODE=token and its token in "
+                    "~/.ray/auth_token or RAY_AUTH_TOKEN" if "RAY_AUTH_MODE" not in os.environ else "")
+            raise HarnessError(f"cannot connect to a Ray cluster at {self.address} ({_first_line(exc)}): {FIX}{auth}") from None
         total = ray.cluster_resources().get("CPU", 0)
         if total < self.workers:
             log.warning("the Ray cluster has %g CPUs for %d workers: %d actor(s) wait for a free CPU",

@@ -185,6 +185,7 @@ def test_an_actor_that_cannot_start_stops_the_run_with_one_line(tmp_path, cluste
         list(Executor(RunSettings(cameras=None, image_size=None), workers=2).map(items))
 
 
+@pytest.mark.slow  # ~20 s; actor death and retry are also covered by the test above
 @requires_ray
 @requires_metaworld
 def test_sigkill_of_running_actors_loses_nothing(tmp_path, cluster):
@@ -205,6 +206,7 @@ def test_sigkill_of_running_actors_loses_nothing(tmp_path, cluster):
     assert {r["worker"] for r in recs} - {"ray-actor-1", "ray-actor-2"}  # replacements finished the run
 
 
+@pytest.mark.slow  # ~20 s (starts and stops its own cluster); Ctrl-C of local runs: test_eval_cli.py
 @requires_ray
 @requires_metaworld
 def test_ctrl_c_stops_the_ray_run_and_saves_the_summary(tmp_path):
@@ -247,3 +249,38 @@ def test_world_model_episodes_batched_per_actor_match_the_local_run(tmp_path, cl
     assert len(recs) == 8 and {r["backend"] for r in recs} == {"sim", "wm:minivae_dit_tiny"}
     assert outcomes(recs) == outcomes(ref)
     assert {r["worker"] for r in recs} == {"ray-actor-1", "ray-actor-2"}  # one chunk of 2 episodes each
+
+
+@pytest.mark.slow
+@requires_ray
+@requires_metaworld
+def test_a_cluster_started_with_ray_start_is_used_by_address(tmp_path):
+    """What docs/distributed.md tells users: `ray start --head` on the head node, then
+    --ray-address HOST:PORT (token authentication on, as Ray sets it up by default)."""
+    port = closed_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex()}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--num-cpus=2", "--include-dashboard=false", "--block"],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline and head.poll() is None, "ray start --head did not come up"
+                time.sleep(0.5)
+        out = tmp_path / "run"
+        proc = subprocess.run([sys.executable, "-m", "harness", *EVAL, "--episodes", "4", "--executor", "ray",
+                               "--workers", "2", "--ray-address", f"127.0.0.1:{port}", "--out", str(out)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        recs = read_jsonl(out / "episodes.jsonl")
+        assert sorted(r["init_state"] for r in recs) == [0, 1, 2, 3]
+        assert {r["worker"] for r in recs} == {"ray-actor-1", "ray-actor-2"}
+    finally:
+        head.terminate()  # `ray start --block` stops the processes it started on SIGTERM
+        head.wait(timeout=60)
