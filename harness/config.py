@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,13 +56,13 @@ class EvalConfig:
             raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
         for flag, values in (("--policy", self.policies), ("--camera", self.cameras)):
             if values is not None and (not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values)):
-                raise HarnessError(f"{flag} takes a list of names, got {values!r}: write one name per item, quoted if needed")
+                raise HarnessError(f"{flag} takes a list of names, got {_show(values)}: write one name per item, quoted if needed")
         for flag, value in (("--video", self.video), ("--executor", self.executor), ("--out", self.out), ("--wm", self.wm),
                             ("--wm-checkpoint", self.wm_checkpoint), ("--judge", self.judge), ("--ray-address", self.ray_address)):
             if value is not None and not isinstance(value, str):
-                raise HarnessError(f"{flag} {value!r} must be text (got {type(value).__name__}); quote it in YAML")
+                raise HarnessError(f"{flag} {_show(value)} must be text (got {type(value).__name__}); quote it in YAML")
         if not isinstance(self.stop_on_success, bool):
-            raise HarnessError(f"stop_on_success {self.stop_on_success!r} must be true or false")
+            raise HarnessError(f"stop_on_success {_show(self.stop_on_success)} must be true or false")
         check_episode_args(DEFAULT_EPISODES if self.episodes is None else self.episodes, self.seed, self.max_steps)
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
@@ -137,6 +138,8 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise HarnessError(f"config {str(path)!r} is not text (not UTF-8): give a YAML file") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise HarnessError(f"config {str(path)!r} nests too deeply to be a config: fix the syntax") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where else ""
@@ -156,9 +159,14 @@ def check_episode_args(episodes: Any, seed: Any, max_steps: Any) -> None:
     if max_steps is not None:
         _positive("max_steps", max_steps, "--max-steps")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise HarnessError(f"--seed {seed!r} must be an integer >= 0")
+        raise HarnessError(f"--seed {_show(seed)} must be an integer >= 0")
 
 
 def _positive(name: str, value: Any, flag: str) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise HarnessError(f"{flag} {value!r} must be an integer > 0")
+        raise HarnessError(f"{flag} {_show(value)} must be an integer > 0")
+
+
+def _show(value: Any) -> str:
+    """A user's value in an error message, cut short (a YAML alias bomb must not print forever)."""
+    return reprlib.repr(value)
