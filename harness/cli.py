@@ -546,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = command.main(args=argv, prog_name="harness", standalone_mode=False)
         return rc if isinstance(rc, int) else 0
     except HarnessError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)  # one line, even if a value had newlines
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -59,7 +59,7 @@ class EvalConfig:
                 raise HarnessError(f"{flag} takes a list of names, got {_show(values)}: write one name per item, quoted if needed")
         for flag, value in (("--video", self.video), ("--executor", self.executor), ("--out", self.out), ("--wm", self.wm),
                             ("--wm-checkpoint", self.wm_checkpoint), ("--judge", self.judge), ("--ray-address", self.ray_address)):
-            if value is not None and not isinstance(value, str):
+            if not isinstance(value, str) and (value is not None or flag in ("--video", "--executor")):
                 raise HarnessError(f"{flag} {_show(value)} must be text (got {type(value).__name__}); quote it in YAML")
         if not isinstance(self.stop_on_success, bool):
             raise HarnessError(f"stop_on_success {_show(self.stop_on_success)} must be true or false")
