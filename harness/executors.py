@@ -65,9 +65,22 @@ def died_records(chunk: list[WorkItem], reason: str, start: float) -> list[dict[
     return [record for item in chunk for record in failed_records(item, exc, start)]
 
 
-def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker]) -> None:
+def share_threads(workers: int) -> int:
+    """Give this process its share of the CPUs for torch's intra-op threads: N worker processes
+    each running torch on every core would oversubscribe the machine N times over."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    else:  # read by torch when it loads
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(var, str(threads))
+    return threads
+
+
+def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker], workers: int) -> None:
     """A worker process: build its worker, then run the chunks the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    share_threads(workers)
     logging.basicConfig(level=logging.WARNING)
     worker = factory(settings)
     name = mp.current_process().name
@@ -90,9 +103,10 @@ def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker]) -> N
 class _Process:
     """One worker process, its pipe, and the chunk it is running."""
 
-    def __init__(self, ctx, settings: RunSettings, factory: type[EpisodeWorker], name: str):
+    def __init__(self, ctx, settings: RunSettings, factory: type[EpisodeWorker], name: str, workers: int):
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, settings, factory), name=name, daemon=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, settings, factory, workers), name=name,
+                                daemon=True)
         self.proc.start()
         child.close()
         self.chunk: list[WorkItem] | None = None
@@ -157,7 +171,7 @@ class LocalExecutor:
         def spawn() -> _Process:
             nonlocal spawned
             spawned += 1
-            return _Process(ctx, self.settings, self.factory, f"worker-{spawned}")
+            return _Process(ctx, self.settings, self.factory, f"worker-{spawned}", processes)
 
         def next_task() -> tuple[list[WorkItem], int] | None:
             if todo:
