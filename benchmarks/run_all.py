@@ -15,9 +15,10 @@ Rows (docs/benchmarks.md says what each one measures):
   (target <= 10%), and the whole in-process ``run_eval`` vs the bare loop;
 - peak RSS of an in-process eval, simulator only and with the world model (child processes).
 
-``--quick`` shrinks every size (about 2-3 minutes on 2 shared cores); the default takes about
-5-10. Timings alternate between the things compared and keep the best of each, so load from
-other users of the machine hits both alike; the ratios within one run are the meaningful figures.
+``--quick`` shrinks every size (1-2 minutes on 2 shared cores); the default takes 4-5 minutes on
+a quiet machine, about 12 when others keep both cores busy. Timings alternate between the things compared and keep the best of each (the overhead
+rows: the median), so load from other users of the machine hits both alike; the ratios within one
+run are the meaningful figures.
 ``--threads`` sets torch's threads (default 1: on a busy 2-core machine torch's default of 2
 makes each tiny world-model call several times slower). If the run_episode overhead misses its
 target, a cProfile of an in-process eval is printed.
@@ -110,25 +111,29 @@ class Sizes:
     sim_steps: int = 150  # simulator steps timed per round
     wm_b1_steps: int = 96  # control steps of WorldModelEnv at batch 1 per round
     wm_b64_steps: int = 16  # control steps of the 64-env WorldModelVectorEnv per round
-    rounds: int = 2  # sim/WM timings alternate this many times, best kept
+    rounds: int = 3  # sim/WM timings alternate this many times, best kept
     cem_samples: int = 300
     cem_loop_samples: int | None = None  # None: time the whole per-candidate loop
     cem_dino_iterations: int | None = None  # None: time all 30 iterations of a dino_wm plan
     overhead_steps: int = 150
-    overhead_repeats: int = 3
+    overhead_repeats: int = 6
+    state_steps: int = 500  # the state-only (no rendering) overhead row
+    state_repeats: int = 15
     eval_episodes: int = 4
     eval_steps: int = 150
     eval_repeats: int = 3
     workers_episodes: int = 4  # per task (2 tasks)
     workers_steps: int = 150
+    workers_rounds: int = 2
     memory_episodes: int = 2
     memory_steps: int = 60
 
 
 FULL = Sizes()
-QUICK = Sizes(sim_steps=60, wm_b1_steps=32, wm_b64_steps=8, rounds=1, cem_loop_samples=40,
-              cem_dino_iterations=2, overhead_steps=60, overhead_repeats=2, eval_episodes=2, eval_steps=40,
-              eval_repeats=1, workers_episodes=1, workers_steps=40, memory_episodes=1, memory_steps=20)
+QUICK = Sizes(sim_steps=60, wm_b1_steps=32, wm_b64_steps=8, rounds=1, cem_loop_samples=40, cem_dino_iterations=2,
+              overhead_steps=60, overhead_repeats=3, state_steps=200, state_repeats=8, eval_episodes=2,
+              eval_steps=40, eval_repeats=1, workers_episodes=1, workers_steps=40, workers_rounds=1,
+              memory_episodes=1, memory_steps=20)
 
 
 # sections ----------------------------------------------------------------------------------------
@@ -150,11 +155,25 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
         b64 = max(b64, wm_env_steps_per_s(wm, frame, 64, sizes.wm_b64_steps, image_size=128))
     state.update(wm=wm, frame=frame)
     f = wm.frameskip
-    return [
+    rows = [
         Row("Meta-World sim, 1 camera 128 px", sim, "steps/s"),
         Row(f"WorldModelEnv {EMBEDDED_WM} (frameskip {f}) vs sim, batch 1", b1, "steps/s", sim, (">=", 1.0)),
         Row(f"WorldModelEnv {EMBEDDED_WM} vs sim, batch 64 (env-steps of all 64)", b64, "steps/s", sim, (">=", 20.0)),
     ]
+    threads, default = state.get("threads"), state.get("default_threads")
+    if threads and default and default != threads:
+        # what `harness eval` gets: it leaves torch at its default thread count
+        import torch
+
+        torch.set_num_threads(default)
+        try:
+            # few steps: on a busy machine this runs ~50x slower than with one thread
+            b1_default = wm_env_steps_per_s(wm, frame, 1, min(sizes.wm_b1_steps, 16), image_size=128)
+        finally:
+            torch.set_num_threads(threads)
+        rows.append(Row(f"WorldModelEnv batch 1 at torch's default {default} threads vs {threads}", b1_default,
+                        "steps/s", b1, note="one timing, not best-of"))
+    return rows
 
 
 def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
@@ -188,26 +207,29 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
 def overhead_rows(sizes: Sizes, state: dict) -> list[Row]:
     from bench_overhead import CAMERAS, IMAGE_SIZE, run_eval_vs_bare, runner_vs_bare
 
-    r = runner_vs_bare(sizes.overhead_steps, sizes.overhead_repeats)
-    s = runner_vs_bare(sizes.overhead_steps, sizes.overhead_repeats, cameras=(), image_size=None)
-    e = run_eval_vs_bare(sizes.eval_episodes, sizes.eval_steps, sizes.eval_repeats)
-    state["overhead"] = r
     cam = f"{CAMERAS[0]} {IMAGE_SIZE} px"
-    return [
-        Row(f"harness run_episode vs bare act+step loop, {cam}", r["runner_step_s"] * 1e3, "ms/step",
-            r["bare_step_s"] * 1e3, OVERHEAD_TARGET),
-        Row("harness run_episode vs bare act+step loop, state only (no rendering)", s["runner_step_s"] * 1e3,
-            "ms/step", s["bare_step_s"] * 1e3, OVERHEAD_TARGET),
-        Row(f"in-process eval (plan_eval + run_eval, store + fsync, summary) vs bare loop, {cam}", e["eval_s"], "s",
-            e["bare_s"], note=f"{e['episodes']} episodes x {e['steps']} steps"),
-    ]
+    rows = []
+    # without rendering a step is ~0.3 ms, so the same relative precision takes many more runs
+    for label, cameras, size, steps, repeats in (
+            (cam, CAMERAS, IMAGE_SIZE, sizes.overhead_steps, sizes.overhead_repeats),
+            ("state only (no rendering)", (), None, sizes.state_steps, sizes.state_repeats)):
+        r = runner_vs_bare(steps, repeats, cameras=cameras, image_size=size)
+        row = Row(f"harness run_episode vs bare act+step loop, {label}", r["runner_step_s"] * 1e3, "ms/step",
+                  r["bare_step_s"] * 1e3, OVERHEAD_TARGET, f"median of {repeats}")
+        state.setdefault("profile_settings", {})[row.measure] = (cameras, size)
+        rows.append(row)
+    e = run_eval_vs_bare(sizes.eval_episodes, sizes.eval_steps, sizes.eval_repeats)
+    rows.append(Row(f"in-process eval (plan_eval + run_eval, store + fsync, summary) vs bare loop, {cam}",
+                    e["eval_s"], "s", e["bare_s"],
+                    note=f"{e['episodes']} episodes x {e['steps']} steps, median of {e['repeats']}"))
+    return rows
 
 
 def workers_rows(sizes: Sizes, state: dict) -> list[Row]:
     from bench_workers import workers_throughput
 
-    r = workers_throughput(sizes.workers_episodes, sizes.workers_steps)
-    note = (f"{r['episodes']} episodes x {sizes.workers_steps} steps, 128 px; "
+    r = workers_throughput(sizes.workers_episodes, sizes.workers_steps, rounds=sizes.workers_rounds)
+    note = (f"{r['episodes']} episodes x {sizes.workers_steps} steps, 128 px, best of {sizes.workers_rounds}; "
             f"{'identical' if r['identical_outcomes'] else 'DIFFERENT'} outcomes")
     return [Row("harness eval --workers 2 vs --workers 1", r["w2_eps"], "episodes/s", r["w1_eps"], note=note)]
 
@@ -219,11 +241,18 @@ def memory_rows(sizes: Sizes, state: dict) -> list[Row]:
     sim = peak_rss_mb(None, sizes.memory_episodes, sizes.memory_steps, threads)
     wm = peak_rss_mb(WM, sizes.memory_episodes, sizes.memory_steps, threads)
     note = f"{sizes.memory_episodes} episode(s) x {sizes.memory_steps} steps, BC policy, own process"
-    return [
+    rows = [
         Row("peak RSS of an in-process eval, simulator only", sim["peak_rss_mb"], "MB", note=note),
         Row(f"peak RSS of an in-process eval, simulator + {WM} vs simulator only", wm["peak_rss_mb"], "MB",
             sim["peak_rss_mb"]),
     ]
+    default = state.get("default_threads")
+    if default and default != threads:
+        # `harness eval` leaves torch at its default thread count: the same eval that way
+        slow = peak_rss_mb(WM, sizes.memory_episodes, sizes.memory_steps, default)
+        rows.append(Row(f"wall time of that eval (sim + {WM}) at torch's default {default} threads vs {threads}",
+                        slow["wall_s"], "s", wm["wall_s"], note="higher = slower; one timing each"))
+    return rows
 
 
 SECTION_FUNCS = {"wm": wm_rows, "cem": cem_rows, "overhead": overhead_rows, "workers": workers_rows,
@@ -245,11 +274,12 @@ def machine_line() -> str:
     return f"CPU: {model}, {cores} cores usable; load average {load}"
 
 
-def run(sections: tuple[str, ...], sizes: Sizes, threads: int, log=print) -> list[Row]:
+def run(sections: tuple[str, ...], sizes: Sizes, threads: int, log=print, state: dict | None = None) -> list[Row]:
     import torch
 
+    state = {} if state is None else state
+    state.update(threads=threads, default_threads=torch.get_num_threads())
     torch.set_num_threads(threads)
-    state: dict = {"threads": threads}
     rows: list[Row] = []
     for name in sections:
         t = time.perf_counter()
@@ -260,7 +290,7 @@ def run(sections: tuple[str, ...], sizes: Sizes, threads: int, log=print) -> lis
 
 def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small sizes: the whole table in about 2-3 minutes")
+    ap.add_argument("--quick", action="store_true", help="small sizes: the whole table in 1-2 minutes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in this process and the memory children")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     ap.add_argument("--json", default=None, help="also write the rows and the machine line to this JSON file")
@@ -283,20 +313,26 @@ def main(argv: list[str] | None = None) -> list[Row]:
                               f"sizes: {'quick' if args.quick else 'full'}"]
     for line in header:
         log(line)
-    rows = run(sections, sizes, args.threads, log)
+    state: dict = {}
+    rows = run(sections, sizes, args.threads, log, state)
     torch.set_num_threads(args.threads)
     print("\n".join(header))
-    print(f"(all rows measured in this run, {time.perf_counter() - start:.0f} s; timings are best-of on a shared "
-          f"machine: compare within the run)\n")
+    print(f"(all rows measured in this run, {time.perf_counter() - start:.0f} s; timings are best-of or median on a "
+          f"shared machine: compare within the run)\n")
     print(format_table(rows))
-    overhead = next((r for r in rows if r.measure.startswith("harness run_episode") and r.met is False), None)
-    if args.profile or overhead is not None:
+    settings = state.get("profile_settings", {})  # overhead row -> (cameras, image size)
+    missed = [r for r in rows if r.measure in settings and r.met is False]
+    if missed or args.profile:
         from bench_overhead import profile_run_eval
 
-        if overhead is not None:
-            print(f"\nrun_episode overhead {100 * (overhead.ratio - 1):+.1f}% misses its target: where an "
-                  "in-process eval's time goes (cProfile):")
-        print(profile_run_eval(sizes.eval_episodes, sizes.eval_steps))
+        for row in missed:
+            cameras, size = settings[row.measure]
+            print(f"\n{row.measure}: overhead {100 * (row.ratio - 1):+.1f}% misses its target; where an in-process "
+                  f"eval with the same settings spends its time (cProfile):")
+            print(profile_run_eval(sizes.eval_episodes, sizes.eval_steps, cameras=cameras, image_size=size))
+        if args.profile and not missed:
+            print("\nwhere an in-process eval spends its time (cProfile):")
+            print(profile_run_eval(sizes.eval_episodes, sizes.eval_steps))
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": header, "rows": [asdict(r) | {"ratio": r.ratio, "met": r.met}
                                                                              for r in rows]}, indent=2) + "\n")
