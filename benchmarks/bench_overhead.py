@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
     r = runner_vs_bare(args.steps, args.repeats)
-    print(f"{ENV_ID}, policy {POLICY}, camera {CAMERAS[0]} {IMAGE_SIZE} px, {args.steps} steps, best of {args.repeats}")
+    print(f"{ENV_ID}, policy {POLICY}, camera {CAMERAS[0]} {IMAGE_SIZE} px, {args.steps} steps, median of {args.repeats}")
     print(f"run_episode: {r['runner_step_s'] * 1e3:.2f} ms/step vs bare loop {r['bare_step_s'] * 1e3:.2f} ms/step "
           f"-> overhead {100 * r['overhead']:+.1f}% (target <= 10%)")
     e = run_eval_vs_bare(args.episodes, args.steps, max(1, args.repeats - 1))
