@@ -90,6 +90,7 @@ def eval_cmd(
     judge: Annotated[str | None, typer.Option("--judge", help="judge of world-model success (default: the world model's own classifier)")] = None,
     wm_batch: Annotated[int | None, typer.Option("--wm-batch", help="world-model episodes stepped together in one batched call (default 1)")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="with --executor ray: auto, HOST:PORT, or unset for a local cluster")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads per worker (default: the CPUs shared out over the workers)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
@@ -103,7 +104,7 @@ def eval_cmd(
                  max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
                  workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
                  executor=executor, wm=wm, wm_checkpoint=wm_checkpoint, judge=judge,
-                 wm_batch=wm_batch, ray_address=ray_address)
+                 wm_batch=wm_batch, ray_address=ray_address, threads=threads)
     if config is not None:
         cfg = EvalConfig.from_yaml(config, **flags)
     else:

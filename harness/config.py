@@ -47,6 +47,7 @@ class EvalConfig:
     wm_checkpoint: str | None = None
     judge: str | None = None  # judge spec for world-model success; None: the world model's own, if it has one
     wm_batch: int = 1  # world-model episodes advanced together in one batched call per step
+    threads: int | None = None  # torch CPU threads per worker; None: the CPUs shared out over the workers
     ray_address: str | None = None  # with executor "ray": "auto", "HOST:PORT" or None for a local cluster
 
     def __post_init__(self):
@@ -67,6 +68,8 @@ class EvalConfig:
         _positive("workers", self.workers, "--workers")
         _positive("video_fps", self.video_fps, "--video-fps")
         _positive("wm_batch", self.wm_batch, "--wm-batch")
+        if self.threads is not None:
+            _positive("threads", self.threads, "--threads")
         if self.ray_address is not None and self.executor != "ray":
             raise HarnessError(f"--ray-address {self.ray_address} needs --executor ray (got --executor {self.executor})")
         parse_video_mode(self.video)

@@ -65,10 +65,11 @@ def died_records(chunk: list[WorkItem], reason: str, start: float) -> list[dict[
     return [record for item in chunk for record in failed_records(item, exc, start)]
 
 
-def share_threads(workers: int) -> int:
-    """Give this process its share of the CPUs for torch's intra-op threads: N worker processes
-    each running torch on every core would oversubscribe the machine N times over."""
-    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+def share_threads(workers: int, threads: int | None = None) -> int:
+    """Give this process its share of the CPUs for torch's intra-op threads (``threads`` when
+    given): N worker processes each running torch on every core would oversubscribe the machine
+    N times over, and tiny world-model calls slow down many times when a thread waits on a busy core."""
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     else:  # read by torch when it loads
@@ -80,7 +81,7 @@ def share_threads(workers: int) -> int:
 def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker], workers: int) -> None:
     """A worker process: build its worker, then run the chunks the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    share_threads(workers)
+    share_threads(workers, settings.threads)
     logging.basicConfig(level=logging.WARNING)
     worker = factory(settings)
     name = mp.current_process().name
@@ -151,6 +152,8 @@ class LocalExecutor:
     def map(self, items: Iterable[WorkItem]) -> Iterator[dict[str, Any]]:
         chunks = chunked(items, chunk_size(self.settings))
         if self.workers <= 1:
+            if self.settings.threads:  # otherwise this process keeps torch's own setting
+                share_threads(1, self.settings.threads)
             worker = self.factory(self.settings)
             try:
                 for chunk in chunks:

@@ -34,6 +34,7 @@ class RunSettings:
     wm_checkpoint: str | None = None
     judge: str | None = None  # judge spec scoring world-model (and simulator) rollouts
     wm_batch: int = 1  # world-model episodes of a batch of items advanced together
+    threads: int | None = None  # torch CPU threads per worker (None: CPUs // workers; torch's own in-process)
 
 
 @dataclass
