@@ -143,10 +143,21 @@ def list_demos(path: str | os.PathLike) -> list[tuple[str, dict[str, Any]]]:
         data = f["data"]
         if not isinstance(data, h5py.Group):
             raise _layout_error(path, "data is not a group")
-        names = _demo_names(data)
-        for name in names:
-            _check_demo(path, name, data[name])
-        return [(n, _attrs(data[n])) for n in names]
+        try:
+            _attrs(data)  # readers look at the file's attributes too (env_args)
+            names = _demo_names(data)
+            for name in names:
+                _check_demo(path, name, data[name])
+            return [(n, _attrs(data[n])) for n in names]
+        except (RuntimeError, ValueError, TypeError) as exc:  # h5py on damaged metadata
+            raise _damaged(path, "data", exc) from None
+
+
+def _damaged(path, what: str, exc: Exception):
+    from harness.errors import HarnessError
+
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return HarnessError(f"{os.fspath(path)}: {what} is damaged ({first}); collect it again")
 
 
 def _layout_error(path, problem: str):
@@ -183,18 +194,21 @@ def read_demo(path: str | os.PathLike, name: str, keys: list[str] | None = None)
 
     with h5py.File(path, "r") as f:
         g = f["data"][name]
-        obs = {k: g["obs"][k][()] for k in g["obs"] if keys is None or k in keys}
-        final = {}
-        if "final_obs" in g:
-            final = {k: g["final_obs"][k][()] for k in g["final_obs"] if keys is None or k in keys}
-        return EpisodeData(
-            actions=g["actions"][()],
-            obs=obs,
-            final_obs=final,
-            rewards=g["rewards"][()] if "rewards" in g else None,
-            success=g["success"][()] if "success" in g else None,
-            attrs=_attrs(g),
-        )
+        try:
+            obs = {k: g["obs"][k][()] for k in g["obs"] if keys is None or k in keys}
+            final = {}
+            if "final_obs" in g:
+                final = {k: g["final_obs"][k][()] for k in g["final_obs"] if keys is None or k in keys}
+            return EpisodeData(
+                actions=g["actions"][()],
+                obs=obs,
+                final_obs=final,
+                rewards=g["rewards"][()] if "rewards" in g else None,
+                success=g["success"][()] if "success" in g else None,
+                attrs=_attrs(g),
+            )
+        except (OSError, RuntimeError, ValueError) as exc:  # damaged chunks fail only when read
+            raise _damaged(path, f"episode {name}", exc) from None
 
 
 def iter_demos(path: str | os.PathLike, keys: list[str] | None = None) -> Iterator[EpisodeData]:
