@@ -62,9 +62,13 @@ def default_judge(checkpoint: Path) -> str | None:
 
 def validate_judge(spec: str) -> None:
     """Fail before anything runs when the judge spec names no judge or a parameter it lacks."""
-    from harness.judges import parse_judge_spec
+    from harness.judges import JUDGES, parse_judge_spec
 
-    name = parse_judge_spec(spec).name  # unknown names and parameters fail here
+    parsed = parse_judge_spec(spec)  # unknown names and parameters fail here
+    name = parsed.name
+    check = getattr(JUDGES.get(name), "check", None)
+    if check is not None:  # a judge cheap to load is loaded now: a broken one fails before anything runs
+        check(**parsed.params)
     if name == "oracle":
         raise HarnessError("--judge oracle reads the simulator's own success flags and cannot judge a world-model "
                            "rollout: choose latent_classifier:path=DIR, vlm:path=DIR or consensus:... "
@@ -219,10 +223,12 @@ def _obs(row: _Row, camera: str) -> dict[str, Any]:
 
 
 def _check_action(action: np.ndarray, shape: tuple[int, ...], t: int) -> BaseException | None:
-    if action.shape != shape:
-        return ValueError(f"policy returned an action of shape {action.shape}; the world model expects {shape}")
-    if not np.all(np.isfinite(action)):
-        return FloatingPointError(f"policy returned a non-finite action at step {t} in the world model: {action}")
+    from harness.runner import check_action
+
+    try:
+        check_action(np.asarray(action), shape, t, "the world model")
+    except (ValueError, TypeError, FloatingPointError) as exc:
+        return exc
     return None
 
 

@@ -71,10 +71,7 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
     shape = env.action_space.shape
     while result.length < episode.max_steps:
         action = np.asarray(policy.act(obs))
-        if action.shape != shape:
-            raise ValueError(f"policy returned an action of shape {action.shape}; the env expects {shape}")
-        if not np.all(np.isfinite(action)):
-            raise FloatingPointError(f"policy returned a non-finite action at step {result.length}: {action}")
+        check_action(action, shape, result.length, "the env")
         obs, reward, terminated, truncated, info = env.step(action)
         result.length += 1
         result.ret += float(reward)
@@ -99,6 +96,18 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
             break
     result.rollout_s = time.perf_counter() - start
     return result
+
+
+def check_action(action: np.ndarray, shape: tuple[int, ...], step: int, where: str) -> None:
+    """Refuse an action of the wrong shape or dtype, or with NaN/inf, naming the step."""
+    if action.shape != shape:
+        raise ValueError(f"policy returned an action of shape {action.shape}; {where} expects {shape}")
+    if not np.issubdtype(action.dtype, np.floating):
+        raise TypeError(f"policy returned a {action.dtype} action at step {step}; {where} expects floats "
+                        f"(float32, in the action space)")
+    if not np.isfinite(action).all():
+        raise FloatingPointError(f"policy returned a non-finite action at step {step}"
+                                 f"{'' if where == 'the env' else ' in ' + where}: {action}")
 
 
 class EpisodeWorker:
@@ -141,10 +150,12 @@ class EpisodeWorker:
             from harness.judges import make_judge
             from world_models import load_world_model
 
-            self._wm = load_world_model(self.settings.wm, self.settings.wm_checkpoint)
-            self._wm.eval()
-            if self.settings.judge:
-                self._judge = make_judge(self.settings.judge, encoder=self._wm.encoder)
+            wm = load_world_model(self.settings.wm, self.settings.wm_checkpoint)
+            wm.eval()
+            judge = make_judge(self.settings.judge, encoder=wm.encoder) if self.settings.judge else None
+            # kept only when both loaded: a judge that fails must fail every episode, never let
+            # later ones run unjudged and count as judged failures
+            self._wm, self._judge = wm, judge
         return self._wm, self._judge
 
     def run_one(self, episode: Episode, policy: str, *, keep_trajectory: bool) -> EpisodeResult:

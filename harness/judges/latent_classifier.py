@@ -151,6 +151,11 @@ class LatentClassifierJudge:
         self.label = f"latent_classifier:path={self.path}"
         self._torch = torch
 
+    @classmethod
+    def check(cls, path: str, window: int | None = None, threshold: float | None = None, **_: Any) -> None:
+        """Load the classifier (a small MLP) to refuse a missing or broken one before a run starts."""
+        cls(path, window, threshold)
+
     def check_encoder(self, encoder: Any) -> None:
         """Refuse an encoder other than the one the classifier was trained on."""
         other = encoder_identity(encoder)
