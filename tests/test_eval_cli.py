@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -181,12 +182,17 @@ def test_missing_extra_is_one_line(tmp_path):
     assert proc.stderr.strip() == "error: Meta-World is not installed (no module 'metaworld'): pip install -e \".[metaworld]\""
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+RAY = pytest.param(["--executor", "ray", "--workers", "2"], id="ray", marks=[
+    pytest.mark.slow,  # ~20 s: starts and stops its own Ray cluster
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray not installed: pip install -e ".[distributed]"')])
+
+
+@pytest.mark.parametrize("workers", [["--workers", "1"], ["--workers", "2"], RAY], ids=["1", "2", "ray"])
 def test_ctrl_c_saves_finished_episodes_and_the_summary(tmp_path, workers):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "harness", "eval", "--env", "metaworld/reach-v3", "-p", "noisy:scale=0.5",
             "--episodes", "20", "--video", "none", "--no-progress", "--camera", "none", "--max-steps", "400",
-            "--no-stop-on-success", "--workers", workers, "--out", str(out)]
+            "--no-stop-on-success", *workers, "--out", str(out)]
     # a shell that runs this suite in the background starts it with SIGINT ignored, which children
     # inherit (and Python then never raises KeyboardInterrupt): give the run a terminal's default
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -201,6 +207,7 @@ def test_ctrl_c_saves_finished_episodes_and_the_summary(tmp_path, workers):
     recs = read_jsonl(log)
     res = json.loads((out / "results.json").read_text())
     assert res["interrupted"] and not res["complete"] and res["episodes_recorded"] == len(recs) < 20
+    assert len({r["init_state"] for r in recs}) == len(recs)
     assert "Traceback" not in err
 
 
