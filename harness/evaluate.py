@@ -134,7 +134,8 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
     checkpoint = find_checkpoint(config.wm, config.wm_checkpoint)
     # an absent, torn or foreign checkpoint fails here in one line rather than in every episode
     wm_config, _ = load_checkpoint(checkpoint, "world model", WM_FORMAT, f"Train it with `harness train-wm --wm "
-                                   f"{config.wm} --data DATASET` or pass --wm-checkpoint DIR.")
+                                   f"{config.wm} --data DATASET` or pass --wm-checkpoint DIR.",
+                                   weights=False)  # the workers load the weights; here only check them
     info = wm_config.get("info")
     camera = info.get("camera") if isinstance(info, dict) else None
     if not isinstance(camera, str):

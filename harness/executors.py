@@ -62,7 +62,7 @@ def chunked(items: Iterable[WorkItem], size: int) -> Iterator[list[WorkItem]]:
 def died_records(chunk: list[WorkItem], reason: str, start: float) -> list[dict[str, Any]]:
     """'error' records for a chunk whose worker died on every attempt."""
     exc = WorkerDied(f"{reason} on each of {MAX_ATTEMPTS} attempts running this episode")
-    return [record for item in chunk for record in failed_records(item, exc, start)]
+    return failed_records(chunk, exc, start)
 
 
 def share_threads(workers: int, threads: int | None = None) -> int:

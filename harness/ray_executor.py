@@ -212,7 +212,7 @@ class RayExecutor:
                 except (RayActorError, GetTimeoutError):  # died with it, or not settled yet
                     pass
                 except RayError as err:  # finished with an error of its own
-                    out.extend(_task_error_records(task, err))
+                    out.extend(failed_records(task.chunk, err, task.submitted))
                     continue
                 if charged:  # only queued: it never started
                     retry.append((task.chunk, task.attempt))
@@ -251,7 +251,7 @@ class RayExecutor:
                         yield from replace(actor, exc)
                         continue
                     except RayError as exc:  # the call itself raised (run_batch never raises for an episode)
-                        records = _task_error_records(task, exc)
+                        records = failed_records(task.chunk, exc, task.submitted)
                     del tasks[ref]
                     actor.in_flight.remove(ref)
                     fill(actor)
@@ -282,7 +282,3 @@ def _first_line(exc: BaseException) -> str:
 def _last_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[-1] if lines else type(exc).__name__
-
-
-def _task_error_records(task: _Task, exc: BaseException) -> list[dict[str, Any]]:
-    return [r for item in task.chunk for r in failed_records(item, exc, task.submitted)]

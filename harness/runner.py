@@ -183,7 +183,7 @@ class EpisodeWorker:
             except Exception as exc:  # one bad episode must not end the run
                 log.warning("episode %s failed: %s", item.keys, exc)
                 self.close()  # the simulator may be in a bad state: rebuild it for the next episode
-                out.append(dict(zip(item.backends, failed_records(item, exc, start))))
+                out.append(dict(zip(item.backends, failed_records([item], exc, start))))
                 sims.append(None)
                 continue
             base = {"policy": item.policy, **ep.to_dict()}
@@ -318,10 +318,11 @@ def _outcome(result, wall: float) -> dict[str, Any]:
     return out
 
 
-def failed_records(item: WorkItem, exc: BaseException, start: float) -> list[dict[str, Any]]:
-    """'error' records for every backend of ``item`` (an episode, or the worker running it, failed)."""
-    base = {"policy": item.policy, **item.episode.to_dict()}
-    return [_error_record(base, b, exc, start) for b in item.backends]
+def failed_records(items: list[WorkItem], exc: BaseException, start: float) -> list[dict[str, Any]]:
+    """'error' records for every backend of each of ``items`` (an episode, or the worker running
+    a chunk of them, failed)."""
+    return [_error_record({"policy": item.policy, **item.episode.to_dict()}, b, exc, start)
+            for item in items for b in item.backends]
 
 
 def _error_record(base: dict[str, Any], backend: str, exc: BaseException, start: float) -> dict[str, Any]:

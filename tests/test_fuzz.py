@@ -366,29 +366,25 @@ CKPT_FILES = ["config.json", "model.safetensors"]
 CORRUPTIONS = list(corruptions(0))
 
 
-@requires_metaworld
-@pytest.mark.timeout(180)
-def test_corrupt_world_model_checkpoint_is_refused_before_running(capsys, in_tmp, finished_run):
-    out, _ = finished_run
-    for file in CKPT_FILES:
-        for how in CORRUPTIONS:
-            copy = _corrupt_copy(WM_CKPT, in_tmp / f"wm-{file}-{how}".replace(" ", "_"), file, how)
-            rc, err = cli(capsys, "eval", *BASE, "--camera", "corner2", "--image-size", "64",
-                          "--wm", "minivae_dit_tiny", "--wm-checkpoint", copy, "--out", out)
-            assert_one_line_error(rc, err, (file, how), str(copy))
-    assert_untouched(finished_run, in_tmp)
+# a checkpoint used by eval: (source folder, the eval arguments naming a copy, what the error names)
+EVAL_CHECKPOINTS = {
+    "world model": (WM_CKPT, lambda copy: ["--wm", "minivae_dit_tiny", "--wm-checkpoint", copy], str),
+    "BC policy": (BC_CKPT, lambda copy: ["-p", f"bc:path={copy}"], lambda copy: "BC policy"),
+}
 
 
 @requires_metaworld
 @pytest.mark.timeout(180)
-def test_corrupt_bc_checkpoint_is_refused_before_running(capsys, in_tmp, finished_run):
+@pytest.mark.parametrize("kind", list(EVAL_CHECKPOINTS))
+def test_corrupt_eval_checkpoint_is_refused_before_running(capsys, in_tmp, finished_run, kind):
     out, _ = finished_run
+    src, naming, needle = EVAL_CHECKPOINTS[kind]
     for file in CKPT_FILES:
         for how in CORRUPTIONS:
-            copy = _corrupt_copy(BC_CKPT, in_tmp / f"bc-{file}-{how}".replace(" ", "_"), file, how)
-            args = [*BASE, "--camera", "corner2", "--image-size", "64", "-p", f"bc:path={copy}"]
-            rc, err = cli(capsys, "eval", *args, "--out", out)
-            assert_one_line_error(rc, err, (file, how), "BC policy")
+            copy = _corrupt_copy(src, in_tmp / f"{kind}-{file}-{how}".replace(" ", "_"), file, how)
+            rc, err = cli(capsys, "eval", *BASE, "--camera", "corner2", "--image-size", "64", *naming(copy),
+                          "--out", out)
+            assert_one_line_error(rc, err, (file, how), needle(copy))
     assert_untouched(finished_run, in_tmp)
 
 

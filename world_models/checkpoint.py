@@ -46,10 +46,12 @@ def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: 
     return folder
 
 
-def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str,
-                    hint: str = "") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config, tensors) of a checkpoint folder, or one clear HarnessError line."""
-    from safetensors import SafetensorError
+def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str, hint: str = "",
+                    weights: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config, tensors) of a checkpoint folder, or one clear HarnessError line. ``weights=False``
+    checks the weights file's header (names, shapes, offsets against the file size: a torn or
+    foreign file fails the same way) without reading the tensors, and returns no tensors."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     folder = Path(folder)
@@ -70,6 +72,10 @@ def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str,
         raise HarnessError(f"{what} checkpoint {folder} has format {got!r}, expected {fmt!r}: "
                            f"it is a different kind of checkpoint.{fix}")
     try:
+        if not weights:
+            with safe_open(str(folder / WEIGHTS), "pt") as f:
+                f.keys()
+            return config, {}
         tensors = load_file(str(folder / WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
