@@ -42,6 +42,9 @@ class DiTConfig:
     mlp_ratio: float = 4.0
     head: str = "linear"  # "linear", or "wide": an MLP head for high-dimensional latents (D >= 768)
     head_width: int = 2048
+    # Give context frames their change from the frame before as a second input (in the units of
+    # the delta target), and embed the (delta-space) targets in that same channel.
+    context_deltas: bool = False
     extra: dict = field(default_factory=dict)  # free-form notes kept with the checkpoint
 
     def __post_init__(self):
@@ -184,6 +187,11 @@ class DiT(nn.Module):
         self.config = cfg = config
         W = cfg.width
         self.x_embed = nn.Linear(cfg.latent_dim, W)
+        if cfg.context_deltas:
+            self.d_embed = nn.Linear(cfg.latent_dim, W)
+            # per-channel factor from a normalised latent's change to the delta target's units;
+            # set by WorldModel from the statistics in the checkpoint (not a weight of its own)
+            self.register_buffer("delta_gain", torch.ones(cfg.latent_dim), persistent=False)
         self.pos_space = nn.Parameter(torch.zeros(1, 1, cfg.num_tokens, W))
         self.pos_time = nn.Parameter(torch.zeros(1, cfg.frames, 1, W))
         self.t_embed = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
@@ -217,6 +225,17 @@ class DiT(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
+    def embed_context(self, context: torch.Tensor) -> torch.Tensor:
+        """Clean (normalised) context frames (B, H, N, D) -> tokens (B, H, N, W), without positions."""
+        h = self.x_embed(context)
+        if self.config.context_deltas:
+            # the first frame's own change is unknown: zero, as for a frame repeated after a reset
+            h = h + self.d_embed(torch.diff(context, dim=1, prepend=context[:, :1]) * self.delta_gain)
+        return h
+
+    def embed_target(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.d_embed if self.config.context_deltas else self.x_embed)(x)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Velocity for every frame of the clip.
 
@@ -228,7 +247,8 @@ class DiT(nn.Module):
         if T > self.config.frames or H < 1:
             raise ValueError(f"clip of {T} frames with {actions.shape[1]} actions does not fit "
                              f"history {self.config.history} + horizon {self.config.horizon}")
-        h = self.x_embed(x) + self.pos_space + self.pos_time[:, :T]  # (B, T, N, W)
+        h = torch.cat([self.embed_context(x[:, :H]), self.embed_target(x[:, H:])], dim=1)
+        h = h + self.pos_space + self.pos_time[:, :T]  # (B, T, N, W)
         a = torch.cat([self.no_action.expand(B, H, -1), self.a_embed(actions)], dim=1)  # (B, T, W)
         c = self.t_embed(timestep_embedding(t, self.config.width)) + a  # (B, T, W)
         for block in self.blocks:
@@ -238,7 +258,7 @@ class DiT(nn.Module):
     def encode_context(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-block temporal keys/values of clean context frames (B, H, N, D), for ``forward_target``."""
         B, H, N, _ = context.shape
-        h = self.x_embed(context) + self.pos_space + self.pos_time[:, :H]
+        h = self.embed_context(context) + self.pos_space + self.pos_time[:, :H]
         c = self.t_embed(timestep_embedding(torch.ones(B, H), self.config.width)).to(h) + self.no_action
         cache = []
         for block in self.blocks:
@@ -256,7 +276,7 @@ class DiT(nn.Module):
         if H + K > self.config.frames:
             raise ValueError(f"{H} context + {K} target frames do not fit history {self.config.history} + "
                              f"horizon {self.config.horizon}")
-        h = self.x_embed(x) + self.pos_space + self.pos_time[:, H:H + K]
+        h = self.embed_target(x) + self.pos_space + self.pos_time[:, H:H + K]
         c = self.t_embed(timestep_embedding(t, self.config.width)) + self.a_embed(actions)
         for block, kv in zip(self.blocks, cache):
             h = block.target(h, c, kv)

@@ -50,6 +50,7 @@ class TrainConfig:
     heads: int | None = None
     head: str = "linear"
     target: str = "delta"  # "delta": predict the change from the previous frame; "absolute": the frame
+    context_deltas: bool = False  # also feed the context frames' changes (needs target "delta")
     history: int = 2
     horizon: int = 1
     frameskip: int = 1  # control steps per world-model step (DINO-WM uses 5)
@@ -83,6 +84,8 @@ class TrainConfig:
                 raise HarnessError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("delta", "absolute"):
             raise HarnessError(f"--target must be 'delta' or 'absolute', got {self.target!r}")
+        if self.context_deltas and self.target != "delta":
+            raise HarnessError("context_deltas needs target 'delta' (the context changes are fed in its units)")
         if self.decoder_steps < 0:
             raise HarnessError(f"--decoder-steps must be >= 0, got {self.decoder_steps}")
         if not 0 <= self.val_fraction < 1:
@@ -97,13 +100,13 @@ class TrainConfig:
         try:
             return DiTConfig.from_size(self.size, latent_dim=encoder.dim, num_tokens=encoder.num_tokens,
                                        action_dim=action_dim, history=self.history, horizon=self.horizon,
-                                       head=self.head, **over)
+                                       head=self.head, context_deltas=bool(self.context_deltas), **over)
         except ValueError as e:
             raise HarnessError(f"bad transition-model settings: {e}") from None
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resume (the step counts may grow)."""
-        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "frameskip", "history",
+        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "context_deltas", "frameskip", "history",
                 "horizon", "batch_size", "lr", "warmup", "seed", "val_fraction", "decoder_width")
         return {k: getattr(self, k) for k in keep}
 

@@ -74,6 +74,10 @@ class WorldModel(nn.Module):
         if self.predicts_delta:
             self.register_buffer("delta_mean", delta_mean.float().reshape(-1).clone())
             self.register_buffer("delta_std", delta_std.float().reshape(-1).clone())
+        if cfg.context_deltas:
+            if not self.predicts_delta:
+                raise ValueError("a transition model with context_deltas needs delta statistics (target 'delta')")
+            transition.delta_gain.copy_(self.latent_std / self.delta_std)
         self.sampler = sampler or SamplerConfig()
         self.info = dict(info or {})
         self.eval()
