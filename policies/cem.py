@@ -28,6 +28,9 @@ import numpy as np
 from harness.errors import HarnessError
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
 @dataclass(frozen=True)
 class CEMConfig:
     samples: int = 300
@@ -42,6 +45,7 @@ class CEMConfig:
     goal_frames: str = "last"  # last | all (all predicted frames, later ones weighted more)
     sampler_steps: int | None = 2  # flow-matching steps while planning (None: the world model's own)
     max_batch: int = 4096  # candidates per world-model call, only to bound memory
+    precision: str = "float32"  # float32 | bfloat16: the world model's network while planning
     seed: int = 0
 
     def __post_init__(self):
@@ -59,6 +63,8 @@ class CEMConfig:
             raise HarnessError(f"CEM goal_frames={self.goal_frames!r}: use last or all")
         if not 0.0 <= float(self.momentum) < 1.0:
             raise HarnessError(f"CEM momentum={self.momentum!r} must be in [0, 1)")
+        if self.precision not in PRECISIONS:
+            raise HarnessError(f"CEM precision={self.precision!r}: use {' or '.join(PRECISIONS)}")
         if not float(self.init_std) > 0:
             raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
 
@@ -103,6 +109,7 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     std = np.full((K, A), float(config.init_std), np.float32)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator()
+    low_precision = {} if config.precision == "float32" else {"dtype": getattr(torch, config.precision)}
     diag: dict[str, Any] = {"best_cost": [], "elite_cost": [], "elite_std": [], "calls": 0}
     for it in range(config.iterations):
         cand = np.clip(mean[None] + std[None] * rng.standard_normal((S, K, A)).astype(np.float32), low, high)
@@ -112,7 +119,7 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
             part = torch.as_tensor(cand[s0:s0 + config.max_batch])
             gen.manual_seed(config.seed * 1000 + it)  # common random numbers: candidates differ only by actions
             z = predict(ctx, part, generator=gen,  # one context (batch 1) shared by all candidates
-                        steps=config.sampler_steps, temperature=0.0)
+                        steps=config.sampler_steps, temperature=0.0, **low_precision)
             diag["calls"] += 1
             costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames))
         cost = torch.cat(costs).numpy()
@@ -132,7 +139,8 @@ class CEMPolicy:
     model, act in the simulator) and inside a WorldModelEnv alike.
 
     Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
-    [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]``.
+    [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]
+    [,precision=float32|bfloat16]``.
 
     The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
     the same init state until success and takes that frame (a goal state reached in the
@@ -146,7 +154,8 @@ class CEMPolicy:
                  goal: str = "expert", goal_data: str | None = None, samples: int | None = None,
                  elites: int | None = None, iterations: int | None = None, horizon: int | None = None,
                  execute: int | None = None, objective: str | None = None, init_std: float | None = None,
-                 momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None):
+                 momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
+                 precision: str | None = None):
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
         if preset not in CEM_PRESETS:
@@ -161,7 +170,7 @@ class CEMPolicy:
         overrides = {k: v for k, v in dict(samples=samples, elites=elites, iterations=iterations, horizon=horizon,
                                            execute=execute, objective=objective, init_std=init_std,
                                            momentum=momentum, goal_frames=goal_frames,
-                                           sampler_steps=sampler_steps).items() if v is not None}
+                                           sampler_steps=sampler_steps, precision=precision).items() if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
         from world_models.named import find_checkpoint, read_config
 

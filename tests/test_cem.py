@@ -3,6 +3,8 @@ model, presets valid, policy spec validation, and MPC through a world model chec
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -91,6 +93,27 @@ def test_presets_and_bad_configs():
         CEMConfig(horizon=2, execute=3)
     with pytest.raises(HarnessError, match="objective"):
         CEMConfig(objective="cosine")
+    with pytest.raises(HarnessError, match="precision"):
+        CEMConfig(precision="float16")
+
+
+def test_bfloat16_planning_runs_the_world_model_in_bfloat16():
+    from test_world_models import tiny_wm
+
+    wm = tiny_wm()
+    seen = []
+
+    def predict(*args, **kw):
+        seen.append(kw.get("dtype"))
+        return wm.predict(*args, **kw)
+
+    ctx = torch.randn(1, 2, wm.encoder.num_tokens, 8)
+    goal = wm.predict(ctx, torch.tensor([[[0.8, -0.6, 0.4, 0.9], [0.7, -0.5, 0.2, 0.9]]]), temperature=0.0)[0, -1]
+    cfg = CEMConfig(samples=128, elites=16, iterations=6, horizon=2, execute=1, init_std=0.5)
+    plan16, d16 = cem_plan(wm, ctx, goal, replace(cfg, precision="bfloat16"), predict=predict)
+    assert seen == [torch.bfloat16] * 6
+    assert d16["best_cost"][-1] < d16["best_cost"][0]
+
 
 
 def test_policy_spec_errors_before_anything_runs():

@@ -282,6 +282,22 @@ def test_latent_classifier_synthetic(tmp_path, minivae_folder):
 
 
 @requires_torch
+def test_episode_threshold_calibration_maximises_balanced_accuracy():
+    from harness.judges.latent_classifier import calibrate_threshold
+
+    # failures score high (a max over time), successes higher: 0.5 calls everything a success
+    scores = [0.95, 0.97, 0.99, 0.6, 0.8, 0.9, 0.92]
+    truth = [True, True, True, False, False, False, False]
+    t = calibrate_threshold(scores, truth)
+    assert t == pytest.approx((0.92 + 0.95) / 2)
+    assert [s >= t for s in scores] == truth
+    # with overlap it keeps the best balanced accuracy: at 0.2 all 3 successes and 1 of 2
+    # failures are right (0.75); at 0.85 1 of 3 and 2 of 2 (0.67); at 0.5 2 of 3 and 1 of 2 (0.58)
+    t2 = calibrate_threshold([0.3, 0.7, 0.9, 0.8, 0.1], [True, True, True, False, False])
+    assert t2 == pytest.approx(0.2)
+    assert calibrate_threshold([0.2, 0.9], [True, True]) == 0.5  # one outcome only: nothing to calibrate
+
+
 def test_train_judge_input_errors(tmp_path, minivae_folder):
     from harness.judges.latent_classifier import JudgeTrainConfig, train_success_classifier
 

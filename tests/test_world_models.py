@@ -399,3 +399,112 @@ def test_cli_errors_are_one_line(args, needle, tmp_path):
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], r.stderr
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# context deltas, x-prediction, frame attention, reduced precision ------------------------------
+
+@pytest.mark.parametrize("kw", [dict(context_deltas=True), dict(prediction="data"),
+                                dict(context_deltas=True, prediction="data", horizon=2)])
+def test_cached_context_matches_the_whole_clip_for_every_input_and_output_kind(kw):
+    m = tiny_dit(depth=2, **kw)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    if m.config.context_deltas:
+        m.delta_gain.copy_(torch.linspace(0.5, 3.0, 8))
+    K = m.config.horizon
+    ctx, x, a, t = torch.randn(4, 2, 4, 8), torch.randn(4, K, 4, 8), torch.randn(4, K, 3), torch.rand(4, K)
+    with torch.no_grad():
+        full = m(torch.cat([ctx, x], 1), torch.cat([torch.ones(4, 2), t], 1), a)[:, 2:]
+        assert torch.allclose(m.forward_target(x, t, a, m.encode_context(ctx)), full, atol=1e-5)
+
+
+def test_context_deltas_feed_the_change_between_context_frames():
+    """Two contexts whose last frames agree but whose previous frames differ give the same
+    absolute input for the last frame; only the delta channel tells them apart."""
+    m = tiny_dit(context_deltas=True)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    last = torch.randn(1, 1, 4, 8)
+    ctx_a = torch.cat([last - 0.1, last], 1)
+    ctx_b = torch.cat([last + 0.1, last], 1)
+    h_a, h_b = m.embed_context(ctx_a), m.embed_context(ctx_b)
+    assert not torch.allclose(h_a[:, 1], h_b[:, 1])
+    assert torch.allclose(h_a[:, 0] - m.x_embed(ctx_a[:, 0]), m.d_embed.bias.expand(1, 4, -1), atol=1e-6)  # zero delta
+    expected = m.x_embed(last[:, 0]) + m.d_embed(torch.full_like(last[:, 0], 0.1) * m.delta_gain)
+    assert torch.allclose(h_a[:, 1], expected, atol=1e-6)
+
+
+def test_world_model_sets_the_delta_gain_from_its_statistics_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    enc = ENCODERS.build("minivae", image_size=32, dim=8, channels=[8, 8, 8])
+    dit = DiT(DiTConfig(latent_dim=8, num_tokens=enc.num_tokens, action_dim=4, width=32, depth=2, heads=2,
+                        context_deltas=True, prediction="data"))
+    for p in dit.final.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    std, dstd = torch.full((8,), 2.0), torch.full((8,), 0.5)
+    wm = WorldModel(enc, dit, None, torch.zeros(8), std, SamplerConfig(steps=3), {"camera": "corner2"},
+                    torch.zeros(8), dstd)
+    assert torch.allclose(dit.delta_gain, torch.full((8,), 4.0))
+    wm.save(tmp_path / "wm")
+    back = WorldModel.load(tmp_path / "wm")
+    assert back.transition.config.context_deltas and back.transition.config.prediction == "data"
+    assert torch.allclose(back.transition.delta_gain, torch.full((8,), 4.0))
+    z, acts = torch.randn(2, 2, enc.num_tokens, 8), torch.rand(2, 3, 4)
+    g = torch.Generator()
+    assert torch.equal(wm.predict(z, acts, generator=g.manual_seed(3)), back.predict(z, acts, generator=g.manual_seed(3)))
+    with pytest.raises(ValueError, match="delta statistics"):
+        WorldModel(enc, dit, None, torch.zeros(8), std, SamplerConfig(), {})
+
+
+def test_x_prediction_sampler_lands_on_the_predicted_data_and_its_loss_is_the_data_error():
+    target = torch.randn(2, 1, 4, 8)
+
+    class Oracle(torch.nn.Module):  # predicts the clean target whatever it is given
+        config = DiTConfig(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=1, heads=2, prediction="data")
+
+        def forward(self, x, t, actions):
+            return torch.cat([x[:, :2], target], 1)
+
+    ctx, a = torch.randn(2, 2, 4, 8), torch.randn(2, 1, 3)
+    for method, steps in (("euler", 1), ("euler", 4), ("heun", 3)):
+        out = sample(Oracle(), ctx, a, steps=steps, method=method, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(out, target, atol=1e-5), method
+    assert float(flow_matching_loss(Oracle(), ctx, target, a)) == pytest.approx(0.0, abs=1e-10)
+    assert float(flow_matching_loss(Oracle(), ctx, target + 1.0, a)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_dit_config_refuses_an_unknown_prediction():
+    with pytest.raises(ValueError, match="prediction"):
+        DiTConfig(latent_dim=4, num_tokens=4, action_dim=2, prediction="noise")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("T,Hc", [(2, 0), (3, 0), (1, 2), (2, 2)])
+def test_elementwise_frame_attention_equals_the_fused_kernel(T, Hc, shared):
+    from world_models.dit import frame_attention, fused_frame_attention
+
+    g = torch.Generator().manual_seed(T * 10 + Hc)
+    q, k, v = (torch.randn(3, T, 5, 2, 4, generator=g) for _ in range(3))
+    past = None
+    if Hc:
+        Bp = 1 if shared else 3
+        past = (torch.randn(Bp, Hc, 5, 2, 4, generator=g), torch.randn(Bp, Hc, 5, 2, 4, generator=g))
+    elif shared:
+        pytest.skip("sharing needs a past")
+    a, b = frame_attention(q, k, v, past), fused_frame_attention(q, k, v, past)
+    assert a.shape == b.shape == q.shape
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone():
+    wm = tiny_wm()
+    z = torch.randn(1, 2, wm.encoder.num_tokens, 8)
+    acts = torch.rand(6, 3, 4) * 2 - 1
+    g = torch.Generator()
+    full = wm.predict(z, acts, generator=g.manual_seed(0))
+    low = wm.predict(z, acts, generator=g.manual_seed(0), dtype=torch.bfloat16)
+    assert low.dtype == torch.float32 and low.shape == full.shape
+    assert float((low - full).abs().max()) < 0.05 * float(full.abs().max())
+    assert wm.transition.x_embed.weight.dtype == torch.float32  # the float32 model is untouched
+    assert "_casts" not in dict(wm.named_modules())  # the copy is not part of the checkpoint
+    assert not any(k.startswith("_casts") for k in wm.state_dict())

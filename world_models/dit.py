@@ -29,6 +29,9 @@ DIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
+PREDICTIONS = ("velocity", "data")
+
+
 @dataclass
 class DiTConfig:
     latent_dim: int  # D, channels per token
@@ -45,6 +48,9 @@ class DiTConfig:
     # Give context frames their change from the frame before as a second input (in the units of
     # the delta target), and embed the (delta-space) targets in that same channel.
     context_deltas: bool = False
+    # What the network outputs: "velocity" (x_data - noise, rectified flow's usual choice) or
+    # "data" (the clean target itself, x-prediction; the sampler turns it into a velocity).
+    prediction: str = "velocity"
     extra: dict = field(default_factory=dict)  # free-form notes kept with the checkpoint
 
     def __post_init__(self):
@@ -53,6 +59,8 @@ class DiTConfig:
                 raise ValueError(f"DiTConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.heads:
             raise ValueError(f"DiTConfig.width ({self.width}) must be divisible by heads ({self.heads})")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"DiTConfig.prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}")
         if self.head not in ("linear", "wide"):
             raise ValueError(f"DiTConfig.head must be 'linear' or 'wide', got {self.head!r}")
 
@@ -106,6 +114,57 @@ class Attention(nn.Module):
         return self.merge(F.scaled_dot_product_attention(q, k, v, is_causal=causal))
 
 
+def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Causal attention across frames at each token position: frame i sees the ``past`` frames
+    and frames 0..i. Tensors stay in (B, T, N, heads, c) layout: a world-model window has a few
+    frames, so this is a handful of elementwise products over the whole batch, where a fused
+    kernel would run B * N * heads sequences of length T one by one (5-10x slower here).
+    ``past`` = (keys, values) of (Bp, Hc, N, heads, c), Bp = B or 1 (one context shared by every
+    row, broadcast without copying). Scores are softmaxed in float32 whatever the dtype."""
+    keys = list(k.unbind(1))
+    values = list(v.unbind(1))
+    if past is not None:
+        keys = list(past[0].unbind(1)) + keys
+        values = list(past[1].unbind(1)) + values
+    first = len(keys) - k.shape[1]  # frames every query sees
+    scale = q.shape[-1] ** -0.5
+    out = []
+    for i, qi in enumerate((q * scale).unbind(1)):
+        n = first + i + 1
+        if n == 1:
+            out.append(values[0].expand_as(qi))
+            continue
+        w = torch.stack([(qi * keys[j]).sum(-1) for j in range(n)], -1).float().softmax(-1).to(q.dtype)
+        o = w[..., 0, None] * values[0]
+        for j in range(1, n):
+            o = o + w[..., j, None] * values[j]
+        out.append(o)
+    return torch.stack(out, 1)
+
+
+def fused_frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                          past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """``frame_attention`` through torch's fused kernel, one sequence per (row, token, head): the
+    faster of the two in float32 (bfloat16 is the other way round)."""
+    B, T, N, nh, c = q.shape
+
+    def seqs(x: torch.Tensor) -> torch.Tensor:  # (b, t, N, h, c) -> (b * N, h, t, c)
+        return x.permute(0, 2, 3, 1, 4).reshape(x.shape[0] * N, nh, x.shape[1], c)
+
+    if past is None:
+        out = F.scaled_dot_product_attention(seqs(q), seqs(k), seqs(v), is_causal=True)
+    else:
+        pk, pv = past
+        if pk.shape[0] != B:
+            pk, pv = pk.expand(B, -1, -1, -1, -1), pv.expand(B, -1, -1, -1, -1)
+        Hc = pk.shape[1]
+        mask = torch.ones(T, Hc + T, dtype=torch.bool, device=q.device).tril(diagonal=Hc)
+        out = F.scaled_dot_product_attention(seqs(q), seqs(torch.cat([pk, k], 1)), seqs(torch.cat([pv, v], 1)),
+                                             attn_mask=mask)
+    return out.view(B, N, nh, T, c).permute(0, 3, 1, 2, 4)
+
+
 class DiTBlock(nn.Module):
     """Spatial attention, causal temporal attention, MLP; each adaLN-Zero modulated.
 
@@ -134,20 +193,11 @@ class DiTBlock(nn.Module):
         h = modulate(self.norm_s(x), sh_s, sc_s).reshape(B * T, N, C)
         x = x + g_s.unsqueeze(2) * self.attn_s(h).view(B, T, N, C)
 
-        h = modulate(self.norm_t(x), sh_t, sc_t).permute(0, 2, 1, 3).reshape(B * N, T, C)
-        q, k, v = self.attn_t.split(h)  # (B*N, heads, T, c)
-        if past is None:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            pk, pv = past  # (Bp*N, heads, H, c), Bp = B or 1 (one context shared by all)
-            if pk.shape[0] != q.shape[0]:
-                pk = pk.unsqueeze(0).expand(B, *pk.shape).reshape(B * N, *pk.shape[1:])
-                pv = pv.unsqueeze(0).expand(B, *pv.shape).reshape(B * N, *pv.shape[1:])
-            Hc = pk.shape[2]
-            # target j sees every context frame and targets 0..j
-            mask = torch.ones(T, Hc + T, dtype=torch.bool, device=x.device).tril(diagonal=Hc)
-            out = F.scaled_dot_product_attention(q, torch.cat([pk, k], 2), torch.cat([pv, v], 2), attn_mask=mask)
-        h = self.attn_t.merge(out).view(B, N, T, C).permute(0, 2, 1, 3)
+        nh = self.attn_t.heads
+        qkv = self.attn_t.qkv(modulate(self.norm_t(x), sh_t, sc_t)).view(B, T, N, 3, nh, C // nh)
+        q, k, v = qkv.unbind(3)  # each (B, T, N, heads, c)
+        out = (frame_attention if q.dtype == torch.bfloat16 else fused_frame_attention)(q, k, v, past)
+        h = self.attn_t.proj(out.reshape(B, T, N, C))
         x = x + g_t.unsqueeze(2) * h
 
         x = x + g_m.unsqueeze(2) * self.mlp(modulate(self.norm_m(x), sh_m, sc_m))
@@ -225,16 +275,26 @@ class DiT(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype; inputs are cast to it (a bfloat16 copy runs batched planning)."""
+        return self.x_embed.weight.dtype
+
     def embed_context(self, context: torch.Tensor) -> torch.Tensor:
         """Clean (normalised) context frames (B, H, N, D) -> tokens (B, H, N, W), without positions."""
-        h = self.x_embed(context)
+        h = self.x_embed(context.to(self.dtype))
         if self.config.context_deltas:
-            # the first frame's own change is unknown: zero, as for a frame repeated after a reset
-            h = h + self.d_embed(torch.diff(context, dim=1, prepend=context[:, :1]) * self.delta_gain)
+            # the first frame's own change is unknown: zero, as for a frame repeated after a reset;
+            # the change is taken at the input's precision (small next to the latent itself)
+            d = torch.diff(context, dim=1, prepend=context[:, :1]) * self.delta_gain.to(context.dtype)
+            h = h + self.d_embed(d.to(self.dtype))
         return h
 
     def embed_target(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.d_embed if self.config.context_deltas else self.x_embed)(x)
+        return (self.d_embed if self.config.context_deltas else self.x_embed)(x.to(self.dtype))
+
+    def condition(self, t: torch.Tensor) -> torch.Tensor:
+        return self.t_embed(timestep_embedding(t, self.config.width).to(self.dtype))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Velocity for every frame of the clip.
@@ -249,8 +309,8 @@ class DiT(nn.Module):
                              f"history {self.config.history} + horizon {self.config.horizon}")
         h = torch.cat([self.embed_context(x[:, :H]), self.embed_target(x[:, H:])], dim=1)
         h = h + self.pos_space + self.pos_time[:, :T]  # (B, T, N, W)
-        a = torch.cat([self.no_action.expand(B, H, -1), self.a_embed(actions)], dim=1)  # (B, T, W)
-        c = self.t_embed(timestep_embedding(t, self.config.width)) + a  # (B, T, W)
+        a = torch.cat([self.no_action.expand(B, H, -1), self.a_embed(actions.to(self.dtype))], dim=1)  # (B, T, W)
+        c = self.condition(t) + a  # (B, T, W)
         for block in self.blocks:
             h = block(h, c)
         return self.final(h, c)  # (B, T, N, D)
@@ -259,7 +319,7 @@ class DiT(nn.Module):
         """Per-block temporal keys/values of clean context frames (B, H, N, D), for ``forward_target``."""
         B, H, N, _ = context.shape
         h = self.embed_context(context) + self.pos_space + self.pos_time[:, :H]
-        c = self.t_embed(timestep_embedding(torch.ones(B, H), self.config.width)).to(h) + self.no_action
+        c = self.condition(torch.ones(B, H)) + self.no_action
         cache = []
         for block in self.blocks:
             h, kv = block.context(h, c)
@@ -272,12 +332,12 @@ class DiT(nn.Module):
         context (batch B, or 1 for one context shared by every row): equal to
         ``forward(cat([context, x]), ...)[:, H:]``."""
         B, K = x.shape[:2]
-        H = cache[0][0].shape[2]
+        H = cache[0][0].shape[1]
         if H + K > self.config.frames:
             raise ValueError(f"{H} context + {K} target frames do not fit history {self.config.history} + "
                              f"horizon {self.config.horizon}")
         h = self.embed_target(x) + self.pos_space + self.pos_time[:, H:H + K]
-        c = self.t_embed(timestep_embedding(t, self.config.width)) + self.a_embed(actions)
+        c = self.condition(t) + self.a_embed(actions.to(self.dtype))
         for block, kv in zip(self.blocks, cache):
             h = block.target(h, c, kv)
         return self.final(h, c)

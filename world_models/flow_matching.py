@@ -1,8 +1,13 @@
 """Rectified-flow training loss and Euler/Heun samplers for the DiT transition model.
 
 Convention: ``x_t = t * x_data + (1 - t) * noise``, ``t`` in [0, 1], ``t = 1`` is clean data, and
-the network predicts the velocity ``x_data - noise``. Context frames are always passed clean
-(``t = 1``); only the K target frames are noised, with one ``t`` per sample.
+the network predicts the velocity ``x_data - noise`` — or, for a model whose
+``config.prediction`` is ``"data"``, the clean target itself (x-prediction, trained on the target's
+squared error); the sampler turns it into the velocity ``(x_data_hat - x_t) / (1 - t)``. With
+x-prediction the first step from pure noise is the network's estimate of the conditional mean,
+which regresses the dynamics the way a deterministic predictor does, so a small model learns
+action-dependent motion much sooner. Context frames are always passed clean (``t = 1``); only the
+K target frames are noised, with one ``t`` per sample.
 
 Noise-schedule shift: high-dimensional latents keep more signal at a given noise level, so more
 of the schedule should be spent at high noise. With noise level ``s = 1 - t`` the shifted level is
@@ -64,8 +69,15 @@ def flow_matching_loss(
     tt = t.view(B, 1, 1, 1)
     x_t = tt * target + (1 - tt) * noise
     frame_t = torch.cat([torch.ones(B, H), t[:, None].expand(B, K)], dim=1).to(target)  # (B, H + K)
-    v = model(torch.cat([context, x_t], dim=1), frame_t, actions)[:, H:]
-    return ((v - (target - noise)) ** 2).mean()
+    out = model(torch.cat([context, x_t], dim=1), frame_t, actions)[:, H:]
+    if predicts_data(model):
+        return ((out - target) ** 2).mean()
+    return ((out - (target - noise)) ** 2).mean()
+
+
+def predicts_data(model) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "prediction", "velocity") == "data"
 
 
 @torch.no_grad()
@@ -107,6 +119,12 @@ def sample(
         def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:
             frame_t = torch.cat([ones, torch.full((B, K), t, dtype=context.dtype)], dim=1).to(context)
             return model(torch.cat([ctx, x_k], dim=1), frame_t, actions)[:, H:]
+
+    if predicts_data(model):
+        raw = velocity
+
+        def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:  # noqa: F811 (x-prediction -> velocity)
+            return (raw(x_k, t) - x_k) / (1.0 - t)
 
     for t0, t1 in zip(grid[:-1], grid[1:]):
         v0 = velocity(x, t0)

@@ -51,6 +51,7 @@ class TrainConfig:
     head: str = "linear"
     target: str = "delta"  # "delta": predict the change from the previous frame; "absolute": the frame
     context_deltas: bool = False  # also feed the context frames' changes (needs target "delta")
+    prediction: str = "velocity"  # the network's output: "velocity" or "data" (x-prediction)
     history: int = 2
     horizon: int = 1
     frameskip: int = 1  # control steps per world-model step (DINO-WM uses 5)
@@ -100,13 +101,14 @@ class TrainConfig:
         try:
             return DiTConfig.from_size(self.size, latent_dim=encoder.dim, num_tokens=encoder.num_tokens,
                                        action_dim=action_dim, history=self.history, horizon=self.horizon,
-                                       head=self.head, context_deltas=bool(self.context_deltas), **over)
+                                       head=self.head, context_deltas=bool(self.context_deltas),
+                                       prediction=self.prediction, **over)
         except ValueError as e:
             raise HarnessError(f"bad transition-model settings: {e}") from None
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resume (the step counts may grow)."""
-        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "context_deltas", "frameskip", "history",
+        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "context_deltas", "prediction", "frameskip", "history",
                 "horizon", "batch_size", "lr", "warmup", "seed", "val_fraction", "decoder_width")
         return {k: getattr(self, k) for k in keep}
 

@@ -17,6 +17,7 @@ padded by repeating its first frame, which is how training windows at an episode
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -80,6 +81,7 @@ class WorldModel(nn.Module):
             transition.delta_gain.copy_(self.latent_std / self.delta_std)
         self.sampler = sampler or SamplerConfig()
         self.info = dict(info or {})
+        self._casts: dict[torch.dtype, DiT] = {}  # reduced-precision copies of the transition
         self.eval()
         self.requires_grad_(False)
 
@@ -134,6 +136,15 @@ class WorldModel(nn.Module):
             return self.denormalize(x)
         return last + torch.cumsum(x * self.delta_std + self.delta_mean, dim=1)
 
+    def transition_as(self, dtype: torch.dtype | None) -> DiT:
+        """The transition model in ``dtype``: itself for float32, else a cached copy (bfloat16
+        runs large batches 1.5-4x faster on CPUs with native bf16 matmuls; planning uses it)."""
+        if dtype is None or dtype == torch.float32:
+            return self.transition
+        if dtype not in self._casts:
+            self._casts[dtype] = copy.deepcopy(self.transition).to(dtype).requires_grad_(False).eval()
+        return self._casts[dtype]
+
     # the contract ------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -142,13 +153,14 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def predict(self, latents: torch.Tensor, actions: np.ndarray | torch.Tensor,
                 generator: torch.Generator | list[torch.Generator] | None = None, steps: int | None = None,
-                temperature: float | None = None) -> torch.Tensor:
+                temperature: float | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Raw latents of the K frames that follow ``latents`` under ``actions`` (any K).
 
         ``latents`` (B, T, N, D), or (1, T, N, D) for one context shared by B action sequences
         (CEM candidates): the context is then computed once for all of them. ``generator``: one
         for the batch, or one per row, so that an episode draws the same noise whichever batch
-        it runs in."""
+        it runs in. ``dtype``: run the transition network in that precision (torch.bfloat16);
+        latents, noise and the integration stay float32."""
         _, T, N, D = latents.shape
         actions = torch.as_tensor(np.asarray(actions) if not isinstance(actions, torch.Tensor) else actions,
                                   dtype=torch.float32)
@@ -170,7 +182,7 @@ class WorldModel(nn.Module):
                 noise = torch.cat([torch.randn((1, a.shape[1], N, D), generator=g) for g in generator]) * temp
             else:
                 noise = torch.randn((B, a.shape[1], N, D), generator=generator) * temp
-            x = sample(self.transition, self.normalize(ctx), a, steps=steps or self.sampler.steps,
+            x = sample(self.transition_as(dtype), self.normalize(ctx), a, steps=steps or self.sampler.steps,
                        method=self.sampler.method, alpha=self.alpha, noise=noise)  # (B, k, N, D)
             z = self.from_target(ctx[:, -1:], x)
             out.append(z)

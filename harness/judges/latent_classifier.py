@@ -205,6 +205,7 @@ class JudgeTrainConfig:
     hidden: int = 64
     heldout: float = 0.25
     window: int = 3
+    threshold: float | None = None  # None: calibrated on the training episodes (balanced accuracy)
     seed: int = 0
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -222,6 +223,8 @@ class JudgeTrainConfig:
         for name, value, low in (("steps", self.steps, 1), ("hidden", self.hidden, 1), ("window", self.window, 1)):
             if not isinstance(value, int) or value < low:
                 raise HarnessError(f"--{name} must be an integer >= {low}, got {value!r}")
+        if self.threshold is not None:
+            check_threshold(self.threshold, "--threshold")
         if not 0.0 < self.heldout < 1.0:
             raise HarnessError(f"--heldout must be a fraction in (0, 1), got {self.heldout!r}")
         if not self.lr > 0:
@@ -316,6 +319,26 @@ def split_episodes(episodes: Sequence[EncodedEpisode], heldout: float, seed: int
     return sorted(train), sorted(held)
 
 
+def calibrate_threshold(judge_scores: Sequence[float], truth: Sequence[bool]) -> float:
+    """The episode-score threshold with the best balanced accuracy (mean of the rates of successes
+    and failures judged right) on these episodes: an episode's score is a maximum over time, so
+    failed episodes score well above a frame's 0.5 and a fixed 0.5 calls most of them successes.
+    Candidates lie midway between consecutive distinct scores; ties go to the one nearest 0.5.
+    0.5 when the episodes hold only one outcome."""
+    s = np.asarray(judge_scores, dtype=np.float64)
+    y = np.asarray(truth, dtype=bool)
+    if y.all() or not y.any():
+        return 0.5
+    u = np.unique(s)
+    candidates = np.clip(np.concatenate([[u[0] / 2], (u[1:] + u[:-1]) / 2, [(u[-1] + 1) / 2]]), 0.0, 1.0)
+
+    def balanced(t: float) -> float:
+        v = s >= t
+        return 0.5 * (v[y].mean() + (~v[~y]).mean())
+
+    return float(max(candidates, key=lambda t: (balanced(t), -abs(t - 0.5))))
+
+
 def _episode_metrics(judge_scores: list[float], truth: list[bool], threshold: float) -> dict[str, Any]:
     from harness.agreement import accuracy, cohen_kappa, confusion
 
@@ -380,12 +403,13 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
             progress(step, cfg.steps, {"loss": float(loss.detach())})
     head.eval()
 
-    threshold = 0.5
-
     def scores(indices: list[int]) -> list[float]:
         with torch.no_grad():
             return [episode_score(torch.sigmoid(head(torch.as_tensor(episodes[i].latents))).numpy(), cfg.window)
                     for i in indices]
+
+    threshold = (calibrate_threshold(scores(train_idx), [episodes[i].success for i in train_idx])
+                 if cfg.threshold is None else float(cfg.threshold))
 
     def frame_accuracy(indices: list[int]) -> float | None:
         if not indices:
@@ -409,6 +433,7 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
         "head": {"dim": identity["dim"], "grid": identity["grid"], "hidden": cfg.hidden},
         "window": cfg.window,
         "threshold": threshold,
+        "threshold_source": "calibrated on the training episodes" if cfg.threshold is None else "given",
         "camera": dataset_camera(cfg.data[0], cfg.camera),
         "train": {"data": [str(Path(d).resolve()) for d in cfg.data], "steps": cfg.steps, "lr": cfg.lr,
                   "seed": cfg.seed, "heldout_fraction": cfg.heldout,
@@ -417,4 +442,5 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
     }
     folder = save_checkpoint(cfg.out, config, {k: v for k, v in head.state_dict().items()})
     log.info("success classifier written to %s: %s", folder, metrics)
-    return {"checkpoint": os.fspath(folder), **metrics}
+    return {"checkpoint": os.fspath(folder), "threshold": threshold, "threshold_source": config["threshold_source"],
+            **metrics}
