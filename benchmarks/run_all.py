@@ -146,19 +146,25 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
         wm_env_steps_per_s,
     )
 
+    import torch
+
     wm = embedded_world_model()
-    sim = b1 = b64 = 0.0
+    sim = b1 = b64 = b64_bf16 = 0.0
     for _ in range(sizes.rounds):
         rate, frame = sim_steps_per_s(size=128, steps=sizes.sim_steps)
         sim = max(sim, rate)
         b1 = max(b1, wm_env_steps_per_s(wm, frame, 1, sizes.wm_b1_steps, image_size=128))
         b64 = max(b64, wm_env_steps_per_s(wm, frame, 64, sizes.wm_b64_steps, image_size=128))
+        b64_bf16 = max(b64_bf16, wm_env_steps_per_s(wm, frame, 64, sizes.wm_b64_steps, image_size=128,
+                                                     decode_dtype=torch.bfloat16))
     state.update(wm=wm, frame=frame)
     f = wm.frameskip
     rows = [
         Row("Meta-World sim, 1 camera 128 px", sim, "steps/s"),
         Row(f"WorldModelEnv {EMBEDDED_WM} (frameskip {f}) vs sim, batch 1", b1, "steps/s", sim, (">=", 1.0)),
         Row(f"WorldModelEnv {EMBEDDED_WM} vs sim, batch 64 (env-steps of all 64)", b64, "steps/s", sim, (">=", 20.0)),
+        Row(f"WorldModelEnv {EMBEDDED_WM} vs sim, batch 64, pixels decoded in bfloat16", b64_bf16, "steps/s", sim,
+            (">=", 20.0)),
     ]
     threads, default = state.get("threads"), state.get("default_threads")
     if threads and default and default != threads:
@@ -201,6 +207,9 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     note = "" if r["loop_samples"] == S else f"loop timed on {r['loop_samples']}"
     rows.append(Row(f"CEM iteration, {S} candidates x horizon 5: one batched call vs per-candidate loop",
                     S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0), note))
+    r16 = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=torch.bfloat16)
+    rows.append(Row(f"CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs float32 loop",
+                    S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0), note))
     return rows
 
 

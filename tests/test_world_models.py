@@ -508,3 +508,21 @@ def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone()
     assert wm.transition.x_embed.weight.dtype == torch.float32  # the float32 model is untouched
     assert "_casts" not in dict(wm.named_modules())  # the copy is not part of the checkpoint
     assert not any(k.startswith("_casts") for k in wm.state_dict())
+
+
+@pytest.mark.parametrize("encoder", ["minivae", "minijepa"])
+def test_bfloat16_decoding_is_within_a_few_intensity_levels(encoder):
+    wm = tiny_wm(encoder)
+    z = wm.encode(np.random.default_rng(0).integers(0, 255, (2, 3, 32, 32, 3), dtype=np.uint8))
+    full, low = wm.decode(z), wm.decode(z, dtype=torch.bfloat16)
+    assert low.dtype == torch.uint8 and low.shape == full.shape
+    diff = (low.int() - full.int()).abs()
+    assert float(diff.float().mean()) < 2.0 and int(diff.max()) <= 16
+    assert next(wm.encoder.parameters()).dtype == torch.float32
+    # the env decodes with it when asked
+    from world_models.env import WorldModelVectorEnv
+
+    venv = WorldModelVectorEnv(wm, "corner2", 2, decode_dtype=torch.bfloat16)
+    obs, _ = venv.reset(seed=0, options={"context": np.zeros((2, 1, 32, 32, 3), np.uint8)})
+    ref = wm.decode(wm.encode(np.zeros((2, 1, 32, 32, 3), np.uint8)), dtype=torch.bfloat16)[:, 0].numpy()
+    assert np.array_equal(obs["pixels"]["corner2"], ref)

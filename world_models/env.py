@@ -46,9 +46,10 @@ def mirrored_spaces(world_model: WorldModel, sim_observation_space: gym.spaces.S
 class LatentRollout:
     """Batched world-model state: the last ``history`` latents of each episode."""
 
-    def __init__(self, world_model: WorldModel, image_size: int):
+    def __init__(self, world_model: WorldModel, image_size: int, decode_dtype: torch.dtype | None = None):
         self.wm = world_model
         self.image_size = image_size
+        self.decode_dtype = decode_dtype  # torch.bfloat16: decode pixels at reduced precision
         self.context: torch.Tensor | None = None  # (B, H, N, D) raw latents
         self.generator: torch.Generator | list[torch.Generator] = torch.Generator()
 
@@ -91,7 +92,7 @@ class LatentRollout:
             self.generator = [self.generator[i] for i in rows]
 
     def render(self, z: torch.Tensor) -> np.ndarray:
-        frames = self.wm.decode(z)  # (B, T, S, S, 3) uint8
+        frames = self.wm.decode(z, dtype=self.decode_dtype)  # (B, T, S, S, 3) uint8
         B, T, S = frames.shape[:3]
         if S != self.image_size:
             x = frames.reshape(B * T, S, S, 3).permute(0, 3, 1, 2).float()
@@ -120,7 +121,8 @@ class WorldModelEnv(gym.Env):
 
     def __init__(self, world_model: WorldModel, camera: str, *, sim_observation_space: gym.spaces.Space | None = None,
                  image_size: int | None = None, max_episode_steps: int | None = None, instruction: str = "",
-                 judge: Judge | None = None, context: np.ndarray | None = None, render_mode: str | None = "rgb_array"):
+                 judge: Judge | None = None, context: np.ndarray | None = None, render_mode: str | None = "rgb_array",
+                 decode_dtype: torch.dtype | None = None):
         self.wm, self.camera, self.instruction, self.judge = world_model, camera, instruction, judge
         self.observation_space, self.action_space = mirrored_spaces(world_model, sim_observation_space, camera,
                                                                     image_size, world_model.env_action_dim)
@@ -128,7 +130,7 @@ class WorldModelEnv(gym.Env):
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
         self.default_context = context
-        self._rollout = LatentRollout(world_model, self.image_size)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype)
         self._frames: list[np.ndarray] = []
         self._latents: list[np.ndarray] = []
         self._t = 0
@@ -178,7 +180,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
     metadata = {"autoreset_mode": None}
 
     def __init__(self, world_model: WorldModel, camera: str, num_envs: int, *, image_size: int | None = None,
-                 sim_observation_space: gym.spaces.Space | None = None, max_episode_steps: int | None = None):
+                 sim_observation_space: gym.spaces.Space | None = None, max_episode_steps: int | None = None,
+                 decode_dtype: torch.dtype | None = None):
         self.wm, self.camera, self.num_envs = world_model, camera, num_envs
         self.single_observation_space, self.single_action_space = mirrored_spaces(
             world_model, sim_observation_space, camera, image_size, world_model.env_action_dim)
@@ -186,7 +189,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.image_size = self.single_observation_space["pixels"][camera].shape[0]
         self.max_episode_steps = max_episode_steps
-        self._rollout = LatentRollout(world_model, self.image_size)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype)
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
