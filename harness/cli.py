@@ -403,6 +403,7 @@ def train_judge_cmd(
     heldout: Annotated[float, typer.Option("--heldout", help="fraction of episodes held out for scoring")] = 0.25,
     window: Annotated[int, typer.Option("--window", help="frames in the moving average of per-frame probabilities")] = 3,
     threshold: Annotated[float | None, typer.Option("--threshold", help="episode-score threshold (default: calibrated on the training episodes)")] = None,
+    wm_replays: Annotated[bool, typer.Option("--wm-replays/--no-wm-replays", help="also train on the --wm world model's open-loop replays of the episodes (labelled by the real episode's oracle)")] = False,
     seed: int = 0,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -412,12 +413,15 @@ def train_judge_cmd(
 
     cfg = JudgeTrainConfig(data=tuple(data), out=out, wm=wm, wm_checkpoint=wm_checkpoint, encoder=encoder,
                            encoder_path=encoder_path, camera=camera, steps=steps, lr=lr, hidden=hidden,
-                           heldout=heldout, window=window, threshold=threshold, seed=seed, threads=threads)
+                           heldout=heldout, window=window, threshold=threshold, wm_replays=wm_replays, seed=seed,
+                           threads=threads)
     show = _train_progress(progress)
     r = train_success_classifier(cfg, (lambda i, n, num: show("judge", i, n, num)) if show else None)
-    for split in ("train", "heldout"):
-        m = r[split]
-        if m.get("episodes"):
+    for split in ("train", "heldout", "train_replays", "heldout_replays"):
+        m = r.get(split) or {}
+        if m.get("episodes") and split.endswith("replays"):
+            typer.echo(f"{split:>8}: {m['episodes']} world-model replays, accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}")
+        elif m.get("episodes"):
             typer.echo(f"{split:>8}: {m['episodes']} episodes, accuracy {m['accuracy']:.3f} (chance "
                        f"{m['chance_accuracy']:.3f}), kappa {m['kappa']:.3f}, frame accuracy {m['frame_accuracy']:.3f}")
     typer.echo(f"episode threshold {r['threshold']:.3f} ({r['threshold_source']})")

@@ -282,6 +282,71 @@ def test_latent_classifier_synthetic(tmp_path, minivae_folder):
 
 
 @requires_torch
+def test_world_model_replays_follow_the_recorded_actions_at_the_world_models_rate(tmp_path):
+    import torch
+
+    from harness.judges.latent_classifier import EncodedEpisode, frame_labels, world_model_replays
+
+    data = _synthetic_dataset(tmp_path / "square.h5", episodes=3, steps=7)
+    # actions with a known sum per control step
+    import h5py
+
+    with h5py.File(data, "a") as f:
+        for i, name in enumerate(sorted(f["data"])):
+            f["data"][name]["actions"][...] = np.arange(7 * 4, dtype=np.float32).reshape(7, 4) * (i + 1) / 100
+
+    class AddActions:  # z_next = z_last + sum of the f * A actions, a known world model
+        frameskip, history, env_action_dim = 2, 1, 4
+
+        def predict(self, ctx, a, generator=None):
+            assert len(generator) == ctx.shape[0]  # one noise stream per replay
+            return ctx[:, -1:] + a.sum(-1)[..., None, None]
+
+    episodes = []
+    for i, name in enumerate(("demo_0", "demo_1", "demo_2")):
+        success = np.array([False] * 4 + [True] * 3)
+        episodes.append(EncodedEpisode(f"{data}#{name}", np.full((8, 2, 3), float(i), np.float32),
+                                       frame_labels(success, 8), True, {}))
+    out = world_model_replays(AddActions(), episodes, batch=2)  # two batches: 2 + 1 episodes
+    assert [e.source for e in out] == [e.source + "@wm" for e in episodes]
+    for i, r in enumerate(out):
+        acts = np.arange(28, dtype=np.float32).reshape(7, 4) * (i + 1) / 100
+        z = [float(i)]
+        for k in range(1, 8):  # a new frame after every 2nd action, the last one held in between
+            z.append(z[-1] + float(acts[k - 2:k].sum()) if k % 2 == 0 else z[-1])
+        assert r.latents.shape == (8, 2, 3)
+        assert np.allclose(r.latents[:, 0, 0], z, atol=1e-5)
+        assert np.array_equal(r.labels, episodes[i].labels) and r.success
+
+
+@requires_torch
+def test_judge_trained_with_world_model_replays_reports_them(tmp_path):
+    import torch
+
+    from harness.judges.latent_classifier import JudgeTrainConfig, train_success_classifier
+    from world_models.dit import DiT, DiTConfig
+    from world_models.encoders import build_encoder
+    from world_models.world_model import SamplerConfig, WorldModel
+
+    torch.manual_seed(0)
+    enc = build_encoder({"name": "minivae", "params": {"image_size": 64, "dim": 8, "channels": [8, 8, 8, 8]}})
+    dit = DiT(DiTConfig(latent_dim=8, num_tokens=enc.num_tokens, action_dim=8, width=32, depth=1, heads=2))
+    WorldModel(enc, dit, None, torch.zeros(8), torch.ones(8), SamplerConfig(steps=2),
+               {"camera": "cam_rgb", "frameskip": 2}, torch.zeros(8), torch.ones(8)).save(tmp_path / "wm")
+    data = _synthetic_dataset(tmp_path / "square.h5", episodes=8, steps=8)
+    with pytest.raises(HarnessError, match="--wm-replays needs --wm"):
+        JudgeTrainConfig(data=(str(data),), out=str(tmp_path / "x"), encoder="minivae", wm_replays=True)
+    r = train_success_classifier(JudgeTrainConfig(data=(str(data),), out=str(tmp_path / "clf"), wm="minivae_dit_tiny",
+                                                  wm_checkpoint=str(tmp_path / "wm"), wm_replays=True, heldout=0.5,
+                                                  steps=30, threads=1))
+    assert r["train_replays"]["episodes"] == 4 and r["heldout_replays"]["episodes"] == 4
+    assert r["frames"] == 2 * 4 * 9  # real and replayed frames of the 4 training episodes
+    assert 0.0 <= r["threshold"] <= 1.0 and r["threshold_source"] == "calibrated on the training episodes"
+    config = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert config["train"]["wm_replays"] is True and config["threshold"] == r["threshold"]
+
+
+@requires_torch
 def test_episode_threshold_calibration_maximises_balanced_accuracy():
     from harness.judges.latent_classifier import calibrate_threshold
 

@@ -206,6 +206,7 @@ class JudgeTrainConfig:
     heldout: float = 0.25
     window: int = 3
     threshold: float | None = None  # None: calibrated on the training episodes (balanced accuracy)
+    wm_replays: bool = False  # also train on the world model's open-loop replays of the episodes (needs wm)
     seed: int = 0
     threads: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -220,6 +221,8 @@ class JudgeTrainConfig:
             raise HarnessError("pass exactly one of --wm NAME (its encoder) or --encoder NAME [--encoder-path P]")
         if self.wm_checkpoint is not None and self.wm is None:
             raise HarnessError("--wm-checkpoint needs --wm NAME")
+        if self.wm_replays and self.wm is None:
+            raise HarnessError("--wm-replays needs --wm NAME (the world model that replays the episodes)")
         for name, value, low in (("steps", self.steps, 1), ("hidden", self.hidden, 1), ("window", self.window, 1)):
             if not isinstance(value, int) or value < low:
                 raise HarnessError(f"--{name} must be an integer >= {low}, got {value!r}")
@@ -302,6 +305,50 @@ def encode_episodes(encoder: Any, paths: Sequence[str], camera: str | None) -> l
     return out
 
 
+def world_model_replays(world_model: Any, episodes: Sequence[EncodedEpisode], seed: int = 0,
+                        batch: int = 64) -> list[EncodedEpisode]:
+    """Each episode replayed open-loop in the world model from its first frame under its recorded
+    actions (as ``harness eval`` replays a policy in it: one prediction per ``frameskip`` control
+    steps, the last prediction held in between), with the real episode's per-step labels. A judge
+    trained on these as well learns what success looks like in the world model's own rollouts,
+    which are blurrier and drift, not only in real frames."""
+    import torch
+
+    from harness.dataset import read_demo
+
+    f = world_model.frameskip
+    out: list[EncodedEpisode] = []
+    for b0 in range(0, len(episodes), batch):
+        part = episodes[b0:b0 + batch]
+        acts = []
+        for e in part:
+            path, name = e.source.rsplit("#", 1)
+            acts.append(np.asarray(read_demo(path, name, keys=[]).actions, dtype=np.float32))
+        T = max(len(a) for a in acts)
+        A = acts[0].shape[1]
+        if A != world_model.env_action_dim:
+            raise HarnessError(f"{part[0].source} has {A}-D actions; world model takes {world_model.env_action_dim}-D")
+        padded = np.zeros((len(part), -(-T // f) * f, A), np.float32)
+        for i, a in enumerate(acts):
+            padded[i, :len(a)] = a
+        gens = [torch.Generator().manual_seed(seed * 1_000_003 + b0 + i) for i in range(len(part))]
+        ctx = torch.as_tensor(np.stack([e.latents[:1] for e in part]))  # (B, 1, N, D)
+        seq = [ctx[:, 0]]
+        last = ctx[:, 0]
+        for k in range(1, T + 1):
+            if k % f == 0:
+                a = torch.as_tensor(padded[:, k - f:k].reshape(len(part), 1, f * A))
+                z = world_model.predict(ctx, a, generator=gens)[:, 0]
+                ctx = torch.cat([ctx, z[:, None]], 1)[:, -world_model.history:]
+                last = z
+            seq.append(last)
+        lat = torch.stack(seq, 1).numpy()  # (B, T + 1, N, D)
+        for i, e in enumerate(part):
+            n = len(acts[i]) + 1
+            out.append(EncodedEpisode(e.source + "@wm", lat[i, :n], e.labels[:n], e.success, e.attrs))
+    return out
+
+
 def split_episodes(episodes: Sequence[EncodedEpisode], heldout: float, seed: int) -> tuple[list[int], list[int]]:
     """Episode indices (train, held-out), stratified by outcome, deterministic under ``seed``."""
     rng = np.random.default_rng(seed)
@@ -375,8 +422,14 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
     identity = encoder_identity(encoder)
     episodes = encode_episodes(encoder, cfg.data, cfg.camera)
     train_idx, held_idx = split_episodes(episodes, cfg.heldout, cfg.seed)
-    z = torch.as_tensor(np.concatenate([episodes[i].latents for i in train_idx]))
-    y = torch.as_tensor(np.concatenate([episodes[i].labels for i in train_idx])).float()
+    replays: list[EncodedEpisode] = []
+    if cfg.wm_replays:
+        from world_models import load_world_model
+
+        replays = world_model_replays(load_world_model(cfg.wm, cfg.wm_checkpoint), episodes, cfg.seed)
+    fit = [episodes[i] for i in train_idx] + [replays[i] for i in train_idx if replays]
+    z = torch.as_tensor(np.concatenate([e.latents for e in fit]))
+    y = torch.as_tensor(np.concatenate([e.labels for e in fit])).float()
     positives = int(y.sum())
     if positives == 0 or positives == len(y):
         what = "no successful frame" if positives == 0 else "no failed frame"
@@ -403,12 +456,14 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
             progress(step, cfg.steps, {"loss": float(loss.detach())})
     head.eval()
 
-    def scores(indices: list[int]) -> list[float]:
+    def scores(indices: list[int], pool: Sequence[EncodedEpisode] = episodes) -> list[float]:
         with torch.no_grad():
-            return [episode_score(torch.sigmoid(head(torch.as_tensor(episodes[i].latents))).numpy(), cfg.window)
+            return [episode_score(torch.sigmoid(head(torch.as_tensor(pool[i].latents))).numpy(), cfg.window)
                     for i in indices]
 
-    threshold = (calibrate_threshold(scores(train_idx), [episodes[i].success for i in train_idx])
+    truth_train = [episodes[i].success for i in train_idx]
+    threshold = (calibrate_threshold(scores(train_idx) + (scores(train_idx, replays) if replays else []),
+                                     truth_train + (truth_train if replays else []))
                  if cfg.threshold is None else float(cfg.threshold))
 
     def frame_accuracy(indices: list[int]) -> float | None:
@@ -424,6 +479,9 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
                   "frame_accuracy": frame_accuracy(train_idx)},
         "heldout": {**_episode_metrics(scores(held_idx), [episodes[i].success for i in held_idx], threshold),
                     "frame_accuracy": frame_accuracy(held_idx)},
+        **({"heldout_replays": _episode_metrics(scores(held_idx, replays), [episodes[i].success for i in held_idx],
+                                                threshold),
+            "train_replays": _episode_metrics(scores(train_idx, replays), truth_train, threshold)} if replays else {}),
         "final_loss": float(loss.detach()),
         "frames": int(len(y)), "positive_frames": positives,
     }
@@ -436,7 +494,7 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
         "threshold_source": "calibrated on the training episodes" if cfg.threshold is None else "given",
         "camera": dataset_camera(cfg.data[0], cfg.camera),
         "train": {"data": [str(Path(d).resolve()) for d in cfg.data], "steps": cfg.steps, "lr": cfg.lr,
-                  "seed": cfg.seed, "heldout_fraction": cfg.heldout,
+                  "seed": cfg.seed, "heldout_fraction": cfg.heldout, "wm_replays": bool(cfg.wm_replays),
                   "train_episodes": [episodes[i].source for i in train_idx],
                   "heldout_episodes": [episodes[i].source for i in held_idx], "metrics": metrics},
     }
