@@ -72,8 +72,11 @@ if has judge; then
     --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --out "$POL_DATA" --overwrite --no-progress
   for wm in minivae_dit_tiny minijepa_dit_tiny; do
     rm -rf "$OUT/$wm/judge"
+    # --wm-replays: it also learns from the world model's open-loop replays of these episodes
+    # (labelled by the real oracle), i.e. what success looks like in the model's own rollouts;
+    # its episode threshold is calibrated on the training episodes (balanced accuracy)
     $H train-judge --data "$DATA" --data "$POL_DATA" --wm "$wm" --wm-checkpoint "$OUT/$wm" --out "$OUT/$wm/judge" \
-      --threads 1 --no-progress
+      --wm-replays --threads 1 --no-progress
   done
 fi
 
