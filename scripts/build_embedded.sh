@@ -8,8 +8,10 @@
 # the bulky intermediates (datasets, latent caches) to $WORK.
 #
 # Time measured on the 2-core CI-like machine while other jobs shared it (load ~6-10): data
-# ~25 min, encoders ~25 min, world models ~2 x 15 min, judges ~2 min, BC ~10 min. On an idle
-# machine roughly half of that.
+# ~25 min, encoders ~25 min, judges ~2 min, BC ~10 min. World models (8000 steps each since
+# session 5): minivae_dit_tiny 11 min and minijepa_dit_tiny 16 min (with its pixel decoder), the
+# two side by side on the 2 cores; each judge 1 min (it replays its 180 episodes in the model).
+# On an idle machine roughly half of the rest.
 #
 #   bash scripts/build_embedded.sh            # everything
 #   STEPS=wm,judge bash scripts/build_embedded.sh   # only some stages (data,encoders,wm,bc,judge)
