@@ -82,12 +82,13 @@ def test_cem_batched_vs_loop_and_plan_time_on_the_embedded_world_model(one_threa
 def test_wm_and_overhead_rows_at_the_smallest_sizes(one_thread):
     tiny = replace(QUICK, sim_steps=8, wm_b1_steps=8, wm_b64_steps=4, rounds=1)
     state: dict = {}
-    sim, b1, b64 = run_all.wm_rows(tiny, state)
+    sim, b1, b64, b64_bf16 = run_all.wm_rows(tiny, state)
     assert sim.value > 0 and sim.baseline is None
-    # both world-model rows are compared with the simulator rate measured in the same run
-    assert b1.baseline == sim.value == b64.baseline
-    assert b1.target == (">=", 1.0) and b64.target == (">=", 20.0)
+    # every world-model row is compared with the simulator rate measured in the same run
+    assert b1.baseline == sim.value == b64.baseline == b64_bf16.baseline
+    assert b1.target == (">=", 1.0) and b64.target == (">=", 20.0) == b64_bf16.target
     assert b64.ratio == pytest.approx(b64.value / sim.value)
+    assert "bfloat16" in b64_bf16.measure and b64_bf16.value > 0
 
     from bench_overhead import runner_vs_bare
 
