@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 IN_FLIGHT_PER_ACTOR = 2  # one chunk running and one queued, so an actor never idles on the driver
 CONNECT_TIMEOUT_S = 5.0  # for the reachability check of --ray-address HOST:PORT
 WAIT_S = 1.0  # ray.wait in slices, so Ctrl-C reaches the driver promptly
+SETTLE_S = 10.0  # how long a dead actor's calls get to settle (their results, or the death)
 FIX = ("start a cluster with `ray start --head` and pass --ray-address HEAD_IP:6379, use "
        "--ray-address auto on a node of a running cluster, or leave --ray-address out to start a "
        "local cluster")
@@ -198,6 +199,11 @@ class RayExecutor:
         def replace(dead: _Actor, exc: BaseException) -> list[dict[str, Any]]:
             """Replace a dead actor; retry the chunk it was running, resubmit those queued
             behind it, and keep what it finished before dying."""
+            # Let the dead actor's calls settle (each to its result or to the death) before
+            # deciding which one was running: a chunk it finished just before dying may not be
+            # ready in the driver yet, and taking it for the running one would retry it and let
+            # the chunk that really killed the actor run again uncharged.
+            ray.wait(list(dead.in_flight), num_returns=len(dead.in_flight), timeout=SETTLE_S)
             self._actors[self._actors.index(dead)] = fresh = self._spawn(ray)
             _kill(ray, dead)
             reason = f"Ray actor {dead.name} died ({_first_line(exc)})"
