@@ -139,14 +139,13 @@ QUICK = Sizes(sim_steps=60, wm_b1_steps=32, wm_b64_steps=8, rounds=1, cem_loop_s
 # sections ----------------------------------------------------------------------------------------
 def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
     """Simulator vs WorldModelEnv of the embedded world model, alternating, best of rounds."""
+    import torch
     from bench_world_model import (
         EMBEDDED_WM,
         embedded_world_model,
         sim_steps_per_s,
         wm_env_steps_per_s,
     )
-
-    import torch
 
     wm = embedded_world_model()
     sim = b1 = b64 = b64_bf16 = 0.0
@@ -208,7 +207,7 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     rows.append(Row(f"CEM iteration, {S} candidates x horizon 5: one batched call vs per-candidate loop",
                     S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0), note))
     r16 = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=torch.bfloat16)
-    rows.append(Row(f"CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs float32 loop",
+    rows.append(Row("CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs float32 loop",
                     S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0), note))
     return rows
 

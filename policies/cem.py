@@ -27,7 +27,6 @@ import numpy as np
 
 from harness.errors import HarnessError
 
-
 PRECISIONS = ("float32", "bfloat16")
 
 

@@ -283,7 +283,6 @@ def test_latent_classifier_synthetic(tmp_path, minivae_folder):
 
 @requires_torch
 def test_world_model_replays_follow_the_recorded_actions_at_the_world_models_rate(tmp_path):
-    import torch
 
     from harness.judges.latent_classifier import EncodedEpisode, frame_labels, world_model_replays
 
