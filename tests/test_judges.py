@@ -262,7 +262,7 @@ def test_latent_classifier_synthetic(tmp_path, minivae_folder):
     judge = make_judge(f"latent_classifier:path={out}")
     enc = load_encoder("minivae", str(minivae_folder))
     same = make_judge(f"latent_classifier:path={out}", encoder=enc)
-    for _, frames, _, _ in iter_rollouts([str(data)], None, limit=4):
+    for _, frames, _, _, _ in iter_rollouts([str(data)], None, limit=4):
         p = judge.score(frames, "show the square")
         z = enc.encode(frames[None])[0].numpy()
         assert same.score(None, "show the square", z) == pytest.approx(p)
@@ -282,17 +282,8 @@ def test_latent_classifier_synthetic(tmp_path, minivae_folder):
 
 
 @requires_torch
-def test_world_model_replays_follow_the_recorded_actions_at_the_world_models_rate(tmp_path):
-
+def test_world_model_replays_follow_the_recorded_actions_at_the_world_models_rate():
     from harness.judges.latent_classifier import EncodedEpisode, frame_labels, world_model_replays
-
-    data = _synthetic_dataset(tmp_path / "square.h5", episodes=3, steps=7)
-    # actions with a known sum per control step
-    import h5py
-
-    with h5py.File(data, "a") as f:
-        for i, name in enumerate(sorted(f["data"])):
-            f["data"][name]["actions"][...] = np.arange(7 * 4, dtype=np.float32).reshape(7, 4) * (i + 1) / 100
 
     class AddActions:  # z_next = z_last + sum of the f * A actions, a known world model
         frameskip, history, env_action_dim = 2, 1, 4
@@ -302,10 +293,11 @@ def test_world_model_replays_follow_the_recorded_actions_at_the_world_models_rat
             return ctx[:, -1:] + a.sum(-1)[..., None, None]
 
     episodes = []
-    for i, name in enumerate(("demo_0", "demo_1", "demo_2")):
+    for i in range(3):  # actions with a known sum per control step
         success = np.array([False] * 4 + [True] * 3)
-        episodes.append(EncodedEpisode(f"{data}#{name}", np.full((8, 2, 3), float(i), np.float32),
-                                       frame_labels(success, 8), True, {}))
+        acts = np.arange(7 * 4, dtype=np.float32).reshape(7, 4) * (i + 1) / 100
+        episodes.append(EncodedEpisode(f"data.h5#demo_{i}", np.full((8, 2, 3), float(i), np.float32),
+                                       frame_labels(success, 8), True, {}, acts))
     out = world_model_replays(AddActions(), episodes, batch=2)  # two batches: 2 + 1 episodes
     assert [e.source for e in out] == [e.source + "@wm" for e in episodes]
     for i, r in enumerate(out):

@@ -52,7 +52,7 @@ def run_judge_eval(judge: str, data: Sequence[str], out: str | None = None, wm: 
     j = make_judge(spec, **context)
 
     records = []
-    for i, (source, frames, success, attrs) in enumerate(iter_rollouts(data, camera, episodes), 1):
+    for i, (source, frames, success, attrs, _) in enumerate(iter_rollouts(data, camera, episodes), 1):
         latents = None
         if j.needs_latents and world_model is not None:
             latents = world_model.encode(frames[None])[0].numpy()

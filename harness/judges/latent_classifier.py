@@ -253,6 +253,7 @@ class EncodedEpisode:
     labels: np.ndarray  # (T + 1,) bool
     success: bool  # the oracle: any step succeeded
     attrs: dict[str, Any]
+    actions: np.ndarray  # (T, A), what the world model replays
 
 
 def dataset_camera(path: str, camera: str | None) -> str:
@@ -280,7 +281,8 @@ def dataset_camera(path: str, camera: str | None) -> str:
 
 
 def iter_rollouts(paths: Sequence[str], camera: str | None, limit: int | None = None):
-    """(source, frames (T+1, H, W, 3), per-step success, attrs) for every episode of the files."""
+    """(source, frames (T+1, H, W, 3), per-step success, attrs, actions (T, A)) for every episode
+    of the files."""
     from harness.dataset import list_demos, read_demo
 
     count = 0
@@ -294,14 +296,15 @@ def iter_rollouts(paths: Sequence[str], camera: str | None, limit: int | None = 
                 raise HarnessError(f"{path}#{name} has no per-step success flags: it was not written by "
                                    f"`harness collect`, so the oracle's labels are unknown")
             count += 1
-            yield f"{path}#{name}", ep.frames(cam), np.asarray(ep.success, dtype=bool), ep.attrs
+            yield (f"{path}#{name}", ep.frames(cam), np.asarray(ep.success, dtype=bool), ep.attrs,
+                   np.asarray(ep.actions, dtype=np.float32))
 
 
 def encode_episodes(encoder: Any, paths: Sequence[str], camera: str | None) -> list[EncodedEpisode]:
     out = []
-    for source, frames, success, attrs in iter_rollouts(paths, camera):
+    for source, frames, success, attrs, actions in iter_rollouts(paths, camera):
         z = encoder.encode(frames[None])[0].numpy()  # (T + 1, N, D)
-        out.append(EncodedEpisode(source, z, frame_labels(success, len(z)), bool(success.any()), attrs))
+        out.append(EncodedEpisode(source, z, frame_labels(success, len(z)), bool(success.any()), attrs, actions))
     return out
 
 
@@ -314,16 +317,11 @@ def world_model_replays(world_model: Any, episodes: Sequence[EncodedEpisode], se
     which are blurrier and drift, not only in real frames."""
     import torch
 
-    from harness.dataset import read_demo
-
     f = world_model.frameskip
     out: list[EncodedEpisode] = []
     for b0 in range(0, len(episodes), batch):
         part = episodes[b0:b0 + batch]
-        acts = []
-        for e in part:
-            path, name = e.source.rsplit("#", 1)
-            acts.append(np.asarray(read_demo(path, name, keys=[]).actions, dtype=np.float32))
+        acts = [e.actions for e in part]
         T = max(len(a) for a in acts)
         A = acts[0].shape[1]
         if A != world_model.env_action_dim:
@@ -345,7 +343,7 @@ def world_model_replays(world_model: Any, episodes: Sequence[EncodedEpisode], se
         lat = torch.stack(seq, 1).numpy()  # (B, T + 1, N, D)
         for i, e in enumerate(part):
             n = len(acts[i]) + 1
-            out.append(EncodedEpisode(e.source + "@wm", lat[i, :n], e.labels[:n], e.success, e.attrs))
+            out.append(EncodedEpisode(e.source + "@wm", lat[i, :n], e.labels[:n], e.success, e.attrs, e.actions))
     return out
 
 
@@ -461,9 +459,12 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
             return [episode_score(torch.sigmoid(head(torch.as_tensor(pool[i].latents))).numpy(), cfg.window)
                     for i in indices]
 
+    # every split scored once: the training scores serve the calibration and the metrics
     truth_train = [episodes[i].success for i in train_idx]
-    threshold = (calibrate_threshold(scores(train_idx) + (scores(train_idx, replays) if replays else []),
-                                     truth_train + (truth_train if replays else []))
+    truth_held = [episodes[i].success for i in held_idx]
+    train_scores, held_scores = scores(train_idx), scores(held_idx)
+    replay_train, replay_held = (scores(train_idx, replays), scores(held_idx, replays)) if replays else ([], [])
+    threshold = (calibrate_threshold(train_scores + replay_train, truth_train + (truth_train if replays else []))
                  if cfg.threshold is None else float(cfg.threshold))
 
     def frame_accuracy(indices: list[int]) -> float | None:
@@ -475,13 +476,10 @@ def _train(cfg: JudgeTrainConfig, progress: Callable[[int, int, dict[str, float]
         return float(np.concatenate(hits).mean())
 
     metrics = {
-        "train": {**_episode_metrics(scores(train_idx), [episodes[i].success for i in train_idx], threshold),
-                  "frame_accuracy": frame_accuracy(train_idx)},
-        "heldout": {**_episode_metrics(scores(held_idx), [episodes[i].success for i in held_idx], threshold),
-                    "frame_accuracy": frame_accuracy(held_idx)},
-        **({"heldout_replays": _episode_metrics(scores(held_idx, replays), [episodes[i].success for i in held_idx],
-                                                threshold),
-            "train_replays": _episode_metrics(scores(train_idx, replays), truth_train, threshold)} if replays else {}),
+        "train": {**_episode_metrics(train_scores, truth_train, threshold), "frame_accuracy": frame_accuracy(train_idx)},
+        "heldout": {**_episode_metrics(held_scores, truth_held, threshold), "frame_accuracy": frame_accuracy(held_idx)},
+        **({"heldout_replays": _episode_metrics(replay_held, truth_held, threshold),
+            "train_replays": _episode_metrics(replay_train, truth_train, threshold)} if replays else {}),
         "final_loss": float(loss.detach()),
         "frames": int(len(y)), "positive_frames": positives,
     }
