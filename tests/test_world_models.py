@@ -524,3 +524,14 @@ def test_bfloat16_decoding_is_within_a_few_intensity_levels(encoder):
     obs, _ = venv.reset(seed=0, options={"context": np.zeros((2, 1, 32, 32, 3), np.uint8)})
     ref = wm.decode(wm.encode(np.zeros((2, 1, 32, 32, 3), np.uint8)), dtype=torch.bfloat16)[:, 0].numpy()
     assert np.array_equal(obs["pixels"]["corner2"], ref)
+
+
+def test_train_identity_keeps_older_resume_states_valid():
+    """A resume state written before context_deltas/prediction existed describes the defaults."""
+    from world_models.training import TrainConfig
+
+    base = dict(data="d.h5", encoder="minivae", out="o")
+    old = TrainConfig(**base).identity()
+    assert "context_deltas" not in old and "prediction" not in old
+    new = TrainConfig(**base, context_deltas=True, prediction="data").identity()
+    assert new["context_deltas"] is True and new["prediction"] == "data" and new != old

@@ -108,9 +108,15 @@ class TrainConfig:
 
     def identity(self) -> dict[str, Any]:
         """What must match for a resume (the step counts may grow)."""
-        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target", "context_deltas", "prediction", "frameskip", "history",
-                "horizon", "batch_size", "lr", "warmup", "seed", "val_fraction", "decoder_width")
-        return {k: getattr(self, k) for k in keep}
+        keep = ("data", "encoder", "encoder_path", "camera", "size", "width", "depth", "heads", "head", "target",
+                "frameskip", "history", "horizon", "batch_size", "lr", "warmup", "seed", "val_fraction", "decoder_width")
+        identity = {k: getattr(self, k) for k in keep}
+        # fields added later count only when set: a resume state written before they existed
+        # (without them) describes the same run as their defaults do
+        for k, default in (("context_deltas", False), ("prediction", "velocity")):
+            if getattr(self, k) != default:
+                identity[k] = getattr(self, k)
+        return identity
 
 
 # latents -----------------------------------------------------------------------------------
