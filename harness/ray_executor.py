@@ -2,13 +2,17 @@
 
 Each actor owns one ``EpisodeWorker`` (its own simulator, policies and world model), so an
 actor produces exactly the records a local worker process would; world-model episodes are
-batched per actor through the chunks of ``chunked``. The driver keeps at most
-``IN_FLIGHT_PER_ACTOR`` chunks queued on each actor and yields records as chunks finish, so the
-caller appends them to ``episodes.jsonl`` the moment they arrive.
+batched per actor through the chunks of ``chunked``. The driver sends each actor one chunk at a
+time (``IN_FLIGHT_PER_ACTOR``) and yields records as chunks finish, so the caller appends them to
+``episodes.jsonl`` the moment they arrive.
 
 An actor that dies (its process killed, a simulator segfault, its node lost) is replaced and
 the chunk it was running is retried once; a second death turns that chunk into ``error``
-records. Chunks merely queued behind it are resubmitted without being charged an attempt.
+records. One chunk per actor keeps that attribution certain: with a second chunk queued, an actor
+killed just after finishing one can lose that chunk's result on the way to the driver, and the
+driver could then not tell the finished chunk from the one that killed it (seen under load: the
+killer ran again uncharged and an innocent chunk was recorded as an error). The driver's round
+trip between chunks costs milliseconds against episodes of seconds.
 
 Workers import this project: on a local cluster they run in the driver's environment; on a
 remote cluster every node needs the project installed (``pip install -e ".[distributed,...]"``)
@@ -35,10 +39,9 @@ from harness.runner import EpisodeWorker, RunSettings, failed_records
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_PER_ACTOR = 2  # one chunk running and one queued, so an actor never idles on the driver
+IN_FLIGHT_PER_ACTOR = 1  # one chunk per actor: a death is charged to the chunk that caused it (see above)
 CONNECT_TIMEOUT_S = 5.0  # for the reachability check of --ray-address HOST:PORT
 WAIT_S = 1.0  # ray.wait in slices, so Ctrl-C reaches the driver promptly
-SETTLE_S = 10.0  # how long a dead actor's calls get to settle (their results, or the death)
 FIX = ("start a cluster with `ray start --head` and pass --ray-address HEAD_IP:6379, use "
        "--ray-address auto on a node of a running cluster, or leave --ray-address out to start a "
        "local cluster")
@@ -197,13 +200,8 @@ class RayExecutor:
                 tasks[ref] = _Task(task[0], task[1], actor, time.perf_counter())
 
         def replace(dead: _Actor, exc: BaseException) -> list[dict[str, Any]]:
-            """Replace a dead actor; retry the chunk it was running, resubmit those queued
-            behind it, and keep what it finished before dying."""
-            # Let the dead actor's calls settle (each to its result or to the death) before
-            # deciding which one was running: a chunk it finished just before dying may not be
-            # ready in the driver yet, and taking it for the running one would retry it and let
-            # the chunk that really killed the actor run again uncharged.
-            ray.wait(list(dead.in_flight), num_returns=len(dead.in_flight), timeout=SETTLE_S)
+            """Replace a dead actor; retry the chunk it was running (resubmit any queued behind
+            it, were IN_FLIGHT_PER_ACTOR raised) and keep what it finished before dying."""
             self._actors[self._actors.index(dead)] = fresh = self._spawn(ray)
             _kill(ray, dead)
             reason = f"Ray actor {dead.name} died ({_first_line(exc)})"
