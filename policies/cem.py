@@ -15,7 +15,14 @@ Presets (``CEM_PRESETS``):
   horizon 1 (one world-model step), 800 samples, top 10, 10 iterations, replanning every step,
   with momentum on the mean.
 - ``cpu``: a small budget that keeps closed-loop evaluation interactive on a 2-core CPU with the
-  embedded tiny world models — 64 samples, top 8, 4 iterations, horizon 2, execute 1.
+  embedded tiny world models — 64 samples, top 8, 4 iterations, horizon 2, execute 1, and
+  ``hold``: one action per world-model step held for its frameskip control steps, so the search
+  is over horizon x A numbers instead of horizon x frameskip x A. With the embedded frameskip-4
+  model, independent per-control-step samples average to a timid motion per world-model step
+  (std 0.5 for init_std 1), and the model under-predicts motion besides (docs/cem.md);
+  on Meta-World reach this took CEM from 2/20 to 11/20 successes (random 0/20).
+
+``pick="best"`` returns the lowest-cost candidate seen instead of the final elite mean.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 from harness.errors import HarnessError
 
 PRECISIONS = ("float32", "bfloat16")
+PICKS = ("mean", "best")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,8 @@ class CEMConfig:
     sampler_steps: int | None = 2  # flow-matching steps while planning (None: the world model's own)
     max_batch: int = 4096  # candidates per world-model call, only to bound memory
     precision: str = "float32"  # float32 | bfloat16: the world model's network while planning
+    hold: bool = False  # one action per world-model step, held for its frameskip control steps
+    pick: str = "mean"  # mean | best: return the final elite mean or the best candidate seen
     seed: int = 0
 
     def __post_init__(self):
@@ -64,6 +74,10 @@ class CEMConfig:
             raise HarnessError(f"CEM momentum={self.momentum!r} must be in [0, 1)")
         if self.precision not in PRECISIONS:
             raise HarnessError(f"CEM precision={self.precision!r}: use {' or '.join(PRECISIONS)}")
+        if self.pick not in PICKS:
+            raise HarnessError(f"CEM pick={self.pick!r}: use {' or '.join(PICKS)}")
+        if not isinstance(self.hold, bool):
+            raise HarnessError(f"CEM hold={self.hold!r} must be true or false")
         if not float(self.init_std) > 0:
             raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
 
@@ -72,7 +86,7 @@ CEM_PRESETS: dict[str, CEMConfig] = {
     "dino_wm": CEMConfig(),
     "vjepa2_ac": CEMConfig(samples=800, elites=10, iterations=10, horizon=1, execute=1, objective="l1",
                            momentum=0.15),
-    "cpu": CEMConfig(samples=64, elites=8, iterations=4, horizon=2, execute=1),
+    "cpu": CEMConfig(samples=64, elites=8, iterations=4, horizon=2, execute=1, hold=True),
 }
 
 
@@ -101,21 +115,30 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
 
     predict = predict or world_model.predict
     S, E, K = config.samples, config.elites, config.horizon
-    A = world_model.action_dim
+    A, f = world_model.action_dim, world_model.frameskip
+    # the sampled dimensions per world-model step: all f*A, or one env action held for f steps
+    Ad = A // f if config.hold else A
     ctx = context[:, -world_model.history:]
     goal_n = world_model.normalize(torch.as_tensor(goal, dtype=torch.float32))
-    mean = np.zeros((K, A), np.float32) if init_mean is None else np.asarray(init_mean, np.float32).reshape(K, A)
-    std = np.full((K, A), float(config.init_std), np.float32)
+    if init_mean is None:
+        mean = np.zeros((K, Ad), np.float32)
+    else:
+        mean = np.asarray(init_mean, np.float32).reshape(K, A)
+        if config.hold:  # a warm start of f*A per step: its average env action
+            mean = mean.reshape(K, f, Ad).mean(axis=1)
+    std = np.full((K, Ad), float(config.init_std), np.float32)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator()
     low_precision = {} if config.precision == "float32" else {"dtype": getattr(torch, config.precision)}
     diag: dict[str, Any] = {"best_cost": [], "elite_cost": [], "elite_std": [], "calls": 0}
+    best, best_cost = None, np.inf
     for it in range(config.iterations):
-        cand = np.clip(mean[None] + std[None] * rng.standard_normal((S, K, A)).astype(np.float32), low, high)
+        cand = np.clip(mean[None] + std[None] * rng.standard_normal((S, K, Ad)).astype(np.float32), low, high)
         cand[0] = np.clip(mean, low, high)  # keep the current mean in the pool
+        full = np.tile(cand, (1, 1, f)) if config.hold else cand  # (S, K, f*A): held f times
         costs = []
         for s0 in range(0, S, config.max_batch):  # chunked only to bound memory
-            part = torch.as_tensor(cand[s0:s0 + config.max_batch])
+            part = torch.as_tensor(full[s0:s0 + config.max_batch])
             gen.manual_seed(config.seed * 1000 + it)  # common random numbers: candidates differ only by actions
             z = predict(ctx, part, generator=gen,  # one context (batch 1) shared by all candidates
                         steps=config.sampler_steps, temperature=0.0, **low_precision)
@@ -124,13 +147,18 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
         cost = torch.cat(costs).numpy()
         elite_idx = np.argsort(cost, kind="stable")[:E]
         elites = cand[elite_idx]
+        if cost[elite_idx[0]] < best_cost:
+            best, best_cost = full[elite_idx[0]].copy(), float(cost[elite_idx[0]])
         new_mean = elites.mean(axis=0)
         mean = config.momentum * mean + (1 - config.momentum) * new_mean
         std = np.maximum(elites.std(axis=0), config.min_std)
         diag["best_cost"].append(float(cost[elite_idx[0]]))
         diag["elite_cost"].append(float(cost[elite_idx].mean()))
         diag["elite_std"].append(float(std.mean()))
-    return np.clip(mean, low, high), diag
+    if config.pick == "best":
+        return best, diag
+    mean = np.clip(mean, low, high)
+    return (np.tile(mean, (1, f)) if config.hold else mean), diag
 
 
 class CEMPolicy:
@@ -139,7 +167,7 @@ class CEMPolicy:
 
     Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
     [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]
-    [,precision=float32|bfloat16]``.
+    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best]``.
 
     The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
     the same init state until success and takes that frame (a goal state reached in the
@@ -154,7 +182,7 @@ class CEMPolicy:
                  elites: int | None = None, iterations: int | None = None, horizon: int | None = None,
                  execute: int | None = None, objective: str | None = None, init_std: float | None = None,
                  momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
-                 precision: str | None = None):
+                 precision: str | None = None, hold: bool | None = None, pick: str | None = None):
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
         if preset not in CEM_PRESETS:
@@ -169,7 +197,8 @@ class CEMPolicy:
         overrides = {k: v for k, v in dict(samples=samples, elites=elites, iterations=iterations, horizon=horizon,
                                            execute=execute, objective=objective, init_std=init_std,
                                            momentum=momentum, goal_frames=goal_frames,
-                                           sampler_steps=sampler_steps, precision=precision).items() if v is not None}
+                                           sampler_steps=sampler_steps, precision=precision, hold=hold,
+                                           pick=pick).items() if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
         from world_models.named import find_checkpoint, read_config
 

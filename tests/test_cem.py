@@ -67,6 +67,40 @@ def test_cem_finds_the_action_that_reaches_a_known_goal():
     assert diag["elite_std"][-1] < diag["elite_std"][0]  # the distribution narrows
 
 
+def test_hold_samples_one_env_action_per_world_model_step_and_holds_it():
+    wm = LinearWM(A=4, seed=3)
+    wm.frameskip, wm.env_action_dim = 2, 2  # the world model's 4-D action = 2 control steps of 2-D
+    a_true = np.array([0.7, -0.4], np.float32)
+    goal = (torch.as_tensor(np.tile(a_true, 2)) @ wm.B)[None].expand(wm.N, wm.D)  # a_true held for 2 steps
+    cfg = CEMConfig(samples=200, elites=20, iterations=12, horizon=1, execute=1, init_std=0.5, hold=True)
+    calls = []
+
+    def predict(ctx, actions, **kw):
+        calls.append(actions.clone())
+        return wm.predict(ctx, actions, **kw)
+
+    plan, _ = cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), goal, cfg, predict=predict)
+    assert plan.shape == (1, 4)
+    assert np.array_equal(plan[0, :2], plan[0, 2:])  # held
+    assert np.abs(plan[0, :2] - a_true).max() < 0.05
+    assert all(torch.equal(c[..., :2], c[..., 2:]) for c in calls)  # every candidate held too
+    # a warm start of f*A per step is averaged to one env action per step
+    plan2, _ = cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), goal, replace(cfg, iterations=1, samples=30, elites=3),
+                        init_mean=np.array([[0.2, 0.4, 0.6, 0.0]], np.float32), predict=predict)
+    assert torch.allclose(calls[-1][0, 0], torch.tensor([0.4, 0.2, 0.4, 0.2]))  # candidate 0 is the mean
+
+
+def test_pick_best_returns_the_lowest_cost_candidate_seen():
+    wm = LinearWM(seed=4)
+    goal = (torch.tensor([0.5, 0.5]) @ wm.B)[None].expand(wm.N, wm.D)
+    cfg = CEMConfig(samples=32, elites=4, iterations=3, horizon=2, execute=1, pick="best")
+    plan, diag = cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), goal, cfg)
+    z = wm.predict(torch.zeros(1, 1, wm.N, wm.D), torch.as_tensor(plan)[None])
+    assert goal_cost(z, goal, "l2", "last").item() == pytest.approx(min(diag["best_cost"]), rel=1e-5)
+    mean_plan, _ = cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), goal, replace(cfg, pick="mean"))
+    assert not np.array_equal(plan, mean_plan)
+
+
 def test_plan_is_clipped_to_the_action_space_and_deterministic():
     wm = LinearWM(seed=2)
     far = (torch.tensor([5.0, 5.0]) @ wm.B)[None].expand(wm.N, wm.D)  # unreachable inside [-1, 1]
@@ -95,6 +129,11 @@ def test_presets_and_bad_configs():
         CEMConfig(objective="cosine")
     with pytest.raises(HarnessError, match="precision"):
         CEMConfig(precision="float16")
+    with pytest.raises(HarnessError, match="pick"):
+        CEMConfig(pick="median")
+    with pytest.raises(HarnessError, match="hold"):
+        CEMConfig(hold="yes")
+    assert CEM_PRESETS["cpu"].hold and not CEM_PRESETS["dino_wm"].hold
 
 
 def test_bfloat16_planning_runs_the_world_model_in_bfloat16():
