@@ -82,23 +82,26 @@ def sim_steps_per_s(task: str = "pick-place-v3", size: int = 128, steps: int = 1
 
 
 def wm_env_steps_per_s(wm, context: np.ndarray, batch: int, steps: int, image_size: int = 128,
-                       camera: str = CAMERA, decode_dtype=None) -> float:
+                       camera: str = CAMERA, decode_dtype=None, predict_dtype=None) -> float:
     """Environment steps/s of ``wm`` behind the Gymnasium interface: ``WorldModelEnv`` at batch 1,
     ``WorldModelVectorEnv`` (one batched call per step) otherwise; ``batch * steps / time``.
     ``steps`` is rounded up to whole world-model steps (``frameskip`` control steps each), and one
-    whole world-model step is run first as warm-up. ``decode_dtype`` torch.bfloat16 decodes the
-    pixels in bf16."""
+    whole world-model step is run first as warm-up. ``decode_dtype`` / ``predict_dtype``
+    torch.bfloat16 run the decoder / the transition network in bf16 (both: ``--wm-precision
+    bfloat16``)."""
     from world_models.env import WorldModelEnv, WorldModelVectorEnv
 
     f = wm.frameskip
     steps = -(-steps // f) * f
     rng = np.random.default_rng(0)
     if batch == 1:
-        env = WorldModelEnv(wm, camera, image_size=image_size, context=context, decode_dtype=decode_dtype)
+        env = WorldModelEnv(wm, camera, image_size=image_size, context=context, decode_dtype=decode_dtype,
+                            predict_dtype=predict_dtype)
         env.reset(seed=0)
         t = timed(lambda: env.step(rng.uniform(-1, 1, 4).astype(np.float32)), steps, warmup=f)
     else:
-        venv = WorldModelVectorEnv(wm, camera, batch, image_size=image_size, decode_dtype=decode_dtype)
+        venv = WorldModelVectorEnv(wm, camera, batch, image_size=image_size, decode_dtype=decode_dtype,
+                                   predict_dtype=predict_dtype)
         venv.reset(seed=0, options={"context": context})
         t = timed(lambda: venv.step(rng.uniform(-1, 1, (batch, 4)).astype(np.float32)), steps, warmup=f)
     return batch / t

@@ -89,6 +89,7 @@ def eval_cmd(
     wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="checkpoint folder of --wm (default: its standard location)")] = None,
     judge: Annotated[str | None, typer.Option("--judge", help="judge of world-model success (default: the world model's own classifier)")] = None,
     wm_batch: Annotated[int | None, typer.Option("--wm-batch", help="world-model episodes stepped together in one batched call (default 1)")] = None,
+    wm_precision: Annotated[str | None, typer.Option("--wm-precision", help="the world model's networks: float32 (default) or bfloat16 (faster on CPUs with native bf16)")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="with --executor ray: auto, HOST:PORT, or unset for a local cluster")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads per worker (default: the CPUs shared out over the workers)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
@@ -104,7 +105,7 @@ def eval_cmd(
                  max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
                  workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
                  executor=executor, wm=wm, wm_checkpoint=wm_checkpoint, judge=judge,
-                 wm_batch=wm_batch, ray_address=ray_address, threads=threads)
+                 wm_batch=wm_batch, wm_precision=wm_precision, ray_address=ray_address, threads=threads)
     if config is not None:
         cfg = EvalConfig.from_yaml(config, **flags)
     else:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
+from world_models.precision import check_precision
 
 VIDEO_MODES = "all|failures|none|first:N"
 DEFAULT_EPISODES = 10  # per env, when neither --episodes nor the env's meta (``default_episodes``) says
@@ -47,6 +48,7 @@ class EvalConfig:
     wm_checkpoint: str | None = None
     judge: str | None = None  # judge spec for world-model success; None: the world model's own, if it has one
     wm_batch: int = 1  # world-model episodes advanced together in one batched call per step
+    wm_precision: str = "float32"  # the world model's networks in eval: float32 | bfloat16
     threads: int | None = None  # torch CPU threads per worker; None: the CPUs shared out over the workers
     ray_address: str | None = None  # with executor "ray": "auto", "HOST:PORT" or None for a local cluster
 
@@ -75,8 +77,10 @@ class EvalConfig:
         parse_video_mode(self.video)
         if self.wm is not None and (not isinstance(self.wm, str) or self.wm.strip().lower() in ("", "none")):
             object.__setattr__(self, "wm", None)
-        if self.wm is None and (self.judge is not None or self.wm_checkpoint is not None):
-            raise HarnessError("--judge and --wm-checkpoint belong to a world model: add --wm NAME "
+        check_precision(self.wm_precision, "--wm-precision")
+        if self.wm is None and (self.judge is not None or self.wm_checkpoint is not None
+                                or self.wm_precision != "float32"):
+            raise HarnessError("--judge, --wm-checkpoint and --wm-precision belong to a world model: add --wm NAME "
                                "(see `harness list world-models`) or drop them")
         object.__setattr__(self, "policies", tuple(self.policies))
         if self.cameras is not None:
@@ -96,6 +100,8 @@ class EvalConfig:
             "wm": self.wm,
             "wm_checkpoint": self.wm_checkpoint,
             "judge": self.judge,
+            # bf16 changes outcomes slightly; named only when set, so float32 runs keep their identity
+            **({"wm_precision": self.wm_precision} if self.wm_precision != "float32" else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -180,7 +180,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     items = work_items(plan, done)
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
                            video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge,
-                           wm_batch=cfg.wm_batch, threads=cfg.threads)
+                           wm_batch=cfg.wm_batch, wm_precision=cfg.wm_precision, threads=cfg.threads)
     options = {"address": cfg.ray_address} if cfg.ray_address is not None else {}
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers, **options)
     start = time.perf_counter()

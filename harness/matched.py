@@ -101,7 +101,8 @@ class _Row:
 
 
 def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_for, *, camera: str, judge=None,
-                             stop_on_success: bool = True) -> list[WorldModelResult | BaseException]:
+                             stop_on_success: bool = True,
+                             precision: str = "float32") -> list[WorldModelResult | BaseException]:
     """Run the world-model episodes of ``tasks`` together: one batched world-model call per
     control step for all the episodes still running, and one ``act_batch`` call per batch-capable
     policy (``policies.base.acts_in_batch``).
@@ -112,15 +113,18 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
     success; open-loop episodes replay the simulator's actions. ``policy_for(spec, env_id, slot)``
     gives the policy instance for slot ``slot`` of a batch. A policy exception, a bad or
     non-finite action, or a non-finite prediction ends that episode only: its entry in the
-    returned list is the exception; the others are ``WorldModelResult``s."""
+    returned list is the exception; the others are ``WorldModelResult``s. ``precision``
+    bfloat16 runs the transition network and the pixel decoder in bf16 (``--wm-precision``)."""
     from policies.base import acts_in_batch
     from world_models.env import LatentRollout
+    from world_models.precision import torch_dtype
 
     start = time.perf_counter()
     if not tasks:
         return []
     size = tasks[0].sim_observations[0]["pixels"][camera].shape[0]
-    rollout = LatentRollout(world_model, size)
+    dtype = torch_dtype(precision)
+    rollout = LatentRollout(world_model, size, decode_dtype=dtype, predict_dtype=dtype)
     every = max(1, world_model.frameskip)
     online = judge is not None and getattr(judge, "online", False) and stop_on_success
     shape = (world_model.env_action_dim,)

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
+from world_models.precision import PRECISIONS, torch_dtype
 
-PRECISIONS = ("float32", "bfloat16")
 PICKS = ("mean", "best")
 
 
@@ -129,7 +129,8 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     std = np.full((K, Ad), float(config.init_std), np.float32)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator()
-    low_precision = {} if config.precision == "float32" else {"dtype": getattr(torch, config.precision)}
+    dtype = torch_dtype(config.precision)
+    low_precision = {} if dtype is None else {"dtype": dtype}
     diag: dict[str, Any] = {"best_cost": [], "elite_cost": [], "elite_std": [], "calls": 0}
     best, best_cost = None, np.inf
     for it in range(config.iterations):

@@ -23,6 +23,18 @@ def test_eval_config_rejects_bad_values(kwargs):
         EvalConfig(env="metaworld/reach-v3", **kwargs)
 
 
+def test_wm_precision_is_checked_and_names_the_run_only_when_set():
+    base = dict(env="metaworld/reach-v3", wm="minivae_dit_tiny")
+    ids = ["metaworld/reach-v3"]
+    assert "wm_precision" not in EvalConfig(**base).identity(ids)  # float32 runs keep their identity
+    low = EvalConfig(**base, wm_precision="bfloat16")
+    assert low.identity(ids)["wm_precision"] == "bfloat16" and low.identity(ids) != EvalConfig(**base).identity(ids)
+    with pytest.raises(HarnessError, match="--wm-precision 'float16' is not a precision: use float32 or bfloat16"):
+        EvalConfig(**base, wm_precision="float16")
+    with pytest.raises(HarnessError, match="belong to a world model"):
+        EvalConfig(env="metaworld/reach-v3", wm_precision="bfloat16")
+
+
 def test_eval_config_from_yaml(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("env: metaworld/reach-v3\npolicies: [scripted, random]\nepisodes: 3\n")

@@ -208,6 +208,31 @@ def test_batched_world_model_episodes_equal_one_at_a_time(embedded):
     assert [b.mode for b in batch] == ["closed_loop", "closed_loop", "open_loop_replay"] * 2
 
 
+def test_bfloat16_world_model_episodes_run_both_networks_in_bf16_close_to_float32(embedded):
+    import torch
+
+    from harness.matched import run_world_model_episodes
+
+    wm, judge = embedded
+    tasks = _tasks(2, ["random", "scripted"])
+    ref = run_world_model_episodes(wm, tasks, _policy_cache(), camera="corner2", judge=judge, stop_on_success=False)
+    seen = {"predict": [], "decode": []}
+    real_predict, real_decode = wm.predict, wm.decode
+    wm.predict = lambda *a, **k: seen["predict"].append(k.get("dtype")) or real_predict(*a, **k)
+    wm.decode = lambda *a, **k: seen["decode"].append(k.get("dtype")) or real_decode(*a, **k)
+    try:
+        low = run_world_model_episodes(wm, tasks, _policy_cache(), camera="corner2", judge=judge,
+                                       stop_on_success=False, precision="bfloat16")
+    finally:
+        del wm.predict, wm.decode
+    assert seen["predict"] == [torch.bfloat16] * 3 and set(seen["decode"]) == {torch.bfloat16}
+    for a, b in zip(ref, low):
+        assert (a.length, a.mode) == (b.length, b.mode)
+        # the random episode acts on its own seed, so its actions match; the latents differ by bf16 rounding
+        assert np.abs(np.stack(b.latents) - np.stack(a.latents)).max() < 0.1
+        assert not np.array_equal(np.stack(b.latents), np.stack(a.latents))
+
+
 def test_a_failing_episode_leaves_the_rest_of_its_batch_alone(embedded):
     from harness.matched import run_world_model_episodes
 

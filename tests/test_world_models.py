@@ -535,3 +535,11 @@ def test_train_identity_keeps_older_resume_states_valid():
     assert "context_deltas" not in old and "prediction" not in old
     new = TrainConfig(**base, context_deltas=True, prediction="data").identity()
     assert new["context_deltas"] is True and new["prediction"] == "data" and new != old
+
+
+def test_train_config_rejects_an_unknown_prediction_before_any_work():
+    from harness.errors import HarnessError
+    from world_models.training import TrainConfig
+
+    with pytest.raises(HarnessError, match="prediction 'noise' is unknown: use velocity or data"):
+        TrainConfig(data="d.h5", encoder="minivae", out="o", prediction="noise")

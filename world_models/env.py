@@ -6,7 +6,8 @@ the simulator's image size). It does not invent proprioception: a policy that ne
 cannot run inside a pixel world model. ``reset(options={"context": frames})`` starts from real
 frames taken from the simulator's reset, so both start from the same initial state; ``step``
 returns decoded pixels with the latent in ``info["latent"]``. Success comes from an attached
-judge (``judge(frames, latents, instruction) -> bool``), if any.
+judge (``judge(frames, latents, instruction) -> bool``), if any. ``decode_dtype`` and
+``predict_dtype`` torch.bfloat16 run the pixel decoder and the transition network in bf16.
 
 A world model trained with ``frameskip`` f predicts one frame per f control steps from the f
 actions between: the env collects f actions and then predicts, and in between returns the last
@@ -46,10 +47,12 @@ def mirrored_spaces(world_model: WorldModel, sim_observation_space: gym.spaces.S
 class LatentRollout:
     """Batched world-model state: the last ``history`` latents of each episode."""
 
-    def __init__(self, world_model: WorldModel, image_size: int, decode_dtype: torch.dtype | None = None):
+    def __init__(self, world_model: WorldModel, image_size: int, decode_dtype: torch.dtype | None = None,
+                 predict_dtype: torch.dtype | None = None):
         self.wm = world_model
         self.image_size = image_size
         self.decode_dtype = decode_dtype  # torch.bfloat16: decode pixels at reduced precision
+        self.predict_dtype = predict_dtype  # torch.bfloat16: run the transition network in bf16
         self.context: torch.Tensor | None = None  # (B, H, N, D) raw latents
         self.generator: torch.Generator | list[torch.Generator] = torch.Generator()
 
@@ -77,7 +80,7 @@ class LatentRollout:
             return self.last
         a = torch.as_tensor(np.concatenate(self.pending, axis=1))[:, None]  # (B, 1, f * A)
         self.pending = []
-        z = self.wm.predict(self.context, a, generator=self.generator)  # (B, 1, N, D)
+        z = self.wm.predict(self.context, a, generator=self.generator, dtype=self.predict_dtype)  # (B, 1, N, D)
         self.context = torch.cat([self.context, z], dim=1)[:, -self.wm.history:]
         self.last = (self.render(z)[:, 0], z[:, 0])
         return self.last
@@ -122,7 +125,7 @@ class WorldModelEnv(gym.Env):
     def __init__(self, world_model: WorldModel, camera: str, *, sim_observation_space: gym.spaces.Space | None = None,
                  image_size: int | None = None, max_episode_steps: int | None = None, instruction: str = "",
                  judge: Judge | None = None, context: np.ndarray | None = None, render_mode: str | None = "rgb_array",
-                 decode_dtype: torch.dtype | None = None):
+                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None):
         self.wm, self.camera, self.instruction, self.judge = world_model, camera, instruction, judge
         self.observation_space, self.action_space = mirrored_spaces(world_model, sim_observation_space, camera,
                                                                     image_size, world_model.env_action_dim)
@@ -130,7 +133,7 @@ class WorldModelEnv(gym.Env):
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
         self.default_context = context
-        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype)
         self._frames: list[np.ndarray] = []
         self._latents: list[np.ndarray] = []
         self._t = 0
@@ -181,7 +184,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, world_model: WorldModel, camera: str, num_envs: int, *, image_size: int | None = None,
                  sim_observation_space: gym.spaces.Space | None = None, max_episode_steps: int | None = None,
-                 decode_dtype: torch.dtype | None = None):
+                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None):
         self.wm, self.camera, self.num_envs = world_model, camera, num_envs
         self.single_observation_space, self.single_action_space = mirrored_spaces(
             world_model, sim_observation_space, camera, image_size, world_model.env_action_dim)
@@ -189,7 +192,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.image_size = self.single_observation_space["pixels"][camera].shape[0]
         self.max_episode_steps = max_episode_steps
-        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype)
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

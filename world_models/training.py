@@ -27,7 +27,7 @@ from harness.errors import HarnessError
 
 from .checkpoint import TRAIN_STATE, load_train_state
 from .data import check_dataset, load_episodes, split_episodes
-from .dit import DIT_SIZES, DiT, DiTConfig
+from .dit import DIT_SIZES, PREDICTIONS, DiT, DiTConfig
 from .encoders import ENCODERS, Encoder, is_trained_here, load_encoder
 from .flow_matching import flow_matching_loss, resolve_shift
 from .named import harness_home
@@ -85,6 +85,9 @@ class TrainConfig:
                 raise HarnessError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.target not in ("delta", "absolute"):
             raise HarnessError(f"--target must be 'delta' or 'absolute', got {self.target!r}")
+        if self.prediction not in PREDICTIONS:
+            raise HarnessError(f"prediction {self.prediction!r} is unknown: use {' or '.join(PREDICTIONS)} "
+                               f"(the DiT's output; set `prediction:` in the world model's config)")
         if self.context_deltas and self.target != "delta":
             raise HarnessError("context_deltas needs target 'delta' (the context changes are fed in its units)")
         if self.decoder_steps < 0:
