@@ -108,8 +108,10 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     context: raw latents (1, T, N, D) (the last ``history`` frames are used); goal: raw latent
     (N, D). ``init_mean``: (horizon, f*A) warm start (the previous plan shifted). ``predict``:
     the batched call, ``world_model.predict`` by default (tests count its calls). Returns the
-    mean of the final distribution, clipped to [low, high], shape (horizon, f*A), and
-    diagnostics: cost of the best candidate and elite mean per iteration, elite spread, calls.
+    mean of the final distribution clipped to [low, high] (or, with ``pick="best"``, the
+    lowest-cost candidate seen), shape (horizon, f*A) (with ``hold``, each step's env action
+    repeated f times), and diagnostics: cost of the best candidate and elite mean per
+    iteration, elite spread, calls.
     """
     import torch
 
