@@ -51,6 +51,7 @@ class CEMConfig:
     objective: str = "l2"  # l1 | l2 distance between predicted and goal latents (normalised)
     goal_frames: str = "last"  # last | all (all predicted frames, later ones weighted more)
     sampler_steps: int | None = 2  # flow-matching steps while planning (None: the world model's own)
+    temperature: float = 0.0  # noise scale of the sampler while planning (one draw shared by all candidates)
     max_batch: int = 4096  # candidates per world-model call, only to bound memory
     precision: str = "float32"  # float32 | bfloat16: the world model's network while planning
     hold: bool = False  # one action per world-model step, held for its frameskip control steps
@@ -78,6 +79,9 @@ class CEMConfig:
             raise HarnessError(f"CEM pick={self.pick!r}: use {' or '.join(PICKS)}")
         if not isinstance(self.hold, bool):
             raise HarnessError(f"CEM hold={self.hold!r} must be true or false")
+        if not (isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
+                and 0.0 <= float(self.temperature) <= 10.0):
+            raise HarnessError(f"CEM temperature={self.temperature!r} must be a number in [0, 10]")
         if not float(self.init_std) > 0:
             raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
 
@@ -144,7 +148,7 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
             part = torch.as_tensor(full[s0:s0 + config.max_batch])
             gen.manual_seed(config.seed * 1000 + it)  # common random numbers: candidates differ only by actions
             z = predict(ctx, part, generator=gen,  # one context (batch 1) shared by all candidates
-                        steps=config.sampler_steps, temperature=0.0, **low_precision)
+                        steps=config.sampler_steps, temperature=float(config.temperature), **low_precision)
             diag["calls"] += 1
             costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames))
         cost = torch.cat(costs).numpy()
@@ -170,7 +174,7 @@ class CEMPolicy:
 
     Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
     [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]
-    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best]``.
+    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best][,temperature=T]``.
 
     The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
     the same init state until success and takes that frame (a goal state reached in the
@@ -185,7 +189,8 @@ class CEMPolicy:
                  elites: int | None = None, iterations: int | None = None, horizon: int | None = None,
                  execute: int | None = None, objective: str | None = None, init_std: float | None = None,
                  momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
-                 precision: str | None = None, hold: bool | None = None, pick: str | None = None):
+                 precision: str | None = None, hold: bool | None = None, pick: str | None = None,
+                 temperature: float | None = None):
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
         if preset not in CEM_PRESETS:
@@ -201,7 +206,7 @@ class CEMPolicy:
                                            execute=execute, objective=objective, init_std=init_std,
                                            momentum=momentum, goal_frames=goal_frames,
                                            sampler_steps=sampler_steps, precision=precision, hold=hold,
-                                           pick=pick).items() if v is not None}
+                                           pick=pick, temperature=temperature).items() if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
         from world_models.named import find_checkpoint, read_config
 

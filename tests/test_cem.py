@@ -90,6 +90,20 @@ def test_hold_samples_one_env_action_per_world_model_step_and_holds_it():
     assert torch.allclose(calls[-1][0, 0], torch.tensor([0.4, 0.2, 0.4, 0.2]))  # candidate 0 is the mean
 
 
+def test_temperature_reaches_every_batched_call():
+    wm = LinearWM(seed=5)
+    seen = []
+
+    def predict(ctx, actions, **kw):
+        seen.append(kw["temperature"])
+        return wm.predict(ctx, actions, **kw)
+
+    cfg = CEMConfig(samples=16, elites=4, iterations=3, horizon=1, execute=1)
+    cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), torch.ones(wm.N, wm.D), cfg, predict=predict)
+    cem_plan(wm, torch.zeros(1, 1, wm.N, wm.D), torch.ones(wm.N, wm.D), replace(cfg, temperature=1.0), predict=predict)
+    assert seen == [0.0] * 3 + [1.0] * 3
+
+
 def test_pick_best_returns_the_lowest_cost_candidate_seen():
     wm = LinearWM(seed=4)
     goal = (torch.tensor([0.5, 0.5]) @ wm.B)[None].expand(wm.N, wm.D)
@@ -133,6 +147,9 @@ def test_presets_and_bad_configs():
         CEMConfig(pick="median")
     with pytest.raises(HarnessError, match="hold"):
         CEMConfig(hold="yes")
+    for bad in (-0.5, "hot", True, 11.0):
+        with pytest.raises(HarnessError, match="temperature"):
+            CEMConfig(temperature=bad)
     assert CEM_PRESETS["cpu"].hold and not CEM_PRESETS["dino_wm"].hold
 
 
