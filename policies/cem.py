@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from harness.errors import HarnessError
-from world_models.precision import PRECISIONS, torch_dtype
+from world_models.precision import check_precision, torch_dtype
 
 PICKS = ("mean", "best")
 
@@ -73,8 +73,7 @@ class CEMConfig:
             raise HarnessError(f"CEM goal_frames={self.goal_frames!r}: use last or all")
         if not 0.0 <= float(self.momentum) < 1.0:
             raise HarnessError(f"CEM momentum={self.momentum!r} must be in [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise HarnessError(f"CEM precision={self.precision!r}: use {' or '.join(PRECISIONS)}")
+        check_precision(self.precision, "CEM precision")
         if self.pick not in PICKS:
             raise HarnessError(f"CEM pick={self.pick!r}: use {' or '.join(PICKS)}")
         if not isinstance(self.hold, bool):
