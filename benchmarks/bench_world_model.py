@@ -82,13 +82,13 @@ def sim_steps_per_s(task: str = "pick-place-v3", size: int = 128, steps: int = 1
 
 
 def wm_env_steps_per_s(wm, context: np.ndarray, batch: int, steps: int, image_size: int = 128,
-                       camera: str = CAMERA, decode_dtype=None, predict_dtype=None) -> float:
+                       camera: str = CAMERA, decode_dtype=None, predict_dtype=None, decoder: str = "full") -> float:
     """Environment steps/s of ``wm`` behind the Gymnasium interface: ``WorldModelEnv`` at batch 1,
     ``WorldModelVectorEnv`` (one batched call per step) otherwise; ``batch * steps / time``.
     ``steps`` is rounded up to whole world-model steps (``frameskip`` control steps each), and one
     whole world-model step is run first as warm-up. ``decode_dtype`` / ``predict_dtype``
     torch.bfloat16 run the decoder / the transition network in bf16 (both: ``--wm-precision
-    bfloat16``)."""
+    bfloat16``). ``decoder`` "distilled": pixels through the distilled decoder (``--wm-decoder``)."""
     from world_models.env import WorldModelEnv, WorldModelVectorEnv
 
     f = wm.frameskip
@@ -96,12 +96,12 @@ def wm_env_steps_per_s(wm, context: np.ndarray, batch: int, steps: int, image_si
     rng = np.random.default_rng(0)
     if batch == 1:
         env = WorldModelEnv(wm, camera, image_size=image_size, context=context, decode_dtype=decode_dtype,
-                            predict_dtype=predict_dtype)
+                            predict_dtype=predict_dtype, decoder=decoder)
         env.reset(seed=0)
         t = timed(lambda: env.step(rng.uniform(-1, 1, 4).astype(np.float32)), steps, warmup=f)
     else:
         venv = WorldModelVectorEnv(wm, camera, batch, image_size=image_size, decode_dtype=decode_dtype,
-                                   predict_dtype=predict_dtype)
+                                   predict_dtype=predict_dtype, decoder=decoder)
         venv.reset(seed=0, options={"context": context})
         t = timed(lambda: venv.step(rng.uniform(-1, 1, (batch, 4)).astype(np.float32)), steps, warmup=f)
     return batch / t

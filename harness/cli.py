@@ -90,6 +90,7 @@ def eval_cmd(
     judge: Annotated[str | None, typer.Option("--judge", help="judge of world-model success (default: the world model's own classifier)")] = None,
     wm_batch: Annotated[int | None, typer.Option("--wm-batch", help="world-model episodes stepped together in one batched call (default 1)")] = None,
     wm_precision: Annotated[str | None, typer.Option("--wm-precision", help="the world model's networks: float32 (default) or bfloat16 (faster on CPUs with native bf16)")] = None,
+    wm_decoder: Annotated[str | None, typer.Option("--wm-decoder", help="the world model's pixels: full (its own decoder, default) or distilled (the cheap one from `harness distill-decoder`)")] = None,
     ray_address: Annotated[str | None, typer.Option("--ray-address", help="with --executor ray: auto, HOST:PORT, or unset for a local cluster")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads per worker (default: the CPUs shared out over the workers)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML eval config; flags override it")] = None,
@@ -105,7 +106,8 @@ def eval_cmd(
                  max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
                  workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
                  executor=executor, wm=wm, wm_checkpoint=wm_checkpoint, judge=judge,
-                 wm_batch=wm_batch, wm_precision=wm_precision, ray_address=ray_address, threads=threads)
+                 wm_batch=wm_batch, wm_precision=wm_precision, wm_decoder=wm_decoder, ray_address=ray_address,
+                 threads=threads)
     if config is not None:
         cfg = EvalConfig.from_yaml(config, **flags)
     else:
@@ -275,12 +277,13 @@ def eval_wm_cmd(
     horizon: int = 16,
     seed: int = 0,
     videos: Annotated[int, typer.Option("--videos", help="side-by-side videos for the first N episodes")] = 4,
+    wm_decoder: Annotated[str, typer.Option("--wm-decoder", help="full (the world model's own decoder) or distilled")] = "full",
 ):
     """Open-loop rollout fidelity: PSNR/SSIM/latent MSE per horizon step, real | predicted videos."""
     from harness.fidelity import run_eval_wm
 
     r = run_eval_wm(wm=wm, checkpoint=wm_checkpoint, data=data, out=out, episodes=episodes, horizon=horizon,
-                    seed=seed, videos=videos)
+                    seed=seed, videos=videos, decoder=wm_decoder)
     ps = r["per_step"]
     typer.echo(f"{r['world_model']} on {r['episodes']} episodes ({'held-out split' if r['heldout_split'] else 'all'}), "
                f"LPIPS {r['lpips']}")
@@ -427,6 +430,44 @@ def train_judge_cmd(
                        f"{m['chance_accuracy']:.3f}), kappa {m['kappa']:.3f}, frame accuracy {m['frame_accuracy']:.3f}")
     typer.echo(f"episode threshold {r['threshold']:.3f} ({r['threshold_source']})")
     typer.echo(f"wrote success classifier to {r['checkpoint']}; judge with --judge latent_classifier:path={r['checkpoint']}")
+
+
+@app.command("distill-decoder")
+def distill_decoder_cmd(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="real frames from `harness collect` (HDF5); repeat for several")],
+    wm: Annotated[str, typer.Option("--wm", help="named world model whose decoder to distil")],
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="its checkpoint folder")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="folder (default: <checkpoint>/distilled_decoder, where --wm-decoder distilled looks)")] = None,
+    steps: int = 3000,
+    width: Annotated[int, typer.Option("--width", help="channels of the distilled decoder")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: float = 2e-3,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="training frames kept, evenly spaced")] = 20000,
+    seed: int = 0,
+    threads: Annotated[int | None, typer.Option("--threads", help="torch CPU threads")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+):
+    """Distil a world model's decoder into a cheap sub-pixel one (TAESD-style) for fast pixels."""
+    from world_models.distill import (
+        DISTILLED_DIR,
+        DistillConfig,
+        distill_decoder,
+        save_distilled_decoder,
+    )
+    from world_models.named import find_checkpoint, load_world_model
+
+    cfg = DistillConfig(data=tuple(data), steps=steps, width=width, batch_size=batch_size, lr=lr,
+                        max_frames=max_frames, seed=seed, threads=threads)
+    world_model = load_world_model(wm, wm_checkpoint)
+    show = _train_progress(progress)
+    decoder, m = distill_decoder(world_model, cfg, (lambda i, n, num: show("decoder", i, n, num)) if show else None)
+    folder = save_distilled_decoder(decoder, world_model, out or find_checkpoint(wm, wm_checkpoint) / DISTILLED_DIR,
+                                    cfg, m)
+    typer.echo(f"held-out ({m['val_frames']} frames): PSNR {m['val_psnr_vs_full']:.2f} dB against the full decoder; "
+               f"against the real frames {m['val_psnr_vs_real']:.2f} dB (full decoder {m['full_psnr_vs_real']:.2f} dB)")
+    typer.echo(f"64 frames decoded in {m['decode_64_s_distilled'] * 1000:.1f} ms vs {m['decode_64_s_full'] * 1000:.1f} ms "
+               f"({m['decode_64_s_full'] / m['decode_64_s_distilled']:.1f}x faster, {m['threads']} thread(s))")
+    typer.echo(f"wrote distilled decoder to {folder}; use it with --wm-decoder distilled")
 
 
 @app.command("judge-eval")

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from harness.errors import HarnessError
+from world_models.distill import check_decoder
 from world_models.precision import check_precision
 
 VIDEO_MODES = "all|failures|none|first:N"
@@ -49,6 +50,7 @@ class EvalConfig:
     judge: str | None = None  # judge spec for world-model success; None: the world model's own, if it has one
     wm_batch: int = 1  # world-model episodes advanced together in one batched call per step
     wm_precision: str = "float32"  # the world model's networks in eval: float32 | bfloat16
+    wm_decoder: str = "full"  # the world model's pixels: its full decoder, or the distilled one
     threads: int | None = None  # torch CPU threads per worker; None: the CPUs shared out over the workers
     ray_address: str | None = None  # with executor "ray": "auto", "HOST:PORT" or None for a local cluster
 
@@ -78,10 +80,11 @@ class EvalConfig:
         if self.wm is not None and (not isinstance(self.wm, str) or self.wm.strip().lower() in ("", "none")):
             object.__setattr__(self, "wm", None)
         check_precision(self.wm_precision, "--wm-precision")
+        check_decoder(self.wm_decoder)
         if self.wm is None and (self.judge is not None or self.wm_checkpoint is not None
-                                or self.wm_precision != "float32"):
-            raise HarnessError("--judge, --wm-checkpoint and --wm-precision belong to a world model: add --wm NAME "
-                               "(see `harness list world-models`) or drop them")
+                                or self.wm_precision != "float32" or self.wm_decoder != "full"):
+            raise HarnessError("--judge, --wm-checkpoint, --wm-precision and --wm-decoder belong to a world model: "
+                               "add --wm NAME (see `harness list world-models`) or drop them")
         object.__setattr__(self, "policies", tuple(self.policies))
         if self.cameras is not None:
             object.__setattr__(self, "cameras", tuple(self.cameras))
@@ -102,6 +105,7 @@ class EvalConfig:
             "judge": self.judge,
             # bf16 changes outcomes slightly; named only when set, so float32 runs keep their identity
             **({"wm_precision": self.wm_precision} if self.wm_precision != "float32" else {}),
+            **({"wm_decoder": self.wm_decoder} if self.wm_decoder != "full" else {}),
         }
 
     def to_dict(self) -> dict[str, Any]:

@@ -145,6 +145,10 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
         if camera not in opts.cameras:
             raise HarnessError(f"world model {config.wm!r} models camera {camera!r}, which {env_id} does not render "
                                f"here (cameras: {', '.join(opts.cameras) or 'none'}): add --camera {camera}")
+    if config.wm_decoder == "distilled":
+        from world_models.distill import check_distilled
+
+        check_distilled(checkpoint, config.wm)
     judge = config.judge or default_judge(checkpoint)
     if judge is None:
         raise HarnessError(f"world model {config.wm!r} has no success judge of its own ({checkpoint}/judge): pass "
@@ -180,7 +184,8 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     items = work_items(plan, done)
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
                            video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge,
-                           wm_batch=cfg.wm_batch, wm_precision=cfg.wm_precision, threads=cfg.threads)
+                           wm_batch=cfg.wm_batch, wm_precision=cfg.wm_precision, wm_decoder=cfg.wm_decoder,
+                           threads=cfg.threads)
     options = {"address": cfg.ray_address} if cfg.ray_address is not None else {}
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers, **options)
     start = time.perf_counter()

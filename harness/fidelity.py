@@ -34,16 +34,23 @@ def _resolve_wm(wm: str | None, checkpoint: str | None):
 
 
 def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, episodes: int | None = None,
-                horizon: int = 16, seed: int = 0, videos: int = 4, progress=None) -> dict[str, Any]:
+                horizon: int = 16, seed: int = 0, videos: int = 4, progress=None,
+                decoder: str = "full") -> dict[str, Any]:
+    """``decoder`` "distilled": predicted and reconstructed frames through the world model's
+    distilled decoder (``harness distill-decoder``) instead of its full one."""
     import torch
 
     from world_models.data import check_dataset, load_episodes, resize_frames, split_episodes
+    from world_models.distill import check_decoder
 
     if horizon < 1:
         raise HarnessError(f"--horizon must be >= 1, got {horizon}")
     if episodes is not None and episodes < 1:
         raise HarnessError(f"--episodes must be >= 1, got {episodes}")
+    check_decoder(decoder)
     model = _resolve_wm(wm, checkpoint)
+    if decoder == "distilled":
+        model.distilled_decoder()  # absent or foreign: one line before any work
     camera = model.info.get("camera")
     camera = check_dataset(data, camera)
     out_dir = Path(out)
@@ -75,8 +82,8 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
         z_real = model.encode(frames[None, :H + L])  # (1, H + L, N, D)
         gen = torch.Generator().manual_seed(seed + e)
         z_pred = model.predict(z_real[:, :H], acts[None, H - 1:H - 1 + L], generator=gen)  # (1, L, N, D)
-        pred = model.decode(z_pred)[0].numpy()
-        recon = model.decode(z_real[:, H:])[0].numpy()
+        pred = model.decode(z_pred, decoder=decoder)[0].numpy()
+        recon = model.decode(z_real[:, H:], decoder=decoder)[0].numpy()
         real = resize_frames(frames[H:H + L], S)
         zn_real, zn_pred = model.normalize(z_real[0, H:]), model.normalize(z_pred[0])
         last = model.normalize(z_real[0, H - 1:H])
@@ -108,7 +115,7 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
     result = {
         "world_model": wm or str(checkpoint), "checkpoint": str(checkpoint) if checkpoint else None,
         "data": os.path.abspath(data), "camera": camera, "episodes": used, "heldout_split": heldout,
-        "history": H, "frameskip": f, "horizon": horizon, "image_size": S, "seed": seed,
+        "history": H, "frameskip": f, "horizon": horizon, "image_size": S, "seed": seed, "decoder": decoder,
         "per_step": {k: mean(k) for k in per_step if k != "lpips" or lp is not None},
         "lpips": "available" if lp is not None else f"unavailable: {lp_reason}",
         "seconds": round(time.perf_counter() - t0, 2),

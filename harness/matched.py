@@ -102,7 +102,8 @@ class _Row:
 
 def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_for, *, camera: str, judge=None,
                              stop_on_success: bool = True,
-                             precision: str = "float32") -> list[WorldModelResult | BaseException]:
+                             precision: str = "float32",
+                             decoder: str = "full") -> list[WorldModelResult | BaseException]:
     """Run the world-model episodes of ``tasks`` together: one batched world-model call per
     control step for all the episodes still running, and one ``act_batch`` call per batch-capable
     policy (``policies.base.acts_in_batch``).
@@ -114,7 +115,8 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
     gives the policy instance for slot ``slot`` of a batch. A policy exception, a bad or
     non-finite action, or a non-finite prediction ends that episode only: its entry in the
     returned list is the exception; the others are ``WorldModelResult``s. ``precision``
-    bfloat16 runs the transition network and the pixel decoder in bf16 (``--wm-precision``)."""
+    bfloat16 runs the transition network and the pixel decoder in bf16 (``--wm-precision``);
+    ``decoder`` "distilled" shows the predictions through the distilled decoder (``--wm-decoder``)."""
     from policies.base import acts_in_batch
     from world_models.env import LatentRollout
     from world_models.precision import torch_dtype
@@ -124,7 +126,7 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
         return []
     size = tasks[0].sim_observations[0]["pixels"][camera].shape[0]
     dtype = torch_dtype(precision)
-    rollout = LatentRollout(world_model, size, decode_dtype=dtype, predict_dtype=dtype)
+    rollout = LatentRollout(world_model, size, decode_dtype=dtype, predict_dtype=dtype, decoder=decoder)
     every = max(1, world_model.frameskip)
     online = judge is not None and getattr(judge, "online", False) and stop_on_success
     shape = (world_model.env_action_dim,)

@@ -35,6 +35,7 @@ class RunSettings:
     judge: str | None = None  # judge spec scoring world-model (and simulator) rollouts
     wm_batch: int = 1  # world-model episodes of a batch of items advanced together
     wm_precision: str = "float32"  # the world model's networks: float32 | bfloat16
+    wm_decoder: str = "full"  # the world model's pixels: "full" decoder or the "distilled" one
     threads: int | None = None  # torch CPU threads per worker (None: CPUs // workers; torch's own in-process)
 
 
@@ -261,7 +262,8 @@ class EpisodeWorker:
         try:
             results = run_world_model_episodes(wm, tasks, self._policy_for, camera=camera, judge=judge,
                                                stop_on_success=self.settings.stop_on_success,
-                                               precision=self.settings.wm_precision)
+                                               precision=self.settings.wm_precision,
+                                               decoder=self.settings.wm_decoder)
         except Exception as exc:  # the batch itself failed (e.g. the model raised): all its episodes
             results = [exc] * len(tasks)
         for i, result in zip(where, results):

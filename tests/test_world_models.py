@@ -478,10 +478,29 @@ def test_dit_config_refuses_an_unknown_prediction():
         DiTConfig(latent_dim=4, num_tokens=4, action_dim=2, prediction="noise")
 
 
+def fused_frame_attention(q, k, v, past=None):
+    """The reference: torch's fused kernel, one sequence per (row, token, head), a causal mask
+    that lets every query see the whole past."""
+    B, T, N, nh, c = q.shape
+
+    def seqs(x):  # (b, t, N, h, c) -> (b * N, h, t, c)
+        return x.permute(0, 2, 3, 1, 4).reshape(x.shape[0] * N, nh, x.shape[1], c)
+
+    if past is None:
+        out = torch.nn.functional.scaled_dot_product_attention(seqs(q), seqs(k), seqs(v), is_causal=True)
+    else:
+        pk, pv = (p.expand(B, -1, -1, -1, -1) for p in past)
+        Hc = pk.shape[1]
+        mask = torch.ones(T, Hc + T, dtype=torch.bool).tril(diagonal=Hc)
+        out = torch.nn.functional.scaled_dot_product_attention(seqs(q), seqs(torch.cat([pk, k], 1)),
+                                                               seqs(torch.cat([pv, v], 1)), attn_mask=mask)
+    return out.view(B, N, nh, T, c).permute(0, 3, 1, 2, 4)
+
+
 @pytest.mark.parametrize("T,Hc,shared", [(2, 0, False), (3, 0, False), (1, 2, False), (2, 2, False),
                                          (1, 2, True), (2, 2, True)])
 def test_elementwise_frame_attention_equals_the_fused_kernel(T, Hc, shared):
-    from world_models.dit import frame_attention, fused_frame_attention
+    from world_models.dit import frame_attention
 
     g = torch.Generator().manual_seed(T * 10 + Hc)
     q, k, v = (torch.randn(3, T, 5, 2, 4, generator=g) for _ in range(3))
@@ -492,6 +511,21 @@ def test_elementwise_frame_attention_equals_the_fused_kernel(T, Hc, shared):
     a, b = frame_attention(q, k, v, past), fused_frame_attention(q, k, v, past)
     assert a.shape == b.shape == q.shape
     assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("sequences", [3, 40])
+def test_spatial_attention_matmul_path_equals_the_fused_kernel(sequences):
+    from world_models.dit import MANY_SEQUENCES, Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(sequences, 16, 32)
+    q, k, v = attn.split(x)
+    want = attn.merge(torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    assert (sequences >= MANY_SEQUENCES) == (sequences == 40)  # both paths are exercised
+    assert torch.allclose(attn(x), want, atol=1e-5)
+    low = attn.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    assert float((low - want).abs().max()) < 0.05 * float(want.abs().max()) + 0.02
 
 
 def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone():

@@ -7,7 +7,9 @@ cannot run inside a pixel world model. ``reset(options={"context": frames})`` st
 frames taken from the simulator's reset, so both start from the same initial state; ``step``
 returns decoded pixels with the latent in ``info["latent"]``. Success comes from an attached
 judge (``judge(frames, latents, instruction) -> bool``), if any. ``decode_dtype`` and
-``predict_dtype`` torch.bfloat16 run the pixel decoder and the transition network in bf16.
+``predict_dtype`` torch.bfloat16 run the pixel decoder and the transition network in bf16;
+``decoder="distilled"`` shows the predictions through the cheap decoder distilled from the full
+one (``harness distill-decoder``, world_models/distill.py).
 
 A world model trained with ``frameskip`` f predicts one frame per f control steps from the f
 actions between: the env collects f actions and then predicts, and in between returns the last
@@ -48,11 +50,14 @@ class LatentRollout:
     """Batched world-model state: the last ``history`` latents of each episode."""
 
     def __init__(self, world_model: WorldModel, image_size: int, decode_dtype: torch.dtype | None = None,
-                 predict_dtype: torch.dtype | None = None):
+                 predict_dtype: torch.dtype | None = None, decoder: str = "full"):
         self.wm = world_model
         self.image_size = image_size
         self.decode_dtype = decode_dtype  # torch.bfloat16: decode pixels at reduced precision
         self.predict_dtype = predict_dtype  # torch.bfloat16: run the transition network in bf16
+        self.decoder = decoder  # "full" | "distilled"
+        if decoder == "distilled":
+            world_model.distilled_decoder()  # absent: one clear line now, not at the first step
         self.context: torch.Tensor | None = None  # (B, H, N, D) raw latents
         self.generator: torch.Generator | list[torch.Generator] = torch.Generator()
 
@@ -95,14 +100,15 @@ class LatentRollout:
             self.generator = [self.generator[i] for i in rows]
 
     def render(self, z: torch.Tensor) -> np.ndarray:
-        frames = self.wm.decode(z, dtype=self.decode_dtype)  # (B, T, S, S, 3) uint8
+        frames = self.wm.decode(z, dtype=self.decode_dtype, decoder=self.decoder)  # (B, T, S, S, 3) uint8
         B, T, S = frames.shape[:3]
         if S != self.image_size:
-            x = frames.reshape(B * T, S, S, 3).permute(0, 3, 1, 2).float()
+            # bilinear on the uint8 frames directly: within one intensity level of resizing in
+            # float and rounding, and 30x cheaper (64 frames 64 -> 128 px: 0.8 vs 24 ms, one core)
+            x = frames.reshape(B * T, S, S, 3).permute(0, 3, 1, 2)
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
-            frames = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).reshape(B, T, self.image_size,
-                                                                                         self.image_size, 3)
-        return frames.numpy()
+            frames = x.permute(0, 2, 3, 1).reshape(B, T, self.image_size, self.image_size, 3)
+        return np.ascontiguousarray(frames.numpy())
 
 
 def _as_context(frames: Any, batch: int | None) -> np.ndarray:
@@ -125,7 +131,8 @@ class WorldModelEnv(gym.Env):
     def __init__(self, world_model: WorldModel, camera: str, *, sim_observation_space: gym.spaces.Space | None = None,
                  image_size: int | None = None, max_episode_steps: int | None = None, instruction: str = "",
                  judge: Judge | None = None, context: np.ndarray | None = None, render_mode: str | None = "rgb_array",
-                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None):
+                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None,
+                 decoder: str = "full"):
         self.wm, self.camera, self.instruction, self.judge = world_model, camera, instruction, judge
         self.observation_space, self.action_space = mirrored_spaces(world_model, sim_observation_space, camera,
                                                                     image_size, world_model.env_action_dim)
@@ -133,7 +140,7 @@ class WorldModelEnv(gym.Env):
         self.max_episode_steps = max_episode_steps
         self.render_mode = render_mode
         self.default_context = context
-        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype, decoder)
         self._frames: list[np.ndarray] = []
         self._latents: list[np.ndarray] = []
         self._t = 0
@@ -184,7 +191,8 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, world_model: WorldModel, camera: str, num_envs: int, *, image_size: int | None = None,
                  sim_observation_space: gym.spaces.Space | None = None, max_episode_steps: int | None = None,
-                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None):
+                 decode_dtype: torch.dtype | None = None, predict_dtype: torch.dtype | None = None,
+                 decoder: str = "full"):
         self.wm, self.camera, self.num_envs = world_model, camera, num_envs
         self.single_observation_space, self.single_action_space = mirrored_spaces(
             world_model, sim_observation_space, camera, image_size, world_model.env_action_dim)
@@ -192,7 +200,7 @@ class WorldModelVectorEnv(gym.vector.VectorEnv):
         self.action_space = gym.vector.utils.batch_space(self.single_action_space, num_envs)
         self.image_size = self.single_observation_space["pixels"][camera].shape[0]
         self.max_episode_steps = max_episode_steps
-        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype)
+        self._rollout = LatentRollout(world_model, self.image_size, decode_dtype, predict_dtype, decoder)
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):

@@ -82,6 +82,8 @@ class WorldModel(nn.Module):
         self.sampler = sampler or SamplerConfig()
         self.info = dict(info or {})
         self._casts: dict[tuple[str, torch.dtype], nn.Module] = {}  # reduced-precision copies (not saved)
+        self.folder: Path | None = None  # the checkpoint folder it was loaded from
+        self.distilled: PixelDecoder | None = None  # the cheap decoder, loaded on first use (distill.py)
         self.eval()
         self.requires_grad_(False)
 
@@ -194,15 +196,30 @@ class WorldModel(nn.Module):
             ctx = torch.cat([ctx.expand(B, -1, -1, -1), z], dim=1)[:, -H:]
         return torch.cat(out, dim=1)
 
+    def distilled_decoder(self) -> PixelDecoder:
+        """The distilled decoder (``<checkpoint>/distilled_decoder``), loaded once; one clear line
+        saying how to make one when there is none."""
+        if self.distilled is None:
+            from .distill import load_distilled_decoder
+
+            self.distilled = load_distilled_decoder(self)
+        return self.distilled
+
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
         """uint8 frames of raw latents. ``dtype`` torch.bfloat16 runs the decoder network in bf16
-        (about 2x faster on CPUs with native bf16; within a few intensity levels of float32)."""
+        (about 2x faster on CPUs with native bf16; within a few intensity levels of float32).
+        ``decoder`` "distilled": through the cheap decoder distilled from the full one
+        (``harness distill-decoder``; world_models/distill.py) instead of the full one."""
+        if decoder not in ("full", "distilled"):
+            raise ValueError(f"decoder must be 'full' or 'distilled', got {decoder!r}")
         low = dtype is not None and dtype != torch.float32
-        if self.decoder is None:
+        if decoder == "full" and self.decoder is None:
             return self._cast("encoder", dtype).decode(latents.to(dtype)) if low else self.encoder.decode(latents)
+        part = "decoder" if decoder == "full" else "distilled"
+        net = self.decoder if decoder == "full" else self.distilled_decoder()
         B, T, N, D = latents.shape
-        decoder = self._cast("decoder", dtype) if low else self.decoder
+        decoder = self._cast(part, dtype) if low else net
         x = decoder(latents.reshape(B * T, N, D).to(dtype if low else latents.dtype))
         frames = self.encoder.postprocess(x)
         return frames.view(B, T, *frames.shape[1:])
@@ -253,7 +270,7 @@ class WorldModel(nn.Module):
             dec_cfg = config.get("decoder")
             decoder = None
             if dec_cfg is not None:
-                decoder = PixelDecoder(dec_cfg["dim"], tuple(dec_cfg["grid"]), dec_cfg["image_size"], dec_cfg["width"])
+                decoder = PixelDecoder.from_config(dec_cfg)
         except (KeyError, TypeError, ValueError) as e:
             raise HarnessError(f"world model checkpoint {where}/config.json is inconsistent ({type(e).__name__}: "
                                f"{e}); re-train it or restore the original config.json") from None
@@ -266,5 +283,7 @@ class WorldModel(nn.Module):
                                    f"{transition.config.latent_dim}; re-train it")
         encoder.eval()
         encoder.requires_grad_(False)
-        return cls(encoder, transition, decoder, tensors["latent_mean"], tensors["latent_std"], sampler,
-                   config.get("info", {}), tensors.get("delta_mean"), tensors.get("delta_std"))
+        wm = cls(encoder, transition, decoder, tensors["latent_mean"], tensors["latent_std"], sampler,
+                 config.get("info", {}), tensors.get("delta_mean"), tensors.get("delta_std"))
+        wm.folder = Path(folder)
+        return wm
