@@ -470,6 +470,30 @@ def distill_decoder_cmd(
     typer.echo(f"wrote distilled decoder to {folder}; use it with --wm-decoder distilled")
 
 
+@app.command("fit-proprio")
+def fit_proprio_cmd(
+    data: Annotated[list[str], typer.Option("--data", "-d", help="frames with states from `harness collect` (HDF5); repeat for several")],
+    wm: Annotated[str, typer.Option("--wm", help="named world model whose latents to read")],
+    wm_checkpoint: Annotated[str | None, typer.Option("--wm-checkpoint", help="its checkpoint folder")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="folder (default: <checkpoint>/proprio, where cem:...,proprio=W looks)")] = None,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", help="fraction of episodes held out for the R^2")] = 0.2,
+    max_frames: Annotated[int, typer.Option("--max-frames", help="frames per split kept, at random")] = 20000,
+    seed: int = 0,
+):
+    """Fit a linear readout of the robot's proprioception from a world model's latents (CEM's proprio term)."""
+    from world_models.named import find_checkpoint, load_world_model
+    from world_models.proprio import PROPRIO_DIR, fit_proprio_readout, readout_fingerprint
+
+    world_model = load_world_model(wm, wm_checkpoint)
+    readout, m = fit_proprio_readout(world_model, data, val_fraction=val_fraction, max_frames=max_frames, seed=seed)
+    folder = readout.save(out or find_checkpoint(wm, wm_checkpoint) / PROPRIO_DIR,
+                          readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))
+    r2 = ", ".join("n/a" if v is None else f"{v:.3f}" for v in m["heldout_r2"])
+    typer.echo(f"{m['family']} proprioception ({m['dims']} dims), held-out R^2 per dim: {r2} "
+               f"({m['heldout_frames']} frames; ridge alpha {m['alpha']:.3g})")
+    typer.echo(f"wrote proprioception readout to {folder}; plan with it as cem:wm={wm},proprio=W")
+
+
 @app.command("judge-eval")
 def judge_eval_cmd(
     judge: Annotated[str, typer.Option("--judge", "-j", help="judge spec: oracle, vlm:path=DIR, consensus:judges=A+B, latent_classifier:path=DIR")],

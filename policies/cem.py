@@ -23,6 +23,12 @@ Presets (``CEM_PRESETS``):
   on Meta-World reach this took CEM from 2/20 to 11/20 successes (random 0/20).
 
 ``pick="best"`` returns the lowest-cost candidate seen instead of the final elite mean.
+
+``proprio=W`` (> 0) adds the proprio term of DINO-WM's objective: W times the distance between
+the robot's proprioception read from each predicted latent (``world_models.proprio``, fitted by
+``harness fit-proprio``) and the goal's, in units of its spread over the data, weighted over
+frames as the latent term is. The goal's proprioception is the true state where the goal source
+has it (the expert's goal state, a dataset episode's final state), else read from the goal latent.
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ class CEMConfig:
     precision: str = "float32"  # float32 | bfloat16: the world model's network while planning
     hold: bool = False  # one action per world-model step, held for its frameskip control steps
     pick: str = "mean"  # mean | best: return the final elite mean or the best candidate seen
+    proprio: float = 0.0  # weight of the proprioception term (0: latent cost only)
     seed: int = 0
 
     def __post_init__(self):
@@ -83,6 +90,9 @@ class CEMConfig:
             raise HarnessError(f"CEM temperature={self.temperature!r} must be a number in [0, 10]")
         if not float(self.init_std) > 0:
             raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
+        if not (isinstance(self.proprio, (int, float)) and not isinstance(self.proprio, bool)
+                and 0.0 <= float(self.proprio) <= 100.0):
+            raise HarnessError(f"CEM proprio={self.proprio!r} must be a number in [0, 100] (0: no proprio term)")
 
 
 CEM_PRESETS: dict[str, CEMConfig] = {
@@ -93,10 +103,15 @@ CEM_PRESETS: dict[str, CEMConfig] = {
 }
 
 
-def goal_cost(z_pred, z_goal, objective: str, goal_frames: str):
-    """Cost per candidate: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised -> (S,)."""
+def goal_cost(z_pred, z_goal, objective: str, goal_frames: str, proprio_diff=None, proprio_weight: float = 0.0):
+    """Cost per candidate: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised -> (S,).
+    ``proprio_diff`` (S, K, P): predicted minus goal proprioception in units of its spread, added
+    to each frame's cost with ``proprio_weight``."""
     diff = z_pred - z_goal[None, None]
     per_frame = diff.abs().mean(dim=(2, 3)) if objective == "l1" else diff.pow(2).mean(dim=(2, 3))  # (S, K)
+    if proprio_diff is not None and proprio_weight > 0:
+        p = proprio_diff.abs().mean(dim=2) if objective == "l1" else proprio_diff.pow(2).mean(dim=2)
+        per_frame = per_frame + proprio_weight * p
     if goal_frames == "last":
         return per_frame[:, -1]
     K = per_frame.shape[1]
@@ -105,11 +120,13 @@ def goal_cost(z_pred, z_goal, objective: str, goal_frames: str):
 
 
 def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarray | None = None,
-             low: float = -1.0, high: float = 1.0, predict=None) -> tuple[np.ndarray, dict[str, Any]]:
+             low: float = -1.0, high: float = 1.0, predict=None,
+             goal_proprio=None) -> tuple[np.ndarray, dict[str, Any]]:
     """Plan ``config.horizon`` world-model steps from ``context`` toward ``goal``.
 
     context: raw latents (1, T, N, D) (the last ``history`` frames are used); goal: raw latent
-    (N, D). ``init_mean``: (horizon, f*A) warm start (the previous plan shifted). ``predict``:
+    (N, D). ``goal_proprio``: (P,) the goal's proprioception for ``config.proprio`` (default: read
+    from the goal latent). ``init_mean``: (horizon, f*A) warm start (the previous plan shifted). ``predict``:
     the batched call, ``world_model.predict`` by default (tests count its calls). Returns the
     mean of the final distribution clipped to [low, high] (or, with ``pick="best"``, the
     lowest-cost candidate seen), shape (horizon, f*A) (with ``hold``, each step's env action
@@ -125,6 +142,10 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     Ad = A // f if config.hold else A
     ctx = context[:, -world_model.history:]
     goal_n = world_model.normalize(torch.as_tensor(goal, dtype=torch.float32))
+    readout = world_model.proprio_readout() if config.proprio > 0 else None
+    if readout is not None:
+        goal_p = (readout(torch.as_tensor(goal, dtype=torch.float32)) if goal_proprio is None
+                  else torch.as_tensor(np.asarray(goal_proprio, np.float32)[:readout.dims]))
     if init_mean is None:
         mean = np.zeros((K, Ad), np.float32)
     else:
@@ -149,7 +170,9 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
             z = predict(ctx, part, generator=gen,  # one context (batch 1) shared by all candidates
                         steps=config.sampler_steps, temperature=float(config.temperature), **low_precision)
             diag["calls"] += 1
-            costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames))
+            p_diff = None if readout is None else (readout(z) - goal_p) / readout.target_std  # (s, K, P)
+            costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames,
+                                   p_diff, float(config.proprio)))
         cost = torch.cat(costs).numpy()
         elite_idx = np.argsort(cost, kind="stable")[:E]
         elites = cand[elite_idx]
@@ -173,12 +196,13 @@ class CEMPolicy:
 
     Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
     [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]
-    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best][,temperature=T]``.
+    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best][,temperature=T][,proprio=W]``.
 
     The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
     the same init state until success and takes that frame (a goal state reached in the
     simulator; Meta-World only); ``goal=data`` takes the final frame of the dataset episode with
-    the same env and init state from ``goal_data``.
+    the same env and init state from ``goal_data``. Both also give the goal's true state, whose
+    proprioceptive part the ``proprio=W`` term aims for.
     """
 
     observes = frozenset({"pixels"})
@@ -189,7 +213,7 @@ class CEMPolicy:
                  execute: int | None = None, objective: str | None = None, init_std: float | None = None,
                  momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
                  precision: str | None = None, hold: bool | None = None, pick: str | None = None,
-                 temperature: float | None = None):
+                 temperature: float | None = None, proprio: float | None = None):
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
         if preset not in CEM_PRESETS:
@@ -205,7 +229,8 @@ class CEMPolicy:
                                            execute=execute, objective=objective, init_std=init_std,
                                            momentum=momentum, goal_frames=goal_frames,
                                            sampler_steps=sampler_steps, precision=precision, hold=hold,
-                                           pick=pick, temperature=temperature).items() if v is not None}
+                                           pick=pick, temperature=temperature, proprio=proprio).items()
+                     if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
         from world_models.named import find_checkpoint, read_config
 
@@ -215,6 +240,7 @@ class CEMPolicy:
         self.goal, self.goal_data = goal, goal_data
         self._wm = None
         self._goals: dict[int, Any] = {}
+        self._goal_proprio: dict[int, np.ndarray | None] = {}
         self.last_diagnostics: dict[str, Any] = {}
 
     # lazily: a policy is built once at validation time, where nothing heavy may load
@@ -232,6 +258,12 @@ class CEMPolicy:
             if self._wm.env_action_dim != self.env_info.action_space.shape[0]:
                 raise HarnessError(f"cem: world model {self.wm_name!r} takes {self._wm.env_action_dim}-D actions; "
                                    f"{self.env_info.env_id} has {self.env_info.action_space.shape[0]}-D")
+            if self.config.proprio > 0:
+                readout = self._wm.proprio_readout()  # absent: one line saying how to fit one
+                if readout.family != self.env_info.family:
+                    raise HarnessError(f"cem proprio: the readout of {self.wm_name!r} reads {readout.family} "
+                                       f"proprioception, not {self.env_info.family}'s: fit one on "
+                                       f"{self.env_info.family} data with `harness fit-proprio`")
         return self._wm
 
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:
@@ -241,26 +273,31 @@ class CEMPolicy:
         self._init_state = init_state
         self._seed = 0 if seed is None else int(seed)
         if init_state not in self._goals:
-            frame = self._goal_frame(init_state)
+            frame, state = self._goal(init_state)
             with torch.no_grad():
                 self._goals[init_state] = wm.encode(frame[None, None])[0, 0]
+            self._goal_proprio[init_state] = state
         self._frames: list[np.ndarray] = []  # one observed frame per world-model step
         self._queue: list[np.ndarray] = []
         self._plan: np.ndarray | None = None
         self._t = 0
         self._replans = 0
 
-    def _goal_frame(self, init_state: int | None) -> np.ndarray:
+    def _goal(self, init_state: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The goal frame and, when the source has it, the goal's true state."""
         camera = self.world_model.info["camera"]
         if self.goal == "data":
             from harness.dataset import list_demos, read_demo
 
             for name, attrs in list_demos(self.goal_data):
                 if attrs.get("env_id") == self.env_info.env_id and attrs.get("init_state") == init_state:
-                    return read_demo(self.goal_data, name).frames(camera)[-1]
+                    demo = read_demo(self.goal_data, name)
+                    states = [demo.obs.get("state"), demo.final_obs.get("state")]
+                    state = next((s[-1] for s in reversed(states) if s is not None and len(s)), None)
+                    return demo.frames(camera)[-1], state
             raise HarnessError(f"cem goal_data {self.goal_data!r} has no episode of {self.env_info.env_id} with "
                                f"init_state {init_state}: collect one with `harness collect`")
-        return expert_goal_frame(self.env_info, camera, self.env_info.image_size, init_state)
+        return expert_goal(self.env_info, camera, self.env_info.image_size, init_state)
 
     def act(self, observation: dict[str, Any]) -> np.ndarray:
         import torch
@@ -278,7 +315,8 @@ class CEMPolicy:
             if self._plan is not None:  # shift the previous plan: warm start
                 warm = np.concatenate([self._plan[cfg.execute:], np.zeros((cfg.execute, f * A), np.float32)])
             plan, diag = cem_plan(wm, ctx, self._goals[self._init_state],
-                                  replace(cfg, seed=(self._seed + self._replans) % (1 << 31)), init_mean=warm)
+                                  replace(cfg, seed=(self._seed + self._replans) % (1 << 31)), init_mean=warm,
+                                  goal_proprio=self._goal_proprio.get(self._init_state))
             self._plan, self.last_diagnostics = plan, diag
             self._replans += 1
             self._queue = list(plan[:cfg.execute].reshape(cfg.execute * f, A))
@@ -286,12 +324,13 @@ class CEMPolicy:
         return np.asarray(self._queue.pop(0), np.float32)
 
 
-_EXPERT_GOALS: dict[tuple[str, str, int, int | None], np.ndarray] = {}
+_EXPERT_GOALS: dict[tuple[str, str, int, int | None], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def expert_goal_frame(env_info, camera: str, image_size: int, init_state: int | None, max_steps: int = 500) -> np.ndarray:
-    """The camera frame at which the task's scripted expert first succeeds from ``init_state``
-    (cached per process). Raises when the expert does not succeed within ``max_steps``."""
+def expert_goal(env_info, camera: str, image_size: int, init_state: int | None,
+                max_steps: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """The camera frame and the state at which the task's scripted expert first succeeds from
+    ``init_state`` (cached per process). Raises when the expert does not succeed within ``max_steps``."""
     key = (env_info.env_id, camera, image_size, init_state)
     if key in _EXPERT_GOALS:
         return _EXPERT_GOALS[key]
@@ -305,7 +344,7 @@ def expert_goal_frame(env_info, camera: str, image_size: int, init_state: int | 
         for _ in range(max_steps):
             obs, _, terminated, truncated, info = env.step(expert.act(obs))
             if info.get("success"):
-                _EXPERT_GOALS[key] = obs["pixels"][camera].copy()
+                _EXPERT_GOALS[key] = (obs["pixels"][camera].copy(), np.asarray(obs["state"], np.float32).copy())
                 return _EXPERT_GOALS[key]
             if terminated or truncated:
                 break

@@ -106,6 +106,20 @@ def load_state(module: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix
     module.load_state_dict(state)
 
 
+def tensor_fingerprint(spec: dict[str, Any], tensors: dict[str, torch.Tensor], prefixes: tuple[str, ...]) -> str:
+    """A short hash of a spec and the tensors whose names start with one of ``prefixes``: what an
+    add-on (a distilled decoder, a proprioception readout) was made from, so that it is refused by
+    a world model it was not made for."""
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
+    for key in sorted(k for k in tensors if k.startswith(prefixes)):
+        h.update(key.encode())
+        h.update(tensors[key].detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 TRAIN_STATE = "train_state.pt"  # a training run's resume state, next to its checkpoint
 
 

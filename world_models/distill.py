@@ -16,8 +16,6 @@ and ``WorldModelEnv(decoder="distilled")`` use it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
@@ -43,15 +41,13 @@ def check_decoder(name: Any, flag: str = "--wm-decoder") -> str:
 
 
 def fingerprint(encoder_spec: dict[str, Any], checkpoint_tensors: dict[str, Any]) -> str:
-    """A hash of what a distilled decoder imitates: the encoder's spec and the full decoder's weights
-    as a world-model checkpoint stores them (its pixel decoder's, else a VAE trained here's decoder
+    """What a distilled decoder imitates: the encoder's spec and the full decoder's weights as a
+    world-model checkpoint stores them (its pixel decoder's, else a VAE trained here's decoder
     half; an external VAE's weights are named by the spec)."""
+    from .checkpoint import tensor_fingerprint
+
     prefix = "decoder." if any(k.startswith("decoder.") for k in checkpoint_tensors) else "encoder.dec."
-    h = hashlib.sha256(json.dumps(encoder_spec, sort_keys=True).encode())
-    for key in sorted(k for k in checkpoint_tensors if k.startswith(prefix)):
-        h.update(key.encode())
-        h.update(checkpoint_tensors[key].detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    return tensor_fingerprint(encoder_spec, checkpoint_tensors, (prefix,))
 
 
 def teacher_fingerprint(world_model) -> str:

@@ -84,6 +84,7 @@ class WorldModel(nn.Module):
         self._casts: dict[tuple[str, torch.dtype], nn.Module] = {}  # reduced-precision copies (not saved)
         self.folder: Path | None = None  # the checkpoint folder it was loaded from
         self.distilled: PixelDecoder | None = None  # the cheap decoder, loaded on first use (distill.py)
+        self.proprio = None  # the proprioception readout, loaded on first use (proprio.py)
         self.eval()
         self.requires_grad_(False)
 
@@ -204,6 +205,15 @@ class WorldModel(nn.Module):
 
             self.distilled = load_distilled_decoder(self)
         return self.distilled
+
+    def proprio_readout(self):
+        """The proprioception readout (``<checkpoint>/proprio``, ``harness fit-proprio``), loaded
+        once; one clear line saying how to fit one when there is none."""
+        if self.proprio is None:
+            from .proprio import load_proprio_readout
+
+            self.proprio = load_proprio_readout(self)
+        return self.proprio
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
