@@ -106,6 +106,7 @@ INVALID = {
     "wm": ["nosuch", 5, ["minivae_dit_tiny"], {"a": 1}],
     "wm_batch": [0, -1, "x", None],
     "wm_precision": ["float16", 5, None, "bfloat16"],  # bfloat16: valid, but not without a --wm
+    "wm_decoder": ["tiny", 5, None, "distilled"],  # distilled: valid, but not without a --wm
     "ray_address": ["auto", "127.0.0.1:6379", 5],
     "judge": ["nosuch", "latent_classifier:path=/x"],
     "wm_checkpoint": ["/nonexistent", 5],

@@ -518,7 +518,7 @@ def test_spatial_attention_matmul_path_equals_the_fused_kernel(sequences):
     from world_models.dit import MANY_SEQUENCES, Attention
 
     torch.manual_seed(0)
-    attn = Attention(32, 4)
+    attn = Attention(32, 4).requires_grad_(False)
     x = torch.randn(sequences, 16, 32)
     q, k, v = attn.split(x)
     want = attn.merge(torch.nn.functional.scaled_dot_product_attention(q, k, v))
