@@ -82,13 +82,15 @@ def test_cem_batched_vs_loop_and_plan_time_on_the_embedded_world_model(one_threa
 def test_wm_and_overhead_rows_at_the_smallest_sizes(one_thread):
     tiny = replace(QUICK, sim_steps=8, wm_b1_steps=8, wm_b64_steps=4, rounds=1)
     state: dict = {}
-    sim, b1, b64, b64_bf16 = run_all.wm_rows(tiny, state)
+    sim, b1, b64, b64_bf16, dist, dist_bf16 = run_all.wm_rows(tiny, state)  # the shipped checkpoint has a distilled decoder
     assert sim.value > 0 and sim.baseline is None
     # every world-model row is compared with the simulator rate measured in the same run
-    assert b1.baseline == sim.value == b64.baseline == b64_bf16.baseline
-    assert b1.target == (">=", 1.0) and b64.target == (">=", 20.0) == b64_bf16.target
+    assert b1.baseline == sim.value == b64.baseline == b64_bf16.baseline == dist.baseline == dist_bf16.baseline
+    assert b1.target == (">=", 1.0) and b64.target == (">=", 20.0) == b64_bf16.target == dist.target
     assert b64.ratio == pytest.approx(b64.value / sim.value)
     assert "bfloat16" in b64_bf16.measure and b64_bf16.value > 0
+    assert "--wm-decoder distilled" in dist.measure and "bfloat16" in dist_bf16.measure
+    assert dist.value > b64.value  # the distilled decoder is the cheap one
 
     from bench_overhead import runner_vs_bare
 
