@@ -33,3 +33,18 @@ def outcomes(records: list[dict]) -> dict:
 
     return {(r["policy"], r["backend"], r["env_id"], r["init_state"]): {k: v for k, v in r.items() if k not in NONDETERMINISTIC_FIELDS}
             for r in records}
+
+
+@pytest.fixture()
+def saved_wm(tmp_path):
+    """A tiny random-init minivae world model named minivae_dit_tiny, saved and loaded back (so it
+    knows its checkpoint folder, where add-ons live): (model, folder)."""
+    pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')
+    from test_world_models import tiny_wm
+
+    from world_models.world_model import WorldModel
+
+    wm = tiny_wm("minivae")
+    wm.info["name"] = "minivae_dit_tiny"
+    folder = wm.save(tmp_path / "wm")
+    return WorldModel.load(folder), folder

@@ -52,14 +52,6 @@ def states_h5(tmp_path_factory):
     return str(path)
 
 
-@pytest.fixture()
-def saved_wm(tmp_path):
-    wm = tiny_wm("minivae")
-    wm.info["name"] = "minivae_dit_tiny"
-    folder = wm.save(tmp_path / "wm")
-    return WorldModel.load(folder), folder
-
-
 def test_pooled_features_keep_small_grids_and_average_big_ones():
     z = torch.arange(2 * 16 * 3, dtype=torch.float32).reshape(2, 16, 3)  # a 4 x 4 grid: kept as is
     assert torch.equal(pooled_features(z, (4, 4)), z.reshape(2, 48))
@@ -90,7 +82,7 @@ def test_readout_fits_positions_from_latents_and_round_trips(saved_wm, states_h5
     other = tiny_wm("minivae", seed=1)
     other_folder = other.save(tmp_path / "other")
     shutil.copytree(folder / PROPRIO_DIR, other_folder / PROPRIO_DIR)
-    with pytest.raises(HarnessError, match="fitted on another world model's latents"):
+    with pytest.raises(HarnessError, match="made for another world model"):
         WorldModel.load(other_folder).proprio_readout()
 
 

@@ -120,6 +120,24 @@ def tensor_fingerprint(spec: dict[str, Any], tensors: dict[str, torch.Tensor], p
     return h.hexdigest()[:16]
 
 
+def load_addon(world_model, folder: str | os.PathLike | None, subdir: str, what: str, fmt: str, fingerprint: str,
+               hint: str) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
+    """(folder, config, tensors) of an add-on kept beside a world model's checkpoint
+    (``<checkpoint>/<subdir>`` unless ``folder`` is given): a distilled decoder, a proprioception
+    readout. One clear line ending in ``hint`` when it is absent, torn, or was made for another
+    world model (its config's ``fingerprint`` is not ``fingerprint``)."""
+    base = getattr(world_model, "folder", None)
+    folder = Path(folder) if folder is not None else (None if base is None else Path(base) / subdir)
+    name = world_model.info.get("name", "the world model")
+    if folder is None or not (folder / CONFIG).is_file():
+        raise HarnessError(f"world model {name} has no {what}{f' in {folder}' if folder is not None else ''}. {hint}")
+    config, tensors = load_checkpoint(folder, what, fmt, hint)
+    if config.get("fingerprint") != fingerprint:
+        raise HarnessError(f"{what} {folder} was made for another world model (fingerprint "
+                           f"{config.get('fingerprint')!r}, this one {fingerprint!r}). {hint}")
+    return folder, config, tensors
+
+
 TRAIN_STATE = "train_state.pt"  # a training run's resume state, next to its checkpoint
 
 

@@ -67,8 +67,8 @@ def check_distilled(checkpoint: str | os.PathLike, name: str) -> None:
         raise HarnessError(f"world model {name} has no distilled decoder in {folder}. {hint}")
     config, _ = load_checkpoint(folder, "distilled decoder", DECODER_FORMAT, hint, weights=False)
     wm_config, tensors = load_checkpoint(checkpoint, "world model", WM_FORMAT)
-    if config.get("distilled_from") != fingerprint(wm_config.get("encoder"), tensors):
-        raise HarnessError(f"distilled decoder {folder} was distilled from another world model's decoder. {hint}")
+    if config.get("fingerprint") != fingerprint(wm_config.get("encoder"), tensors):
+        raise HarnessError(f"distilled decoder {folder} was made for another world model. {hint}")
 
 
 def full_decoder_output(world_model, z):
@@ -87,21 +87,15 @@ def load_distilled_decoder(world_model, folder: str | os.PathLike | None = None)
     """The distilled decoder (a ``PixelDecoder``) of ``world_model`` (from ``<its
     checkpoint>/distilled_decoder`` unless ``folder`` is given), or one clear line saying how to
     make one."""
-    from .checkpoint import load_checkpoint, load_state
+    from .checkpoint import load_addon, load_state
     from .pixel_decoder import PixelDecoder
 
-    folder = Path(folder) if folder is not None else distilled_folder(world_model)
     name = world_model.info.get("name", "the world model")
-    hint = (f"Distil one with `harness distill-decoder --wm {name} --data DATASET.h5` "
-            f"(writes {folder or '<checkpoint>/' + DISTILLED_DIR}), or use --wm-decoder full.")
-    if folder is None or not (folder / "config.json").is_file():
-        raise HarnessError(f"world model {name} has no distilled decoder"
-                           f"{f' in {folder}' if folder is not None else ''}. {hint}")
-    config, tensors = load_checkpoint(folder, "distilled decoder", DECODER_FORMAT, hint)
-    if config.get("distilled_from") != teacher_fingerprint(world_model):
-        raise HarnessError(f"distilled decoder {folder} was distilled from another world model's decoder "
-                           f"(fingerprint {config.get('distilled_from')!r}, this one "
-                           f"{teacher_fingerprint(world_model)!r}). {hint}")
+    where = folder or distilled_folder(world_model) or "<checkpoint>/" + DISTILLED_DIR
+    hint = (f"Distil one with `harness distill-decoder --wm {name} --data DATASET.h5` (writes {where}), "
+            f"or use --wm-decoder full.")
+    folder, config, tensors = load_addon(world_model, folder, DISTILLED_DIR, "distilled decoder", DECODER_FORMAT,
+                                         teacher_fingerprint(world_model), hint)
     try:
         decoder = PixelDecoder.from_config(config["decoder"])
     except (KeyError, TypeError, ValueError) as e:
@@ -267,7 +261,7 @@ def save_distilled_decoder(decoder, world_model, folder: str | os.PathLike, cfg:
                            metrics: dict[str, Any] | None = None) -> Path:
     from .checkpoint import save_checkpoint
 
-    config = {"format": DECODER_FORMAT, "decoder": decoder.config, "distilled_from": teacher_fingerprint(world_model),
+    config = {"format": DECODER_FORMAT, "decoder": decoder.config, "fingerprint": teacher_fingerprint(world_model),
               "world_model": world_model.info.get("name"), "train": None if cfg is None else asdict(cfg),
               "metrics": metrics or {}}
     return save_checkpoint(folder, config, decoder.state_dict())

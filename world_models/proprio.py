@@ -86,19 +86,14 @@ class ProprioReadout:
 def load_proprio_readout(world_model, folder: str | os.PathLike | None = None) -> ProprioReadout:
     """``<checkpoint>/proprio`` of ``world_model`` (or ``folder``), checked against it; one clear
     line saying how to fit one when it is absent or belongs to another model."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_addon
 
-    base = getattr(world_model, "folder", None)
-    folder = Path(folder) if folder is not None else (None if base is None else Path(base) / PROPRIO_DIR)
     name = world_model.info.get("name", "the world model")
-    hint = (f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` "
-            f"(writes {folder or '<checkpoint>/' + PROPRIO_DIR}), or plan without proprio=.")
-    if folder is None or not (folder / "config.json").is_file():
-        raise HarnessError(f"world model {name} has no proprioception readout"
-                           f"{f' in {folder}' if folder is not None else ''}. {hint}")
-    config, tensors = load_checkpoint(folder, "proprioception readout", PROPRIO_FORMAT, hint)
-    if config.get("fingerprint") != readout_fingerprint(world_model.encoder.spec(), world_model.tensors()):
-        raise HarnessError(f"proprioception readout {folder} was fitted on another world model's latents. {hint}")
+    base = getattr(world_model, "folder", None)
+    where = folder or (Path(base) / PROPRIO_DIR if base is not None else "<checkpoint>/" + PROPRIO_DIR)
+    hint = f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` (writes {where}), or plan without proprio=."
+    folder, config, tensors = load_addon(world_model, folder, PROPRIO_DIR, "proprioception readout", PROPRIO_FORMAT,
+                                         readout_fingerprint(world_model.encoder.spec(), world_model.tensors()), hint)
     try:
         return ProprioReadout(tensors["weight"].numpy(), tensors["bias"].numpy(), tensors["target_std"].numpy(),
                               tuple(config["grid"]), config["family"], config.get("info"))
