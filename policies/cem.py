@@ -144,8 +144,11 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     goal_n = world_model.normalize(torch.as_tensor(goal, dtype=torch.float32))
     readout = world_model.proprio_readout() if config.proprio > 0 else None
     if readout is not None:
+        if goal_proprio is not None and np.asarray(goal_proprio).size < readout.dims:
+            raise HarnessError(f"cem proprio: the goal state has {np.asarray(goal_proprio).size} numbers; the "
+                               f"readout needs its first {readout.dims} (the robot's proprioception)")
         goal_p = (readout(torch.as_tensor(goal, dtype=torch.float32)) if goal_proprio is None
-                  else torch.as_tensor(np.asarray(goal_proprio, np.float32)[:readout.dims]))
+                  else torch.as_tensor(np.asarray(goal_proprio, np.float32).reshape(-1)[:readout.dims]))
     if init_mean is None:
         mean = np.zeros((K, Ad), np.float32)
     else:
@@ -235,7 +238,11 @@ class CEMPolicy:
         from world_models.named import find_checkpoint, read_config
 
         read_config(wm)
-        find_checkpoint(wm, checkpoint)  # fails here, before any simulator starts, when absent
+        folder = find_checkpoint(wm, checkpoint)  # fails here, before any simulator starts, when absent
+        if self.config.proprio > 0:
+            from world_models.proprio import check_readout
+
+            check_readout(folder, wm, env_info.family)
         self.env_info, self.wm_name, self.checkpoint = env_info, wm, checkpoint
         self.goal, self.goal_data = goal, goal_data
         self._wm = None
@@ -259,11 +266,7 @@ class CEMPolicy:
                 raise HarnessError(f"cem: world model {self.wm_name!r} takes {self._wm.env_action_dim}-D actions; "
                                    f"{self.env_info.env_id} has {self.env_info.action_space.shape[0]}-D")
             if self.config.proprio > 0:
-                readout = self._wm.proprio_readout()  # absent: one line saying how to fit one
-                if readout.family != self.env_info.family:
-                    raise HarnessError(f"cem proprio: the readout of {self.wm_name!r} reads {readout.family} "
-                                       f"proprioception, not {self.env_info.family}'s: fit one on "
-                                       f"{self.env_info.family} data with `harness fit-proprio`")
+                self._wm.proprio_readout()  # checked at construction; its fingerprint is checked here
         return self._wm
 
     def reset(self, instruction: str, *, seed: int | None = None, init_state: int | None = None) -> None:

@@ -48,7 +48,7 @@ def states_h5(tmp_path_factory):
             w.add(EpisodeData(actions=np.zeros((20, 4), np.float32),
                               obs={"corner2_rgb": frames[:-1], "state": states[:-1]},
                               final_obs={"corner2_rgb": frames[-1:], "state": states[-1:]},
-                              attrs={"env_id": "metaworld/reach-v3"}))
+                              attrs={"env_id": "metaworld/reach-v3", "init_state": e}))
     return str(path)
 
 
@@ -133,3 +133,40 @@ def test_cli_fit_proprio(saved_wm, states_h5):
     assert "metaworld proprioception (4 dims), held-out R^2 per dim:" in r.stdout and "n/a" in r.stdout
     config = json.loads((folder / PROPRIO_DIR / "config.json").read_text())
     assert config["family"] == "metaworld" and config["dims"] == 4
+
+
+def test_cem_policy_refuses_a_missing_or_foreign_family_readout_at_construction(saved_wm, states_h5):
+    from policies import EnvInfo, make_policy
+
+    wm, folder = saved_wm
+    info = EnvInfo.from_env_id("metaworld/reach-v3")
+    spec = f"cem:wm=minivae_dit_tiny,checkpoint={folder},goal=data,goal_data={states_h5},proprio=0.3"
+    with pytest.raises(HarnessError, match="has no proprioception readout.*harness fit-proprio"):
+        make_policy(spec, info)  # before any world model or simulator loads
+    make_policy(spec.replace("proprio=0.3", "proprio=0"), info)  # the term off: no readout needed
+    libero = ProprioReadout(np.zeros((wm.encoder.num_tokens * wm.encoder.dim, 8)), np.zeros(8), np.ones(8),
+                            wm.encoder.grid, "libero")
+    libero.save(folder / PROPRIO_DIR, readout_fingerprint(wm.encoder.spec(), wm.tensors()))
+    with pytest.raises(HarnessError, match="reads libero proprioception, not metaworld's"):
+        make_policy(spec, info)
+
+
+def test_cem_policy_takes_the_goal_state_of_a_dataset_goal(saved_wm, states_h5):
+    from policies import EnvInfo, make_policy
+
+    wm, folder = saved_wm
+    readout, _ = fit_proprio_readout(wm, [states_h5])
+    readout.save(folder / PROPRIO_DIR, readout_fingerprint(wm.encoder.spec(), wm.tensors()))
+    info = EnvInfo.from_env_id("metaworld/reach-v3")
+    info = EnvInfo(**{**info.__dict__, "cameras": ("corner2",), "image_size": 32})
+    policy = make_policy(f"cem:wm=minivae_dit_tiny,checkpoint={folder},goal=data,goal_data={states_h5},"
+                         f"proprio=0.3,samples=8,elites=2,iterations=1", info)
+    frame, state = policy._goal(4)  # episode 4's final frame and state (init_state 4)
+    from harness.dataset import read_demo
+
+    demo = read_demo(states_h5, "demo_4")
+    assert np.array_equal(frame, demo.frames("corner2")[-1])
+    assert np.array_equal(state, demo.final_obs["state"][-1]) and state[2] == pytest.approx(0.4)
+    policy.reset("reach", seed=0, init_state=4)
+    action = policy.act({"pixels": {"corner2": frame}})
+    assert action.shape == (4,) and np.all(np.abs(action) <= 1)

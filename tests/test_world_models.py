@@ -522,10 +522,15 @@ def test_spatial_attention_matmul_path_equals_the_fused_kernel(sequences):
     x = torch.randn(sequences, 16, 32)
     q, k, v = attn.split(x)
     want = attn.merge(torch.nn.functional.scaled_dot_product_attention(q, k, v))
-    assert (sequences >= MANY_SEQUENCES) == (sequences == 40)  # both paths are exercised
+    assert (sequences >= MANY_SEQUENCES) == (sequences == 40)  # both bfloat16 paths are exercised
     assert torch.allclose(attn(x), want, atol=1e-5)
-    low = attn.to(torch.bfloat16)(x.to(torch.bfloat16)).float()
+    low16 = attn.to(torch.bfloat16)
+    xb = x.to(torch.bfloat16)
+    qb, kb, vb = low16.split(xb)
+    fused = low16.merge(torch.nn.functional.scaled_dot_product_attention(qb, kb, vb)).float()
+    low = low16(xb).float()
     assert float((low - want).abs().max()) < 0.05 * float(want.abs().max()) + 0.02
+    assert float((low - fused).abs().max()) < 0.05 * float(fused.abs().max()) + 0.02
 
 
 def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone():

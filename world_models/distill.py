@@ -131,6 +131,9 @@ class DistillConfig:
             raise HarnessError(f"--lr {self.lr!r} must be > 0")
         if not self.data:
             raise HarnessError("--data is required: a dataset of real frames from `harness collect`")
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise HarnessError(f"--threads {self.threads!r} must be an integer >= 1")
 
 
 def _frames(world_model, cfg: DistillConfig):
@@ -156,8 +159,9 @@ def _frames(world_model, cfg: DistillConfig):
     train_frames, val_frames = np.concatenate(train), np.concatenate(val)
     if len(train_frames) > cfg.max_frames:
         train_frames = train_frames[np.linspace(0, len(train_frames) - 1, cfg.max_frames).round().astype(int)]
-    if len(val_frames) > cfg.max_frames // 4:
-        val_frames = val_frames[np.linspace(0, len(val_frames) - 1, cfg.max_frames // 4).round().astype(int)]
+    if len(val_frames) > max(1, cfg.max_frames // 4):
+        keep = max(1, cfg.max_frames // 4)
+        val_frames = val_frames[np.linspace(0, len(val_frames) - 1, keep).round().astype(int)]
     return train_frames, val_frames
 
 

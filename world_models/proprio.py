@@ -3,8 +3,9 @@
 DINO-WM plans on its visual latents plus the robot's proprioception, which its world model
 predicts beside the image. The world models here predict image latents only, so a
 ``ProprioReadout`` recovers the proprioceptive part of the state from a latent: a ridge
-regression (``harness.probes.ridge``, penalty chosen on held-out episodes) from the latent, its
-token grid average-pooled to at most 4 x 4 and flattened, to the leading ``PROPRIO_DIMS`` state
+regression (``harness.probes.ridge``, penalty chosen on a quarter of the training episodes)
+from the latent, its token grid average-pooled to at most 4 x 4 and flattened, to the leading
+``PROPRIO_DIMS`` state
 dimensions of the benchmark (end-effector position, then orientation and gripper where the state
 has them). Any predicted latent then has a predicted proprioception, and CEM can add the distance
 to the goal's proprioception to its latent cost (``cem:...,proprio=W``).
@@ -97,8 +98,29 @@ def load_proprio_readout(world_model, folder: str | os.PathLike | None = None) -
     try:
         return ProprioReadout(tensors["weight"].numpy(), tensors["bias"].numpy(), tensors["target_std"].numpy(),
                               tuple(config["grid"]), config["family"], config.get("info"))
-    except KeyError as e:
-        raise HarnessError(f"proprioception readout {folder} lacks {e}. {hint}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise HarnessError(f"proprioception readout {folder}/config.json is inconsistent ({type(e).__name__}: {e}). "
+                           f"{hint}") from None
+
+
+def check_readout(checkpoint: str | os.PathLike, name: str, family: str) -> None:
+    """Before anything runs (no torch): ``<checkpoint>/proprio`` exists and reads ``family``'s
+    proprioception. Its fingerprint is checked when it is loaded."""
+    import json
+
+    path = Path(checkpoint) / PROPRIO_DIR / "config.json"
+    hint = f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` (writes {path.parent})."
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HarnessError(f"cem proprio: world model {name} has no proprioception readout in {path.parent}. "
+                           f"{hint}") from None
+    except (OSError, ValueError) as e:
+        raise HarnessError(f"cem proprio: {path} is unreadable ({type(e).__name__}). {hint}") from None
+    if not isinstance(config, dict) or config.get("family") != family:
+        got = config.get("family") if isinstance(config, dict) else None
+        raise HarnessError(f"cem proprio: the readout of {name} reads {got} proprioception, not {family}'s: fit one "
+                           f"on {family} data. {hint}")
 
 
 def _family(env_id: str) -> str:
@@ -141,9 +163,10 @@ def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray,
 
 def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 0.2, max_frames: int = 20000,
                         seed: int = 0) -> tuple[ProprioReadout, dict[str, Any]]:
-    """Fit the readout on the frames and states of ``data``: ridge on the training episodes, the
-    penalty chosen on the last ``val_fraction`` of them (the held-out episodes), which are then
-    scored (R^2 per dimension) before a final refit on everything."""
+    """Fit the readout on the frames and states of ``data``: ridge on the training episodes with
+    the penalty chosen on the last quarter of them, scored (R^2 per dimension) on the held-out
+    episodes (the last ``val_fraction`` of all), then refitted on everything. ``max_frames``:
+    frames kept per part, at random."""
     import torch
 
     from harness.probes.ridge import RidgeProbe
@@ -153,6 +176,8 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
 
     if not 0.0 < float(val_fraction) < 1.0:
         raise HarnessError(f"--val-fraction {val_fraction!r} must be in (0, 1)")
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise HarnessError(f"--max-frames {max_frames!r} must be an integer >= 1")
     episodes, family = _episodes(world_model, data)
     train_idx, val_idx = split_episodes(len(episodes), val_fraction)
     if not train_idx or not val_idx:
@@ -168,11 +193,19 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
             z = world_model.encode(frames[:, None])[:, 0]
         return pooled_features(z, world_model.encoder.grid).numpy().astype(np.float64), states
 
-    x_tr, y_tr = features(train_idx)
+    # the penalty is chosen on the last quarter of the training episodes (whole episodes), then the
+    # readout refitted on all of them is scored on the held-out episodes, which it has not seen
+    fit_idx = train_idx[:max(1, len(train_idx) * 3 // 4)]
+    pick_idx = train_idx[len(fit_idx):]
+    x_fit, y_fit = features(fit_idx)
+    if pick_idx:
+        x_pick, y_pick = features(pick_idx)
+        chosen = RidgeProbe().fit(x_fit, y_fit, x_pick, y_pick)
+        x_tr, y_tr = np.concatenate([x_fit, x_pick]), np.concatenate([y_fit, y_pick])
+    else:  # one training episode: the middle of the penalty grid
+        chosen = RidgeProbe().fit(x_fit, y_fit)
+        x_tr, y_tr = x_fit, y_fit
     x_va, y_va = features(val_idx)
-    # the penalty is chosen on the last quarter of the training episodes, so the held-out score is honest
-    chosen = RidgeProbe().fit(x_tr[: len(x_tr) * 3 // 4], y_tr[: len(y_tr) * 3 // 4],
-                              x_tr[len(x_tr) * 3 // 4:], y_tr[len(y_tr) * 3 // 4:])
     probe = RidgeProbe(alphas=(chosen.alpha,)).fit(x_tr, y_tr)
     r2 = r2_per_dim(y_va, probe.predict(x_va))
     final = RidgeProbe(alphas=(chosen.alpha,)).fit(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))

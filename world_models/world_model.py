@@ -203,7 +203,8 @@ class WorldModel(nn.Module):
         if self.distilled is None:
             from .distill import load_distilled_decoder
 
-            self.distilled = load_distilled_decoder(self)
+            # a plain attribute, not a registered submodule: not part of state_dict() or modules()
+            object.__setattr__(self, "distilled", load_distilled_decoder(self))
         return self.distilled
 
     def proprio_readout(self):
@@ -229,8 +230,9 @@ class WorldModel(nn.Module):
         part = "decoder" if decoder == "full" else "distilled"
         net = self.decoder if decoder == "full" else self.distilled_decoder()
         B, T, N, D = latents.shape
-        decoder = self._cast(part, dtype) if low else net
-        x = decoder(latents.reshape(B * T, N, D).to(dtype if low else latents.dtype))
+        if low:
+            net = self._cast(part, dtype)
+        x = net(latents.reshape(B * T, N, D).to(dtype if low else latents.dtype))
         frames = self.encoder.postprocess(x)
         return frames.view(B, T, *frames.shape[1:])
 
