@@ -113,6 +113,45 @@ def test_matched_run_writes_both_outcomes_comparison_videos_and_report(wm_with_j
     assert "World model vs simulator" in page and page.count("data:image/png;base64") >= 3 and "<video" in page
 
 
+def test_a_matched_run_through_the_distilled_decoder_changes_only_the_pixels(wm_with_judge, tmp_path):
+    import shutil
+
+    import imageio.v3 as iio
+
+    from world_models.distill import DISTILLED_DIR, save_distilled_decoder
+    from world_models.pixel_decoder import PixelDecoder
+    from world_models.world_model import WorldModel
+
+    ckpt = tmp_path / "wm"
+    shutil.copytree(wm_with_judge, ckpt)
+    wm = WorldModel.load(ckpt)
+    torch.manual_seed(1)  # an untrained distilled decoder: its pixels are surely not the full decoder's
+    save_distilled_decoder(PixelDecoder(wm.encoder.dim, wm.encoder.grid, wm.image_size, 16, arch="shuffle"), wm,
+                           ckpt / DISTILLED_DIR)
+    runs = {}
+    for decoder in ("full", "distilled"):
+        out = tmp_path / decoder
+        r = run_cli("eval", "--env", "metaworld/reach-v3", "-p", "scripted", "-p", "random", "-n", "2",
+                    "--max-steps", "16", "--image-size", "64", "--wm", "minivae_dit_tiny", "--wm-checkpoint",
+                    str(ckpt), "--wm-decoder", decoder, "--video", "all", "--out", str(out), "--no-progress")
+        assert r.returncode == 0, r.stderr
+        runs[decoder] = {(x["policy"], x["backend"], x["init_state"]): x for x in read_jsonl(out / "episodes.jsonl")}
+        identity = json.loads((out / "run.json").read_text())
+        assert identity.get("wm_decoder") == (None if decoder == "full" else "distilled")
+    full, dist = runs["full"], runs["distilled"]
+    assert set(full) == set(dist) and len(full) == 8
+    for key, rec in full.items():
+        if key[1].startswith("wm:"):  # pixel-free policies and a latent judge: the same latents, same verdicts
+            assert dist[key]["latent_divergence"] == pytest.approx(rec["latent_divergence"])
+            assert dist[key]["success"] == rec["success"] and dist[key]["length"] == rec["length"]
+    key = ("random", "wm:minivae_dit_tiny", 0)
+    a = iio.imread(tmp_path / "full" / full[key]["video"], index=3)
+    b = iio.imread(tmp_path / "distilled" / dist[key]["video"], index=3)
+    half = a.shape[1] // 2
+    assert np.abs(a[:, :half].astype(int) - b[:, :half].astype(int)).mean() < 3  # the simulator's half: alike
+    assert np.abs(a[:, half:].astype(int) - b[:, half:].astype(int)).mean() > 10  # the world model's half differs
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--judge", "oracle"], "cannot judge a world-model rollout"),
     (["--camera", "topview"], "models camera 'corner2'"),
