@@ -147,8 +147,10 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
         wm_env_steps_per_s,
     )
 
+    from world_models.distill import DISTILLED_DIR
+
     wm = embedded_world_model()
-    distilled = (wm.folder / "distilled_decoder" / "config.json").is_file()  # harness distill-decoder's output
+    distilled = (wm.folder / DISTILLED_DIR / "config.json").is_file()  # harness distill-decoder's output
     sim = b1 = b64 = b64_bf16 = b64_dist = b64_dist_bf16 = 0.0
     bf16 = {"decode_dtype": torch.bfloat16, "predict_dtype": torch.bfloat16}
     for _ in range(sizes.rounds):

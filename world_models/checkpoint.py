@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -18,6 +19,7 @@ from harness.errors import HarnessError
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
+T = TypeVar("T")
 
 
 def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
@@ -121,21 +123,26 @@ def tensor_fingerprint(spec: dict[str, Any], tensors: dict[str, torch.Tensor], p
 
 
 def load_addon(world_model, folder: str | os.PathLike | None, subdir: str, what: str, fmt: str, fingerprint: str,
-               hint: str) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
-    """(folder, config, tensors) of an add-on kept beside a world model's checkpoint
-    (``<checkpoint>/<subdir>`` unless ``folder`` is given): a distilled decoder, a proprioception
-    readout. One clear line ending in ``hint`` when it is absent, torn, or was made for another
-    world model (its config's ``fingerprint`` is not ``fingerprint``)."""
+               hint: Callable[[str], str], build: Callable[[Path, dict[str, Any], dict[str, torch.Tensor]], T]) -> T:
+    """An add-on kept beside a world model's checkpoint (``<checkpoint>/<subdir>`` unless
+    ``folder`` is given): a distilled decoder, a proprioception readout. ``build(folder, config,
+    tensors)`` makes it. One clear line ending in ``hint(where it was looked for)`` when it is
+    absent, torn, made for another world model (its config's ``fingerprint`` is not
+    ``fingerprint``) or inconsistent (``build`` raised KeyError, TypeError or ValueError)."""
     base = getattr(world_model, "folder", None)
     folder = Path(folder) if folder is not None else (None if base is None else Path(base) / subdir)
     name = world_model.info.get("name", "the world model")
+    fix = hint(str(folder) if folder is not None else f"<checkpoint>/{subdir}")
     if folder is None or not (folder / CONFIG).is_file():
-        raise HarnessError(f"world model {name} has no {what}{f' in {folder}' if folder is not None else ''}. {hint}")
-    config, tensors = load_checkpoint(folder, what, fmt, hint)
+        raise HarnessError(f"world model {name} has no {what}{f' in {folder}' if folder is not None else ''}. {fix}")
+    config, tensors = load_checkpoint(folder, what, fmt, fix)
     if config.get("fingerprint") != fingerprint:
         raise HarnessError(f"{what} {folder} was made for another world model (fingerprint "
-                           f"{config.get('fingerprint')!r}, this one {fingerprint!r}). {hint}")
-    return folder, config, tensors
+                           f"{config.get('fingerprint')!r}, this one {fingerprint!r}). {fix}")
+    try:
+        return build(folder, config, tensors)
+    except (KeyError, TypeError, ValueError) as e:
+        raise HarnessError(f"{what} {folder}/{CONFIG} is inconsistent ({type(e).__name__}: {e}). {fix}") from None
 
 
 TRAIN_STATE = "train_state.pt"  # a training run's resume state, next to its checkpoint

@@ -34,6 +34,11 @@ DECODER_FORMAT = "wm-harness-decoder/1"
 DECODERS = ("full", "distilled")  # which decoder a world model shows its predictions through
 
 
+def _hint(name: str, where: object) -> str:
+    return (f"Distil one with `harness distill-decoder --wm {name} --data DATASET.h5` (writes {where}), "
+            f"or use --wm-decoder full.")
+
+
 def check_decoder(name: Any, flag: str = "--wm-decoder") -> str:
     if name not in DECODERS:
         raise HarnessError(f"{flag} {name!r} is not a decoder: use {' or '.join(DECODERS)}")
@@ -61,8 +66,7 @@ def check_distilled(checkpoint: str | os.PathLike, name: str) -> None:
     from .world_model import WM_FORMAT
 
     folder = Path(checkpoint) / DISTILLED_DIR
-    hint = (f"Distil one with `harness distill-decoder --wm {name} --data DATASET.h5` (writes {folder}), "
-            f"or use --wm-decoder full.")
+    hint = _hint(name, folder)
     if not (folder / "config.json").is_file():
         raise HarnessError(f"world model {name} has no distilled decoder in {folder}. {hint}")
     config, _ = load_checkpoint(folder, "distilled decoder", DECODER_FORMAT, hint, weights=False)
@@ -78,11 +82,6 @@ def full_decoder_output(world_model, z):
     return world_model.encoder.decode_images(z)
 
 
-def distilled_folder(world_model) -> Path | None:
-    folder = getattr(world_model, "folder", None)
-    return None if folder is None else Path(folder) / DISTILLED_DIR
-
-
 def load_distilled_decoder(world_model, folder: str | os.PathLike | None = None):
     """The distilled decoder (a ``PixelDecoder``) of ``world_model`` (from ``<its
     checkpoint>/distilled_decoder`` unless ``folder`` is given), or one clear line saying how to
@@ -90,19 +89,14 @@ def load_distilled_decoder(world_model, folder: str | os.PathLike | None = None)
     from .checkpoint import load_addon, load_state
     from .pixel_decoder import PixelDecoder
 
-    name = world_model.info.get("name", "the world model")
-    where = folder or distilled_folder(world_model) or "<checkpoint>/" + DISTILLED_DIR
-    hint = (f"Distil one with `harness distill-decoder --wm {name} --data DATASET.h5` (writes {where}), "
-            f"or use --wm-decoder full.")
-    folder, config, tensors = load_addon(world_model, folder, DISTILLED_DIR, "distilled decoder", DECODER_FORMAT,
-                                         teacher_fingerprint(world_model), hint)
-    try:
+    def build(where, config, tensors):
         decoder = PixelDecoder.from_config(config["decoder"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise HarnessError(f"distilled decoder {folder}/config.json is inconsistent ({type(e).__name__}: {e}). "
-                           f"{hint}") from None
-    load_state(decoder, tensors, "", str(folder))
-    return decoder.eval().requires_grad_(False)
+        load_state(decoder, tensors, "", str(where))
+        return decoder.eval().requires_grad_(False)
+
+    name = world_model.info.get("name", "the world model")
+    return load_addon(world_model, folder, DISTILLED_DIR, "distilled decoder", DECODER_FORMAT,
+                      teacher_fingerprint(world_model), lambda where: _hint(name, where), build)
 
 
 @dataclass(frozen=True)

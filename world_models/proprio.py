@@ -84,23 +84,23 @@ class ProprioReadout:
                                                 "target_std": self.target_std})
 
 
+def _hint(name: str, where: object) -> str:
+    return f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` (writes {where})"
+
+
 def load_proprio_readout(world_model, folder: str | os.PathLike | None = None) -> ProprioReadout:
     """``<checkpoint>/proprio`` of ``world_model`` (or ``folder``), checked against it; one clear
     line saying how to fit one when it is absent or belongs to another model."""
     from .checkpoint import load_addon
 
-    name = world_model.info.get("name", "the world model")
-    base = getattr(world_model, "folder", None)
-    where = folder or (Path(base) / PROPRIO_DIR if base is not None else "<checkpoint>/" + PROPRIO_DIR)
-    hint = f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` (writes {where}), or plan without proprio=."
-    folder, config, tensors = load_addon(world_model, folder, PROPRIO_DIR, "proprioception readout", PROPRIO_FORMAT,
-                                         readout_fingerprint(world_model.encoder.spec(), world_model.tensors()), hint)
-    try:
+    def build(where, config, tensors):
         return ProprioReadout(tensors["weight"].numpy(), tensors["bias"].numpy(), tensors["target_std"].numpy(),
                               tuple(config["grid"]), config["family"], config.get("info"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise HarnessError(f"proprioception readout {folder}/config.json is inconsistent ({type(e).__name__}: {e}). "
-                           f"{hint}") from None
+
+    name = world_model.info.get("name", "the world model")
+    return load_addon(world_model, folder, PROPRIO_DIR, "proprioception readout", PROPRIO_FORMAT,
+                      readout_fingerprint(world_model.encoder.spec(), world_model.tensors()),
+                      lambda where: _hint(name, where) + ", or plan without proprio=.", build)
 
 
 def check_readout(checkpoint: str | os.PathLike, name: str, family: str) -> None:
@@ -109,7 +109,7 @@ def check_readout(checkpoint: str | os.PathLike, name: str, family: str) -> None
     import json
 
     path = Path(checkpoint) / PROPRIO_DIR / "config.json"
-    hint = f"Fit one with `harness fit-proprio --wm {name} --data DATASET.h5` (writes {path.parent})."
+    hint = _hint(name, path.parent) + "."
     try:
         config = json.loads(path.read_text())
     except FileNotFoundError:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .distill import DECODERS
 from .dit import DiT, DiTConfig
 from .encoders import Encoder, build_encoder, is_trained_here
 from .flow_matching import SAMPLERS, resolve_shift, sample
@@ -222,7 +223,7 @@ class WorldModel(nn.Module):
         (about 2x faster on CPUs with native bf16; within a few intensity levels of float32).
         ``decoder`` "distilled": through the cheap decoder distilled from the full one
         (``harness distill-decoder``; world_models/distill.py) instead of the full one."""
-        if decoder not in ("full", "distilled"):
+        if decoder not in DECODERS:
             raise ValueError(f"decoder must be 'full' or 'distilled', got {decoder!r}")
         low = dtype is not None and dtype != torch.float32
         if decoder == "full" and self.decoder is None:
