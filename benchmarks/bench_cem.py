@@ -20,13 +20,17 @@ from dataclasses import replace
 
 
 def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samples: int | None = None,
-                    sampler_steps: int = 2, batched_dtype=None) -> dict[str, float]:
+                    sampler_steps: int = 2, batched_dtype=None, batched_threads: int | None = None,
+                    loop_threads: tuple[int, ...] = (), repeats: int = 1) -> dict[str, float]:
     """Seconds for one CEM iteration's ``samples`` candidates (``horizon`` world-model steps each)
     scored in ONE batched ``predict`` call vs one call per candidate. ``loop_samples`` < samples
     times the loop over that many candidates and scales linearly (each call is independent).
     ``batched_dtype`` torch.bfloat16 runs the batched call in bf16 (CEM ``precision=bfloat16``);
     the loop stays float32, its faster precision at batch 1.
-    Returns ``batched_s``, ``loop_s`` (for all ``samples``) and ``speedup``."""
+    ``batched_threads``: torch threads for the batched call (default: as set). ``loop_threads``:
+    time the loop at each of these thread counts and keep the fastest (default: as set), so that
+    each side runs in its own best configuration of the machine. ``repeats``: best of that many timings.
+    Returns ``batched_s``, ``loop_s`` (for all ``samples``), ``speedup`` and the thread counts used."""
     import torch
 
     cand = torch.rand(samples, horizon, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -42,15 +46,31 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
             g.manual_seed(0)
             wm.predict(context, cand[i:i + 1], generator=g, steps=sampler_steps, temperature=0.0)
 
-    batched()  # warm-up
-    t = time.perf_counter()
-    batched()
-    tb = time.perf_counter() - t
-    wm.predict(context, cand[:1], generator=g, steps=sampler_steps, temperature=0.0)  # warm-up
-    t = time.perf_counter()
-    loop()
-    tl = (time.perf_counter() - t) * samples / n_loop
-    return {"batched_s": tb, "loop_s": tl, "speedup": tl / tb, "loop_samples": n_loop}
+    def warm_loop():
+        wm.predict(context, cand[:1], generator=g, steps=sampler_steps, temperature=0.0)
+
+    def timed(fn, warm, threads: int) -> float:
+        """Best of ``repeats`` timings after a warm-up, at ``threads`` torch threads."""
+        torch.set_num_threads(threads)
+        try:
+            warm()
+            best = float("inf")
+            for _ in range(repeats):
+                t = time.perf_counter()
+                fn()
+                best = min(best, time.perf_counter() - t)
+            return best
+        finally:
+            torch.set_num_threads(current)
+
+    current = torch.get_num_threads()
+    bt = batched_threads or current
+    tb = timed(batched, batched, bt)
+    loop_times = {n: timed(loop, warm_loop, n) * samples / n_loop for n in (loop_threads or (current,))}
+    lt = min(loop_times, key=loop_times.get)
+    tl = loop_times[lt]
+    return {"batched_s": tb, "loop_s": tl, "speedup": tl / tb, "loop_samples": n_loop,
+            "batched_threads": bt, "loop_threads": lt}
 
 
 def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> dict[str, float]:
@@ -71,15 +91,77 @@ def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> 
             "iterations": cfg.iterations, "samples": cfg.samples, "horizon": cfg.horizon}
 
 
+def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) -> dict[str, float]:
+    """In this (fresh) process: seconds of the batched call of ``batched_vs_loop`` (random
+    weights, float32 and bfloat16, best of ``repeats``), with or without ``keep_freed_memory``."""
+    import torch
+    from bench_world_model import random_world_model
+
+    from harness.allocator import keep_freed_memory
+
+    applied = keep_freed_memory() if keep else False
+    torch.set_num_threads(threads)
+    wm = random_world_model(frameskip=4)
+    ctx = torch.randn(1, wm.history, wm.encoder.num_tokens, wm.encoder.dim, generator=torch.Generator().manual_seed(0))
+    cand = torch.rand(samples, 5, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = {"applied": applied}
+    for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+        wm.predict(ctx, cand, steps=2, temperature=0.0, dtype=dtype)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            wm.predict(ctx, cand, steps=2, temperature=0.0, dtype=dtype)
+            best = min(best, time.perf_counter() - t)
+        out[name] = best
+    return out
+
+
+def allocator_effect(samples: int = 300, threads: int = 1, rounds: int = 2) -> dict[str, float]:
+    """The batched call's seconds in child processes with ``harness.allocator.keep_freed_memory``
+    and with glibc's defaults (the setting only takes effect process-wide), alternating,
+    best of ``rounds`` each. Returns ``{float32,bfloat16}_{keep,default}`` seconds and ``applied``."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    best: dict[str, float] = {}
+    applied = False
+    for _ in range(rounds):
+        for mode in ("keep", "default"):
+            proc = subprocess.run([sys.executable, str(here / "bench_cem.py"), "--allocator-child", mode,
+                                   "--samples", str(samples), "--threads", str(threads)],
+                                  capture_output=True, text=True, timeout=600, cwd=here.parent)
+            if proc.returncode != 0:
+                raise RuntimeError(f"allocator child failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            applied = applied or bool(r["applied"])
+            for name in ("float32", "bfloat16"):
+                key = f"{name}_{mode}"
+                best[key] = min(best.get(key, float("inf")), r[name])
+    return {**best, "applied": applied}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--full", action="store_true")
     ap.add_argument("--embedded", action="store_true", help="time the shipped minivae_dit_tiny checkpoint")
+    ap.add_argument("--allocator-child", choices=("keep", "default"), default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.allocator_child:
+        import json
+
+        print(json.dumps(allocator_child(args.allocator_child == "keep", args.samples, args.threads)))
+        return
     import torch
     from bench_world_model import embedded_world_model, random_world_model
+
+    from harness.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the harness CLI does
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

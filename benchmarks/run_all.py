@@ -199,7 +199,7 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
 
 def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     import torch
-    from bench_cem import batched_vs_loop, plan_time
+    from bench_cem import allocator_effect, batched_vs_loop, plan_time
     from bench_world_model import embedded_world_model, sim_steps_per_s
 
     wm = state.get("wm") or embedded_world_model()
@@ -225,6 +225,23 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     r16 = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=torch.bfloat16)
     rows.append(Row("CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs float32 loop",
                     S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0), note))
+    a = allocator_effect(S, state.get("threads", 1), rounds=min(2, sizes.rounds))
+    if a["applied"]:
+        for label in ("float32", "bfloat16"):
+            rows.append(Row(f"CEM batched call ({label}) with harness.allocator.keep_freed_memory vs glibc defaults",
+                            S / a[f"{label}_keep"], "cand/s", S / a[f"{label}_default"],
+                            note="child processes, alternating, best of each"))
+    threads, default = state.get("threads", 1), state.get("default_threads")
+    if default and default != threads:
+        # the whole machine, as `harness eval --workers 1` runs CEM (torch's default threads): the
+        # batched call at all cores, the loop at whichever of the two thread counts is faster
+        for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
+            r = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=dtype, batched_threads=default,
+                                loop_threads=(threads, default), repeats=min(2, sizes.rounds))
+            rows.append(Row(f"CEM iteration as above on all {default} cores: batched {label} vs float32 loop",
+                            S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0),
+                            f"{note + '; ' if note else ''}loop fastest at {r['loop_threads']} thread(s), best of "
+                            f"{min(2, sizes.rounds)}"))
     return rows
 
 
@@ -337,6 +354,9 @@ def main(argv: list[str] | None = None) -> list[Row]:
                               f"sizes: {'quick' if args.quick else 'full'}"]
     for line in header:
         log(line)
+    from harness.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as the harness CLI does (its effect: a row of the cem section)
     state: dict = {}
     rows = run(sections, sizes, args.threads, log, state)
     torch.set_num_threads(args.threads)

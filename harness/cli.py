@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from harness.allocator import keep_freed_memory
 from harness.errors import HarnessError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -614,6 +615,7 @@ def libero_demos_replay_cmd(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors with exit code 2 for bad input, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    keep_freed_memory()  # batched world-model calls reuse freed blocks (harness/allocator.py)
     command = typer.main.get_command(app)
     try:
         rc = command.main(args=argv, prog_name="harness", standalone_mode=False)

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait
 from typing import Any
 
+from harness.allocator import keep_freed_memory
 from harness.episodes import WorkItem
 from harness.errors import HarnessError
 from harness.registry import Registry
@@ -82,6 +83,7 @@ def _worker_main(conn, settings: RunSettings, factory: type[EpisodeWorker], work
     """A worker process: build its worker, then run the chunks the parent sends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     share_threads(workers, settings.threads)
+    keep_freed_memory()
     logging.basicConfig(level=logging.WARNING)
     worker = factory(settings)
     name = mp.current_process().name

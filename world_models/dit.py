@@ -79,8 +79,35 @@ class DiTConfig:
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    # x (B, T, N, C); shift/scale (B, T, C): one modulation per frame, shared by its tokens
-    return x * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+    # x (B, T, N, C); shift/scale (B, T, C): one modulation per frame, shared by its tokens.
+    # One fused multiply-add: 300 CEM candidates' frames (4800 x 64) 0.07 vs 0.24 ms for x * s + t
+    return torch.addcmul(shift.unsqueeze(2), x, 1 + scale.unsqueeze(2))
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The residual update x + gate * h (gate (B, T, C) per frame) in one fused op."""
+    return torch.addcmul(x, gate.unsqueeze(2), h)
+
+
+_GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+
+
+class TanhGELU(nn.Module):
+    """GELU, tanh approximation (DiT's), computed for inference as x * sigmoid(2z) — the same
+    function, 0.5 * (1 + tanh(z)) = sigmoid(2z) — because torch's CPU tanh is slow: 4800 x 256
+    activations (300 CEM candidates' tokens) 0.71 vs 1.98 ms, within 5e-7 of float64. In
+    bfloat16 the exact (erf) GELU stands in (0.26 vs 1.68 ms): it differs from the tanh form by
+    at most 4.7e-4, below bfloat16's own rounding (torch's bf16 tanh-GELU is 7.8e-3 off float64
+    on N(0, 4) inputs, the erf one 8.2e-3). Training (autograd) uses torch's kernel unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.gelu(x, approximate="tanh")
+        if x.dtype == torch.bfloat16:
+            return F.gelu(x)
+        u = x * x
+        u.mul_(0.044715 * _GELU_K).add_(_GELU_K).mul_(x)
+        return u.sigmoid_().mul_(x)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -188,7 +215,7 @@ class DiTBlock(nn.Module):
         self.attn_t = Attention(width, heads)
         self.norm_m = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), TanhGELU(), nn.Linear(hidden, width))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 9 * width))
 
     def _run(self, x: torch.Tensor, c: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None):
@@ -196,16 +223,16 @@ class DiTBlock(nn.Module):
         (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = self.ada(c).chunk(9, dim=-1)  # each (B, T, C)
 
         h = modulate(self.norm_s(x), sh_s, sc_s).reshape(B * T, N, C)
-        x = x + g_s.unsqueeze(2) * self.attn_s(h).view(B, T, N, C)
+        x = gated(x, g_s, self.attn_s(h).view(B, T, N, C))
 
         nh = self.attn_t.heads
         qkv = self.attn_t.qkv(modulate(self.norm_t(x), sh_t, sc_t)).view(B, T, N, 3, nh, C // nh)
-        q, k, v = qkv.unbind(3)  # each (B, T, N, heads, c)
+        q, k, v = qkv.permute(3, 0, 1, 2, 4, 5).to(torch.float32, memory_format=torch.contiguous_format).unbind(0)
         out = frame_attention(q, k, v, past)
-        h = self.attn_t.proj(out.reshape(B, T, N, C))
-        x = x + g_t.unsqueeze(2) * h
+        h = self.attn_t.proj(out.reshape(B, T, N, C).to(x.dtype))
+        x = gated(x, g_t, h)
 
-        x = x + g_m.unsqueeze(2) * self.mlp(modulate(self.norm_m(x), sh_m, sc_m))
+        x = gated(x, g_m, self.mlp(modulate(self.norm_m(x), sh_m, sc_m)))
         return x, (k, v)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
