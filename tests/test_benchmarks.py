@@ -71,6 +71,9 @@ def test_cem_batched_vs_loop_and_plan_time_on_the_embedded_world_model(one_threa
     r = batched_vs_loop(wm, ctx, samples=16, horizon=2, loop_samples=4)
     assert r["loop_samples"] == 4 and r["batched_s"] > 0 and r["loop_s"] > 0
     assert r["speedup"] == pytest.approx(r["loop_s"] / r["batched_s"])
+    # each side at its own thread counts; torch is left as it was
+    r2 = batched_vs_loop(wm, ctx, samples=8, horizon=1, loop_samples=2, batched_threads=2, loop_threads=(1, 2))
+    assert r2["batched_threads"] == 2 and r2["loop_threads"] in (1, 2) and torch.get_num_threads() == 1
     p = plan_time(wm, ctx, torch.zeros(N, D), "cpu", iterations=1)
     # preset cpu: 4 iterations of 64 samples, execute 1 world-model step = frameskip control steps
     assert p["timed_iterations"] == 1 and p["iterations"] == 4 and p["calls_per_iteration"] == 1
@@ -97,3 +100,14 @@ def test_wm_and_overhead_rows_at_the_smallest_sizes(one_thread):
     r = runner_vs_bare(steps=20, repeats=1, cameras=(), image_size=None)
     assert r["bare_step_s"] > 0 and r["runner_step_s"] > 0
     assert r["overhead"] == pytest.approx(r["runner_step_s"] / r["bare_step_s"] - 1)
+
+
+def test_allocator_effect_runs_both_settings_in_child_processes():
+    from bench_cem import allocator_effect
+
+    r = allocator_effect(samples=8, threads=1, rounds=1)
+    assert set(r) == {"float32_keep", "float32_default", "bfloat16_keep", "bfloat16_default", "applied"}
+    assert all(r[k] > 0 for k in r if k != "applied")
+    import platform
+
+    assert r["applied"] == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")

@@ -48,6 +48,34 @@ def frames_h5(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.parametrize("max_frames", [8, 37, 10_000])
+def test_training_frames_are_evenly_spaced_over_all_episodes_read_one_at_a_time(frames_h5, tmp_path, max_frames):
+    from world_models.data import frame_counts, load_episodes
+    from world_models.distill import _frames
+
+    second = tmp_path / "second.h5"  # a second dataset, of another length per episode
+    with DatasetWriter(second) as w:
+        for e in range(3):
+            frames = np.stack([scene(t, 10 + e) for t in range(9 + e)])
+            w.add(EpisodeData(actions=np.zeros((len(frames) - 1, 4), np.float32), obs={"corner2_rgb": frames[:-1]},
+                              final_obs={"corner2_rgb": frames[-1:]}, attrs={"env_id": "metaworld/reach-v3"}))
+    assert frame_counts(frames_h5, "corner2") == [21] * 6 and frame_counts(str(second), "corner2") == [9, 10, 11]
+
+    class Model:  # what _frames reads of a world model
+        info = {"camera": "corner2"}
+        image_size = 32
+
+    train, val = _frames(Model, DistillConfig(data=(frames_h5, str(second)), max_frames=max_frames, val_fraction=0.2))
+    # the same frames as concatenating every episode first, then taking evenly spaced ones
+    eps = load_episodes(frames_h5, "corner2") + load_episodes(str(second), "corner2")
+    all_train = np.concatenate([e.frames for e in eps[:5]] + [e.frames for e in eps[6:8]])  # 20% held out per file
+    all_val = np.concatenate([eps[5].frames, eps[8].frames])
+    keep = lambda x, k: x if len(x) <= k else x[np.linspace(0, len(x) - 1, k).round().astype(int)]  # noqa: E731
+    assert np.array_equal(train, keep(all_train, max_frames))
+    assert np.array_equal(val, keep(all_val, max(1, max_frames // 4)))
+    assert len(train) == min(max_frames, 5 * 21 + 9 + 10)
+
+
 def test_shuffle_decoder_shapes_and_configs():
     d = PixelDecoder(16, (4, 4), 64, width=32, arch="shuffle")
     assert isinstance(d.body, ShuffleDecoder) and d.body.work == 16

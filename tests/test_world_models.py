@@ -533,6 +533,53 @@ def test_spatial_attention_matmul_path_equals_the_fused_kernel(sequences):
     assert float((low - fused).abs().max()) < 0.05 * float(fused.abs().max()) + 0.02
 
 
+def test_tanh_gelu_equals_torchs_in_every_mode():
+    from world_models.dit import TanhGELU
+
+    gelu = TanhGELU()
+    x = torch.cat([torch.linspace(-12, 12, 2001), torch.randn(4096) * 3])
+    x64 = torch.nn.functional.gelu(x.double(), approximate="tanh")
+    with torch.no_grad():  # inference, float32: x * sigmoid(2z), the same function to float rounding
+        fast = gelu(x)
+    assert fast.dtype == torch.float32
+    assert float((fast.double() - x64).abs().max()) < 2e-6
+    assert float((fast - torch.nn.functional.gelu(x, approximate="tanh")).abs().max()) < 2e-6
+    with torch.no_grad():  # bfloat16: the erf form, within bfloat16's own rounding of the tanh form
+        low = gelu(x.bfloat16())
+    torch_low = torch.nn.functional.gelu(x.bfloat16(), approximate="tanh")
+    assert low.dtype == torch.bfloat16
+    bound = float((torch_low.double() - x64).abs().max())  # torch's own bf16 tanh-GELU error
+    assert float((low.double() - x64).abs().max()) < 1.5 * bound + 1e-3
+    # training: torch's kernel, exactly, with its gradient
+    xg = x.clone().requires_grad_(True)
+    y = gelu(xg)
+    assert torch.equal(y, torch.nn.functional.gelu(x, approximate="tanh"))
+    y.sum().backward()
+    xr = x.clone().requires_grad_(True)
+    torch.nn.functional.gelu(xr, approximate="tanh").sum().backward()
+    assert torch.equal(xg.grad, xr.grad)
+    # the input is never written to (the fast path works in a buffer of its own)
+    before = x.clone()
+    with torch.no_grad():
+        gelu(x)
+    assert torch.equal(x, before)
+
+
+def test_dit_block_gives_the_same_numbers_in_training_and_inference_mode():
+    """The inference-only kernels (x * sigmoid GELU, fused multiply-adds) change nothing but rounding."""
+    torch.manual_seed(0)
+    dit = DiT(DiTConfig(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=2, heads=4))
+    for p in dit.parameters():  # leave adaLN-Zero's closed gates: every branch must count
+        torch.nn.init.normal_(p, std=0.2)
+    x, t, a = torch.randn(5, 3, 4, 8), torch.rand(5, 3), torch.randn(5, 1, 3)
+    with torch.enable_grad():
+        graded = dit(x.requires_grad_(True), t, a)  # torch's GELU kernel under autograd
+    with torch.no_grad():
+        plain = dit(x.detach(), t, a)
+    assert torch.allclose(graded.detach(), plain, atol=1e-5, rtol=1e-5)
+    assert float(plain.abs().max()) > 0.1  # not trivially zero
+
+
 def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone():
     wm = tiny_wm()
     z = torch.randn(1, 2, wm.encoder.num_tokens, 8)

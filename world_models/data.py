@@ -4,6 +4,7 @@ HDF5 file in the same robomimic layout): T+1 frames of one camera and the T acti
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,28 @@ def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
                   action_dim: int | None = None) -> list[Episode]:
     """Every episode's frames (resized to ``size`` when given) and actions, in file order;
     ``action_dim``: the action size a world model takes, refused in one line when the data differ."""
-    out = []
+    return list(iter_episodes(path, camera, size, action_dim))
+
+
+def frame_counts(path: str | os.PathLike, camera: str) -> list[int]:
+    """The number of frames of each episode ``iter_episodes`` yields, in the same order, read
+    from the dataset's shapes without loading any image."""
+    import h5py
+
+    key = f"{camera}_rgb"
+    counts = []
+    with h5py.File(path, "r") as f:
+        for name, _ in list_demos(path):
+            g = f["data"][name]
+            n = g["obs"][key].shape[0] + (g["final_obs"][key].shape[0] if "final_obs" in g and key in g["final_obs"] else 0)
+            if n >= 2:  # iter_episodes skips shorter ones
+                counts.append(int(n))
+    return counts
+
+
+def iter_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
+                  action_dim: int | None = None) -> Iterator[Episode]:
+    """``load_episodes`` one episode at a time: memory for one episode's frames, not the file's."""
     for name, _ in list_demos(path):
         demo = read_demo(path, name, keys=[f"{camera}_rgb"])
         if action_dim is not None and demo.actions.shape[1] != action_dim:
@@ -77,8 +99,7 @@ def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
             continue
         if size is not None:
             frames = resize_frames(frames, size)
-        out.append(Episode(frames, actions, demo.attrs))
-    return out
+        yield Episode(frames, actions, demo.attrs)
 
 
 def split_episodes(n: int, val_fraction: float) -> tuple[list[int], list[int]]:

@@ -75,13 +75,6 @@ def check_distilled(checkpoint: str | os.PathLike, name: str) -> None:
         raise HarnessError(f"distilled decoder {folder} was made for another world model. {hint}")
 
 
-def full_decoder_output(world_model, z):
-    """Raw latents (M, N, D) -> the full decoder's output (M, 3, S, S) in the encoder's pixel space."""
-    if world_model.decoder is not None:
-        return world_model.decoder(z)
-    return world_model.encoder.decode_images(z)
-
-
 def load_distilled_decoder(world_model, folder: str | os.PathLike | None = None):
     """The distilled decoder (a ``PixelDecoder``) of ``world_model`` (from ``<its
     checkpoint>/distilled_decoder`` unless ``folder`` is given), or one clear line saying how to
@@ -132,31 +125,45 @@ class DistillConfig:
 
 def _frames(world_model, cfg: DistillConfig):
     """uint8 frames (M, S, S, 3) of the training and the held-out episodes (the last episodes of
-    each dataset), from the world model's camera at its image size."""
+    each dataset), from the world model's camera at its image size: at most ``max_frames`` (a
+    quarter of that held out), evenly spaced over all of them. Episodes are read one at a time and
+    only the chosen frames kept, so a large dataset (LIBERO at 224 px) never sits in memory whole."""
     import numpy as np
 
-    from .data import check_dataset, load_episodes, split_episodes
+    from .data import check_dataset, frame_counts, iter_episodes, split_episodes
 
     camera = world_model.info.get("camera")
-    train, val = [], []
+    sources = []  # (path, camera, frame counts, train episode indices, held-out episode indices)
     for path in cfg.data:
         if not Path(path).is_file():
             raise HarnessError(f"--data {path} does not exist: collect one with `harness collect`")
         cam = check_dataset(path, camera)
-        episodes = load_episodes(path, cam, size=world_model.image_size)
-        tr, va = split_episodes(len(episodes), cfg.val_fraction)
-        train += [episodes[i].frames for i in tr]
-        val += [episodes[i].frames for i in va]
-    if not train or not val:
+        counts = frame_counts(path, cam)
+        tr, va = split_episodes(len(counts), cfg.val_fraction)
+        sources.append((path, cam, counts, set(tr), set(va)))
+    n_train = sum(c for _, _, counts, tr, _ in sources for i, c in enumerate(counts) if i in tr)
+    n_val = sum(c for _, _, counts, _, va in sources for i, c in enumerate(counts) if i in va)
+    if not n_train or not n_val:
         raise HarnessError(f"{', '.join(cfg.data)} hold too few episodes to keep some apart for validation: "
                            f"collect at least 2")
-    train_frames, val_frames = np.concatenate(train), np.concatenate(val)
-    if len(train_frames) > cfg.max_frames:
-        train_frames = train_frames[np.linspace(0, len(train_frames) - 1, cfg.max_frames).round().astype(int)]
-    if len(val_frames) > max(1, cfg.max_frames // 4):
-        keep = max(1, cfg.max_frames // 4)
-        val_frames = val_frames[np.linspace(0, len(val_frames) - 1, keep).round().astype(int)]
-    return train_frames, val_frames
+
+    def chosen(total: int, keep: int) -> np.ndarray:
+        # positions in the concatenation of all frames of that split, evenly spaced
+        return np.arange(total) if total <= keep else np.linspace(0, total - 1, keep).round().astype(int)
+
+    want = {"train": chosen(n_train, cfg.max_frames), "val": chosen(n_val, max(1, cfg.max_frames // 4))}
+    seen = {"train": 0, "val": 0}
+    kept: dict[str, list] = {"train": [], "val": []}
+    for path, cam, counts, tr, _ in sources:
+        for i, episode in enumerate(iter_episodes(path, cam, size=world_model.image_size)):
+            split = "train" if i in tr else "val"
+            start, n = seen[split], len(episode.frames)
+            if i >= len(counts) or n != counts[i]:  # the file changed under us
+                raise HarnessError(f"{path} changed while it was read (episode {i}): run again")
+            pick = want[split][(want[split] >= start) & (want[split] < start + n)] - start
+            kept[split].append(episode.frames[pick])
+            seen[split] += n
+    return np.concatenate(kept["train"]), np.concatenate(kept["val"])
 
 
 def _targets(world_model, frames, chunk: int = 64):
@@ -168,7 +175,7 @@ def _targets(world_model, frames, chunk: int = 64):
         for i in range(0, len(frames), chunk):
             z = world_model.encoder.encode_images(world_model.encoder.preprocess(frames[i:i + chunk]))
             zs.append(z.float())
-            ys.append(full_decoder_output(world_model, z).half())
+            ys.append(world_model.decoder_output(z).half())
     return torch.cat(zs), torch.cat(ys)
 
 
@@ -247,7 +254,7 @@ def distill_decoder(world_model, cfg: DistillConfig, progress: Callable[[int, in
             "full_psnr_vs_real": _psnr(full, real),
             "val_frames": len(val_frames),
             "train_frames": len(train_frames),
-            "decode_64_s_full": decode_seconds(lambda: full_decoder_output(world_model, z64)),
+            "decode_64_s_full": decode_seconds(lambda: world_model.decoder_output(z64)),
             "decode_64_s_distilled": decode_seconds(lambda: student(z64)),
             "train_s": time.perf_counter() - start,
             "threads": torch.get_num_threads(),

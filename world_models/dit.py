@@ -165,7 +165,8 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     tokens, 4 heads of 16, 2 past frames): batch 64 0.16 ms vs the fused kernel's 1.03 ms in
     float32 (0.45 vs 1.07 in bfloat16), 300 candidates 3.3 vs 6.7 ms; batch 1 0.042 vs 0.031 ms.
     ``past`` = (keys, values) of (Bp, Hc, N, heads, c), Bp = B or 1 (one context shared by every
-    row, broadcast without copying). Scores are softmaxed in float32 whatever the dtype."""
+    row, broadcast without copying). Scores are softmaxed in float32 whatever the dtype
+    (``DiTBlock`` passes float32 tensors in any case)."""
     keys = list(k.unbind(1))
     values = list(v.unbind(1))
     if past is not None:
@@ -227,6 +228,11 @@ class DiTBlock(nn.Module):
 
         nh = self.attn_t.heads
         qkv = self.attn_t.qkv(modulate(self.norm_t(x), sh_t, sc_t)).view(B, T, N, 3, nh, C // nh)
+        # one copy into three contiguous float32 tensors (B, T, N, heads, c): the elementwise
+        # attention then runs on contiguous memory, in float32 whatever the weights' dtype (bf16
+        # elementwise kernels and broadcasts are slower on CPU, and the cached context keys and
+        # values stay float32 for every sampler step). A 300-candidate bf16 CEM call on one core
+        # spent 193 ms in frame attention before, 65 ms after; batch 1 is unchanged.
         q, k, v = qkv.permute(3, 0, 1, 2, 4, 5).to(torch.float32, memory_format=torch.contiguous_format).unbind(0)
         out = frame_attention(q, k, v, past)
         h = self.attn_t.proj(out.reshape(B, T, N, C).to(x.dtype))

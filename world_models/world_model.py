@@ -218,23 +218,34 @@ class WorldModel(nn.Module):
         return self.proprio
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
-        """uint8 frames of raw latents. ``dtype`` torch.bfloat16 runs the decoder network in bf16
-        (about 2x faster on CPUs with native bf16; within a few intensity levels of float32).
-        ``decoder`` "distilled": through the cheap decoder distilled from the full one
-        (``harness distill-decoder``; world_models/distill.py) instead of the full one."""
+    def decoder_output(self, z: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
+        """Raw latents (M, N, D) -> the decoder's output (M, 3, S, S) in the encoder's normalised
+        pixel space, before ``postprocess``. ``decoder`` "full": the pixel decoder, else the
+        encoder's own (a VAE's); "distilled": the cheap one distilled from the full one (which
+        learns from the full one's output here). ``dtype`` as in ``decode``."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be 'full' or 'distilled', got {decoder!r}")
         low = dtype is not None and dtype != torch.float32
         if decoder == "full" and self.decoder is None:
-            return self._cast("encoder", dtype).decode(latents.to(dtype)) if low else self.encoder.decode(latents)
-        part = "decoder" if decoder == "full" else "distilled"
-        net = self.decoder if decoder == "full" else self.distilled_decoder()
-        B, T, N, D = latents.shape
+            encoder = self._cast("encoder", dtype) if low else self.encoder
+            return encoder.decode_images(z.to(dtype) if low else z)
+        net = self.decoder if decoder == "full" else self.distilled_decoder()  # loads the distilled one
         if low:
-            net = self._cast(part, dtype)
-        x = net(latents.reshape(B * T, N, D).to(dtype if low else latents.dtype))
-        frames = self.encoder.postprocess(x)
+            net = self._cast("decoder" if decoder == "full" else "distilled", dtype)
+        return net(z.to(dtype) if low else z)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
+        """uint8 frames of raw latents. ``dtype`` torch.bfloat16 runs the decoder network in bf16
+        (about 2x faster on CPUs with native bf16; within a few intensity levels of float32).
+        ``decoder`` "distilled": through the cheap decoder distilled from the full one
+        (``harness distill-decoder``; world_models/distill.py) instead of the full one. An
+        encoder's own decoder (a VAE's, the big one) runs 64 frames at a time to bound memory."""
+        B, T, N, D = latents.shape
+        flat = latents.reshape(B * T, N, D)
+        chunk = 64 if decoder == "full" and self.decoder is None else max(1, B * T)
+        frames = torch.cat([self.encoder.postprocess(self.decoder_output(flat[i:i + chunk], dtype, decoder))
+                            for i in (range(0, B * T, chunk) or [0])])
         return frames.view(B, T, *frames.shape[1:])
 
     # checkpoints -------------------------------------------------------------------------
