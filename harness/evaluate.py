@@ -10,7 +10,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +22,7 @@ from harness.episodes import Episode, WorkItem, build_episodes
 from harness.errors import HarnessError
 from harness.executors import EXECUTORS
 from harness.matched import wm_backend
+from harness.provenance import run_checkpoints
 from harness.runner import RunSettings
 from harness.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
 from harness.summary import summarize
@@ -44,6 +45,7 @@ class EvalPlan:
     episodes: list[Episode]
     out: Path
     judge: str | None = None  # the resolved judge spec (the world model's own one when not given)
+    checkpoints: dict[str, str] = field(default_factory=dict)  # harness.provenance.run_checkpoints
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -51,7 +53,10 @@ class EvalPlan:
 
     @property
     def identity(self) -> dict[str, Any]:
-        return self.config.identity(self.env_ids)
+        """The config's identity and the fingerprints of the weights it loads: a run folder holds
+        episodes of one set of weights (the default --out folder is named by the config alone)."""
+        identity = self.config.identity(self.env_ids)
+        return identity | {"checkpoints": self.checkpoints} if self.checkpoints else identity
 
     @property
     def total(self) -> int:
@@ -103,7 +108,8 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
     check_writable(out)
     episodes = [ep for env_id in env_ids
                 for ep in build_episodes([env_id], counts[env_id], config.seed, {env_id: resolved[env_id].max_episode_steps})]
-    plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out, judge)
+    plan = EvalPlan(config, env_ids, {e: o.as_kwargs() for e, o in resolved.items()}, episodes, out, judge,
+                    run_checkpoints(config, judge))
     RunStore(out).check(plan.identity)
     return plan
 
@@ -244,6 +250,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
                   "init_states": {e: f"0..{n - 1}" for e, n in Counter(ep.env_id for ep in plan.episodes).items()}},
         "versions": package_versions(),
         "git": git_commit(),
+        "checkpoints": plan.checkpoints,
         "wall_time_s": round(wall, 3),
         "episode_time_s": round(episode_time, 3),
         "steps": steps,

@@ -65,8 +65,17 @@ class RunStore:
                 existing = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError) as exc:
                 raise HarnessError(f"{path} is unreadable ({exc}); it is not a harness run folder: choose another --out") from None
+            if "checkpoints" not in existing:  # a run begun before fingerprints were recorded
+                identity = {k: v for k, v in identity.items() if k != "checkpoints"}
             if existing != identity:
                 diff = sorted(k for k in set(existing) | set(identity) if existing.get(k) != identity.get(k))
+                if diff == ["checkpoints"]:
+                    before, now = existing.get("checkpoints") or {}, identity.get("checkpoints") or {}
+                    changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+                    raise HarnessError(
+                        f"{self.out} holds a run made with other weights ({', '.join(changed)} changed since it "
+                        "began: re-trained or replaced); choose a new --out to evaluate these weights, or restore "
+                        "the old ones to resume")
                 raise HarnessError(
                     f"{self.out} holds a different run (differs in: {', '.join(diff)}); "
                     "re-run with the same arguments to resume, or choose a new --out"

@@ -1,0 +1,116 @@
+"""Which weights a run used: a content fingerprint of every checkpoint it names.
+
+A run folder holds the episodes of one experiment. Its identity (``EvalConfig.identity``) names
+the world model, the judge and the policies, but a name is not the weights: re-training
+``minivae_dit_tiny`` (``harness train-wm`` writes ``~/.cache/wm-harness/checkpoints/<name>``,
+which then shadows the shipped one), re-fitting a judge or overwriting a BC checkpoint keeps
+every name and changes every outcome. The run records a fingerprint of each checkpoint it loads
+(``run.json`` and ``results.json``, key ``checkpoints``) and a resumed run refuses to add episodes
+made with other weights.
+
+What is fingerprinted:
+
+- ``--wm NAME``: the world model's own files (``config.json``, ``model.safetensors``; not the
+  add-on folders beside them), plus ``distilled_decoder/`` when ``--wm-decoder distilled``;
+- the judge: every ``path=`` in its spec (the world model's own ``judge/`` by default);
+- the policies: every ``path=`` (BC checkpoints, OpenVLA folders, replayed datasets) and every
+  ``wm=`` (CEM's world model, its own files as above) in their specs, nested specs included.
+
+A fingerprint is sha256 over the files' relative names, sizes and contents; a file over
+``WHOLE_FILE`` bytes (multi-GB pretrained weights) is hashed by its size and its first and last
+``EDGE`` bytes, so a 15 GB OpenVLA folder costs milliseconds, not a minute. Weights named by a
+Hugging Face repo id rather than a path are not fingerprinted (their revision is the user's).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+WHOLE_FILE = 64 * 1024 * 1024
+EDGE = 4 * 1024 * 1024
+# ``key=value`` references in a (possibly nested) spec: ``bc:path=D``, ``noisy:base=bc:path=D``,
+# ``consensus:judges=vlm:path=A+latent_classifier:path=B``, ``cem:wm=NAME``
+SPEC_REFS = re.compile(r"(?:^|[:,+])(path|wm)=([^,+]+)")
+
+
+def _file_digest(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(EDGE))
+            f.seek(size - EDGE)
+            h.update(f.read(EDGE))
+    return h.hexdigest()
+
+
+def fingerprint(path: str | os.PathLike, recursive: bool = True) -> str | None:
+    """16 hex digits of sha256 over the files at ``path`` (a file, or a folder's files: all of
+    them, or only its top level); None when nothing is there."""
+    root = Path(path)
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        found = root.rglob("*") if recursive else root.iterdir()
+        files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
+    else:
+        return None
+    h = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        name = file.name if file == root else file.relative_to(root).as_posix()
+        h.update(f"{name}\0{size}\0{_file_digest(file, size)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def world_model_fingerprint(name: str, checkpoint: str | os.PathLike | None = None) -> str | None:
+    """The named world model's own files (not its add-on folders)."""
+    from world_models.named import find_checkpoint
+
+    return fingerprint(find_checkpoint(name, checkpoint), recursive=False)
+
+
+def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
+    """``{"<label>path=V": fp, "<label>wm=NAME": fp}`` for the references in one spec."""
+    out = {}
+    for key, value in SPEC_REFS.findall(spec):
+        value = value.strip()
+        fp = world_model_fingerprint(value) if key == "wm" else fingerprint(value)
+        if fp is not None:
+            out[f"{label}{key}={value}"] = fp
+    return out
+
+
+def run_checkpoints(config: Any, judge: str | None) -> dict[str, str]:
+    """The fingerprints of everything an eval with ``config`` (an ``EvalConfig``) and the resolved
+    ``judge`` spec loads, keyed by what names it."""
+    out: dict[str, str] = {}
+    if config.wm:
+        from world_models.named import find_checkpoint
+
+        folder = find_checkpoint(config.wm, config.wm_checkpoint)
+        fp = fingerprint(folder, recursive=False)
+        if fp is not None:
+            out[f"wm={config.wm}"] = fp
+        if config.wm_decoder == "distilled":
+            from world_models.distill import DISTILLED_DIR
+
+            fp = fingerprint(folder / DISTILLED_DIR)
+            if fp is not None:
+                out["wm_decoder=distilled"] = fp
+    if judge:
+        if config.judge:  # as the user wrote it
+            out.update(spec_fingerprints(judge, "judge "))
+        else:  # the world model's own: its folder may move with the repository
+            fps = list(spec_fingerprints(judge).values())  # one: latent_classifier:path=<checkpoint>/judge
+            if fps:
+                out["judge (the world model's own)"] = "+".join(fps)
+    for policy in config.policies:
+        out.update(spec_fingerprints(policy))
+    return out
