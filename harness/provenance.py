@@ -14,7 +14,8 @@ What is fingerprinted:
   add-on folders beside them), plus ``distilled_decoder/`` when ``--wm-decoder distilled``;
 - the judge: every ``path=`` in its spec (the world model's own ``judge/`` by default);
 - the policies: every ``path=`` (BC checkpoints, OpenVLA folders, replayed datasets) and every
-  ``wm=`` (CEM's world model, its own files as above) in their specs, nested specs included.
+  ``wm=`` (CEM's world model, its own files as above, and its ``proprio/`` readout when the spec
+  weighs the proprio term) in their specs, nested specs included.
 
 A fingerprint is sha256 over the files' relative names, sizes and contents; a file over
 ``WHOLE_FILE`` bytes (multi-GB pretrained weights) is hashed by its size and its first and last
@@ -35,6 +36,7 @@ EDGE = 4 * 1024 * 1024
 # ``key=value`` references in a (possibly nested) spec: ``bc:path=D``, ``noisy:base=bc:path=D``,
 # ``consensus:judges=vlm:path=A+latent_classifier:path=B``, ``cem:wm=NAME``
 SPEC_REFS = re.compile(r"(?:^|[:,+])(path|wm)=([^,+]+)")
+PROPRIO_WEIGHT = re.compile(r"(?:^|[:,+])proprio=([^,+]+)")  # CEM's proprio term reads <wm>/proprio
 
 
 def _file_digest(path: Path, size: int) -> str:
@@ -84,7 +86,21 @@ def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
         fp = world_model_fingerprint(value) if key == "wm" else fingerprint(value)
         if fp is not None:
             out[f"{label}{key}={value}"] = fp
+        if key == "wm" and any(_positive(w) for w in PROPRIO_WEIGHT.findall(spec)):
+            from world_models.named import find_checkpoint
+            from world_models.proprio import PROPRIO_DIR
+
+            fp = fingerprint(find_checkpoint(value) / PROPRIO_DIR)
+            if fp is not None:
+                out[f"{label}wm={value} {PROPRIO_DIR}"] = fp
     return out
+
+
+def _positive(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
 
 
 def run_checkpoints(config: Any, judge: str | None) -> dict[str, str]:

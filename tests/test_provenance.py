@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import read_jsonl, requires_metaworld, run_cli
+from conftest import ROOT, read_jsonl, requires_metaworld, run_cli
 
 from harness import provenance
 from harness.errors import HarnessError
@@ -71,6 +71,11 @@ def test_references_are_found_in_nested_specs(tmp_path):
     # a world model named by a policy: its own files, the shipped embedded checkpoint here
     emb = spec_fingerprints("cem:wm=minivae_dit_tiny")
     assert list(emb) == ["wm=minivae_dit_tiny"] and len(emb["wm=minivae_dit_tiny"]) == 16
+    # CEM's proprio term also reads the world model's proprio readout
+    assert spec_fingerprints("cem:wm=minivae_dit_tiny,proprio=0") == emb
+    with_readout = spec_fingerprints("cem:wm=minivae_dit_tiny,proprio=0.3")
+    assert list(with_readout) == ["wm=minivae_dit_tiny", "wm=minivae_dit_tiny proprio"]
+    assert with_readout["wm=minivae_dit_tiny proprio"] == fingerprint(ROOT / "checkpoints/minivae_dit_tiny/proprio")
 
 
 def test_resume_refuses_other_weights_and_accepts_older_run_folders(tmp_path):

@@ -580,6 +580,37 @@ def test_dit_block_gives_the_same_numbers_in_training_and_inference_mode():
     assert float(plain.abs().max()) > 0.1  # not trivially zero
 
 
+@pytest.mark.parametrize("history,shared", [(2, 1), (3, 1), (3, 2)])
+def test_context_frames_shared_by_every_row_are_run_once_with_the_same_numbers(history, shared):
+    torch.manual_seed(history * 10 + shared)
+    dit = DiT(DiTConfig(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=2, heads=4, history=history,
+                        context_deltas=True))
+    for p in dit.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    B = 5
+    ctx = torch.randn(B, history, 4, 8)
+    ctx[:, :shared] = ctx[:1, :shared]  # the leading frames are common to every row
+    x, t, a = torch.randn(B, 1, 4, 8), torch.rand(B, 1), torch.randn(B, 1, 3)
+    with torch.no_grad():
+        want = dit.forward_target(x, t, a, dit.encode_context(ctx))
+        cache = dit.encode_context(ctx, shared=shared)
+        got = dit.forward_target(x, t, a, cache)
+    assert [k.shape[0] for k in cache[0][0]] == [1] * shared + [B] * (history - shared)  # run at batch 1
+    assert torch.allclose(got, want, atol=1e-5)
+    assert float(want.abs().max()) > 0.1
+
+
+def test_predict_for_many_rows_of_one_context_equals_predicting_each_row():
+    wm = tiny_wm()
+    z = torch.randn(1, 2, wm.encoder.num_tokens, 8)
+    acts = torch.rand(6, 4, 4) * 2 - 1  # 4 steps: the real frames leave the window after 2
+    one = wm.predict(z, acts, generator=torch.Generator().manual_seed(0), temperature=0.0)
+    rows = wm.predict(z.expand(6, -1, -1, -1).contiguous(), acts, generator=torch.Generator().manual_seed(0),
+                      temperature=0.0)
+    assert torch.allclose(one, rows, atol=1e-5)
+    assert not torch.allclose(one[0], one[1], atol=1e-3)  # the rows do differ
+
+
 def test_bfloat16_prediction_stays_close_to_float32_and_leaves_the_model_alone():
     wm = tiny_wm()
     z = torch.randn(1, 2, wm.encoder.num_tokens, 8)

@@ -156,6 +156,13 @@ class Attention(nn.Module):
         return self.merge(w.float().softmax(-1).to(v.dtype) @ v)
 
 
+def past_frames(x: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+    """Cached keys or values as a list of per-frame tensors (Bp, N, heads, c): from one tensor
+    (Bp, Hc, N, heads, c), or a list already (its frames may differ in Bp: 1 for a frame every
+    row shares, B for the rows' own)."""
+    return list(x.unbind(1)) if isinstance(x, torch.Tensor) else list(x)
+
+
 def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     past: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Causal attention across frames at each token position: frame i sees the ``past`` frames
@@ -165,13 +172,13 @@ def frame_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     tokens, 4 heads of 16, 2 past frames): batch 64 0.16 ms vs the fused kernel's 1.03 ms in
     float32 (0.45 vs 1.07 in bfloat16), 300 candidates 3.3 vs 6.7 ms; batch 1 0.042 vs 0.031 ms.
     ``past`` = (keys, values) of (Bp, Hc, N, heads, c), Bp = B or 1 (one context shared by every
-    row, broadcast without copying). Scores are softmaxed in float32 whatever the dtype
+    row, broadcast without copying), or lists of per-frame (Bp, N, heads, c) (``past_frames``). Scores are softmaxed in float32 whatever the dtype
     (``DiTBlock`` passes float32 tensors in any case)."""
     keys = list(k.unbind(1))
     values = list(v.unbind(1))
     if past is not None:
-        keys = list(past[0].unbind(1)) + keys
-        values = list(past[1].unbind(1)) + values
+        keys = past_frames(past[0]) + keys
+        values = past_frames(past[1]) + values
     first = len(keys) - k.shape[1]  # frames every query sees
     scale = q.shape[-1] ** -0.5
     out = []
@@ -249,6 +256,11 @@ class DiTBlock(nn.Module):
 
     def target(self, x: torch.Tensor, c: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         return self._run(x, c, past)[0]
+
+    def context_after(self, x: torch.Tensor, c: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor]
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Context frames that follow ``past`` ones: their states and their own keys/values."""
+        return self._run(x, c, past)
 
 
 class FinalLayer(nn.Module):
@@ -353,15 +365,28 @@ class DiT(nn.Module):
             h = block(h, c)
         return self.final(h, c)  # (B, T, N, D)
 
-    def encode_context(self, context: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per-block temporal keys/values of clean context frames (B, H, N, D), for ``forward_target``."""
+    def encode_context(self, context: torch.Tensor, shared: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-block temporal keys/values of clean context frames (B, H, N, D), for ``forward_target``.
+
+        ``shared``: the first that many frames are the same in every row (CEM candidates a few
+        steps into their rollout still see the real frames they started from): they are run once,
+        at batch 1, and the rows' own frames attend to them by broadcasting. The cache then holds
+        per-frame lists (``past_frames``); the numbers are those of running every row."""
         B, H, N, _ = context.shape
         h = self.embed_context(context) + self.pos_space + self.pos_time[:, :H]
         c = self.condition(torch.ones(B, H)) + self.no_action
         cache = []
+        if not 0 < shared < H or B == 1:
+            for block in self.blocks:
+                h, kv = block.context(h, c)
+                cache.append(kv)
+            return cache
+        # causal in time: the shared frames' states never depend on the frames after them
+        hs, cs, h, c = h[:1, :shared], c[:1, :shared], h[:, shared:], c[:, shared:]
         for block in self.blocks:
-            h, kv = block.context(h, c)
-            cache.append(kv)
+            hs, (ks, vs) = block.context(hs, cs)
+            h, (k, v) = block.context_after(h, c, (ks, vs))
+            cache.append((past_frames(ks) + past_frames(k), past_frames(vs) + past_frames(v)))
         return cache
 
     def forward_target(self, x: torch.Tensor, t: torch.Tensor, actions: torch.Tensor,
@@ -370,7 +395,7 @@ class DiT(nn.Module):
         context (batch B, or 1 for one context shared by every row): equal to
         ``forward(cat([context, x]), ...)[:, H:]``."""
         B, K = x.shape[:2]
-        H = cache[0][0].shape[1]
+        H = len(past_frames(cache[0][0]))
         if H + K > self.config.frames:
             raise ValueError(f"{H} context + {K} target frames do not fit history {self.config.history} + "
                              f"horizon {self.config.horizon}")

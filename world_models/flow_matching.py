@@ -90,11 +90,13 @@ def sample(
     alpha: float = 1.0,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    shared: int = 0,
 ) -> torch.Tensor:
     """Integrate the flow from noise (t=0) to data (t=1) for the K target frames.
 
     context (B, H, N, D) or (1, H, N, D) shared by all rows; actions (B, K, A) -> (B, K, N, D). Heun costs two network calls per
-    step (one at the last step), Euler one.
+    step (one at the last step), Euler one. ``shared``: the context's first that many frames are
+    the same in every row (a model that caches its context computes them once).
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; choose one of {', '.join(SAMPLERS)}")
@@ -108,7 +110,7 @@ def sample(
     if hasattr(model, "encode_context"):
         # the clean context does not change across steps: compute it once (once for all rows
         # when one context of batch 1 is shared, as by CEM candidates)
-        cache = model.encode_context(context)
+        cache = model.encode_context(context, shared) if shared else model.encode_context(context)
 
         def velocity(x_k: torch.Tensor, t: float) -> torch.Tensor:
             return model.forward_target(x_k, torch.full((B, K), t, dtype=context.dtype), actions, cache)

@@ -184,6 +184,7 @@ class WorldModel(nn.Module):
             ctx = torch.cat([ctx[:, :1].expand(-1, H - ctx.shape[1], -1, -1), ctx], dim=1)
         temp = self.sampler.temperature if temperature is None else temperature
         out = []
+        one_context = latents.shape[0] == 1 and B > 1  # CEM candidates: the frames they start from are common
         for k0 in range(0, actions.shape[1], chunk):
             a = actions[:, k0:k0 + chunk]
             if isinstance(generator, (list, tuple)):
@@ -192,8 +193,9 @@ class WorldModel(nn.Module):
                 noise = torch.cat([torch.randn((1, a.shape[1], N, D), generator=g) for g in generator]) * temp
             else:
                 noise = torch.randn((B, a.shape[1], N, D), generator=generator) * temp
+            shared = max(0, H - k0) if one_context else 0  # leading context frames still the common ones
             x = sample(self.transition_as(dtype), self.normalize(ctx), a, steps=steps or self.sampler.steps,
-                       method=self.sampler.method, alpha=self.alpha, noise=noise)  # (B, k, N, D)
+                       method=self.sampler.method, alpha=self.alpha, noise=noise, shared=shared)  # (B, k, N, D)
             z = self.from_target(ctx[:, -1:], x)
             out.append(z)
             ctx = torch.cat([ctx.expand(B, -1, -1, -1), z], dim=1)[:, -H:]
