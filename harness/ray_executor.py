@@ -51,7 +51,10 @@ class EpisodeActor:
     """The body of one Ray actor: an EpisodeWorker running the chunks sent to it, in order."""
 
     def __init__(self, settings: RunSettings, name: str):
+        from harness.allocator import keep_freed_memory
+
         logging.basicConfig(level=logging.WARNING)
+        keep_freed_memory()  # as local workers do
         self.worker = EpisodeWorker(settings)
         self.name = name
 
