@@ -6,8 +6,8 @@ top back to the OS beyond 128 KiB. A batched world-model call makes thousands of
 tensors of 0.3-5 MB (300 CEM candidates x 16 tokens x 64 channels is 1.2 MB in float32): each
 one is then paid for with page faults and zeroing, and elementwise kernels ran 2-3x slower
 than on reused memory (frame attention over 300 candidates 2.2 vs 0.9 ms). Raising both
-thresholds keeps those blocks on the heap: a 300-candidate CEM call ran 15-20% faster
-(docs/benchmarks.md). Small tensors (batch-1 calls) never reach the thresholds and are
+thresholds keeps those blocks on the heap: a 300-candidate CEM call ran 12-14% faster in float32
+and 1-10% in bfloat16 (`benchmarks/run_all.py --only cem`, docs/benchmarks.md). Small tensors (batch-1 calls) never reach the thresholds and are
 unaffected. The price: memory freed after a peak stays with the process until it exits
 (peak RSS itself is unchanged).
 
