@@ -70,7 +70,7 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
     lt = min(loop_times, key=loop_times.get)
     tl = loop_times[lt]
     return {"batched_s": tb, "loop_s": tl, "speedup": tl / tb, "loop_samples": n_loop,
-            "batched_threads": bt, "loop_threads": lt}
+            "batched_threads": bt, "loop_threads": lt, "loop_s_by_threads": loop_times}
 
 
 def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> dict[str, float]:

@@ -8,8 +8,8 @@ one is then paid for with page faults and zeroing, and elementwise kernels ran 2
 than on reused memory (frame attention over 300 candidates 2.2 vs 0.9 ms). Raising both
 thresholds keeps those blocks on the heap: a 300-candidate CEM call ran 12-14% faster in float32
 and 1-10% in bfloat16 (`benchmarks/run_all.py --only cem`, docs/benchmarks.md). Small tensors (batch-1 calls) never reach the thresholds and are
-unaffected. The price: memory freed after a peak stays with the process until it exits
-(peak RSS itself is unchanged).
+unaffected. The price: memory freed after a peak stays with the process (up to the trim
+threshold) instead of going back to the OS.
 
 The same effect is what PyTorch's CPU performance guides get by preloading jemalloc or tcmalloc;
 this needs no extra library. It does nothing on other C libraries (macOS, musl).

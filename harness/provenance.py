@@ -13,8 +13,9 @@ What is fingerprinted:
 - ``--wm NAME``: the world model's own files (``config.json``, ``model.safetensors``; not the
   add-on folders beside them), plus ``distilled_decoder/`` when ``--wm-decoder distilled``;
 - the judge: every ``path=`` in its spec (the world model's own ``judge/`` by default);
-- the policies: every ``path=`` (BC checkpoints, OpenVLA folders, replayed datasets) and every
-  ``wm=`` (CEM's world model, its own files as above, and its ``proprio/`` readout when the spec
+- the policies: every ``path=`` (BC checkpoints, OpenVLA folders, replayed datasets), every
+  ``goal_data=`` (CEM's goal episodes) and every ``wm=`` (CEM's world model, at the spec's
+  ``checkpoint=`` when given: its own files as above, and its ``proprio/`` readout when the spec
   weighs the proprio term) in their specs, nested specs included.
 
 A fingerprint is sha256 over the files' relative names, sizes and contents; a file over
@@ -33,9 +34,10 @@ from typing import Any
 
 WHOLE_FILE = 64 * 1024 * 1024
 EDGE = 4 * 1024 * 1024
+WORLD_MODEL_FILES = ("config.json", "model.safetensors")  # a world model's own files (add-ons live in subfolders)
 # ``key=value`` references in a (possibly nested) spec: ``bc:path=D``, ``noisy:base=bc:path=D``,
-# ``consensus:judges=vlm:path=A+latent_classifier:path=B``, ``cem:wm=NAME``
-SPEC_REFS = re.compile(r"(?:^|[:,+])(path|wm)=([^,+]+)")
+# ``consensus:judges=vlm:path=A+latent_classifier:path=B``, ``cem:wm=NAME,checkpoint=DIR,goal_data=D.h5``
+SPEC_REFS = re.compile(r"(?:^|[:,+])(path|wm|checkpoint|goal_data)=([^,+]+)")
 PROPRIO_WEIGHT = re.compile(r"(?:^|[:,+])proprio=([^,+]+)")  # CEM's proprio term reads <wm>/proprio
 
 
@@ -52,16 +54,18 @@ def _file_digest(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def fingerprint(path: str | os.PathLike, recursive: bool = True) -> str | None:
-    """16 hex digits of sha256 over the files at ``path`` (a file, or a folder's files: all of
-    them, or only its top level); None when nothing is there."""
+def fingerprint(path: str | os.PathLike, names: tuple[str, ...] | None = None) -> str | None:
+    """16 hex digits of sha256 over the files at ``path``: a file, or a folder's files (all of
+    them, recursively, or only the top-level ones called ``names``); None when nothing is there."""
     root = Path(path)
     if root.is_file():
         files = [root]
     elif root.is_dir():
-        found = root.rglob("*") if recursive else root.iterdir()
+        found = (root / n for n in names) if names is not None else root.rglob("*")
         files = sorted(p for p in found if p.is_file() and not p.name.startswith("."))
     else:
+        return None
+    if not files:
         return None
     h = hashlib.sha256()
     for file in files:
@@ -72,27 +76,36 @@ def fingerprint(path: str | os.PathLike, recursive: bool = True) -> str | None:
 
 
 def world_model_fingerprint(name: str, checkpoint: str | os.PathLike | None = None) -> str | None:
-    """The named world model's own files (not its add-on folders)."""
+    """The named world model's own files (``WORLD_MODEL_FILES``, not its add-on folders), at
+    ``checkpoint`` when given, else where ``harness`` finds it."""
     from world_models.named import find_checkpoint
 
-    return fingerprint(find_checkpoint(name, checkpoint), recursive=False)
+    return fingerprint(find_checkpoint(name, checkpoint), WORLD_MODEL_FILES)
 
 
 def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
-    """``{"<label>path=V": fp, "<label>wm=NAME": fp}`` for the references in one spec."""
+    """``{"<label>path=V": fp, "<label>wm=NAME": fp, ...}`` for the references in one spec. A
+    ``wm=NAME`` is fingerprinted at the spec's ``checkpoint=DIR`` when it has one (CEM's)."""
+    refs = [(key, value.strip()) for key, value in SPEC_REFS.findall(spec)]
+    checkpoint = next((value for key, value in refs if key == "checkpoint"), None)
     out = {}
-    for key, value in SPEC_REFS.findall(spec):
-        value = value.strip()
-        fp = world_model_fingerprint(value) if key == "wm" else fingerprint(value)
+    for key, value in refs:
+        if key == "checkpoint":  # belongs to the wm= beside it
+            continue
+        fp = world_model_fingerprint(value, checkpoint) if key == "wm" else fingerprint(value)
         if fp is not None:
             out[f"{label}{key}={value}"] = fp
         if key == "wm" and any(_positive(w) for w in PROPRIO_WEIGHT.findall(spec)):
             from world_models.named import find_checkpoint
             from world_models.proprio import PROPRIO_DIR
 
-            fp = fingerprint(find_checkpoint(value) / PROPRIO_DIR)
+            fp = fingerprint(find_checkpoint(value, checkpoint) / PROPRIO_DIR)
             if fp is not None:
                 out[f"{label}wm={value} {PROPRIO_DIR}"] = fp
+    if checkpoint is not None and not any(key == "wm" for key, _ in refs):
+        fp = fingerprint(checkpoint)
+        if fp is not None:
+            out[f"{label}checkpoint={checkpoint}"] = fp
     return out
 
 
@@ -111,7 +124,7 @@ def run_checkpoints(config: Any, judge: str | None) -> dict[str, str]:
         from world_models.named import find_checkpoint
 
         folder = find_checkpoint(config.wm, config.wm_checkpoint)
-        fp = fingerprint(folder, recursive=False)
+        fp = world_model_fingerprint(config.wm, config.wm_checkpoint)
         if fp is not None:
             out[f"wm={config.wm}"] = fp
         if config.wm_decoder == "distilled":

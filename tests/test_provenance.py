@@ -11,7 +11,7 @@ from conftest import ROOT, read_jsonl, requires_metaworld, run_cli
 
 from harness import provenance
 from harness.errors import HarnessError
-from harness.provenance import SPEC_REFS, fingerprint, spec_fingerprints
+from harness.provenance import SPEC_REFS, WORLD_MODEL_FILES, fingerprint, spec_fingerprints
 from harness.store import RunStore
 
 
@@ -21,19 +21,22 @@ def test_fingerprint_follows_contents_names_and_scope(tmp_path):
     (d / "model.safetensors").write_bytes(b"weights-1")
     (d / "config.json").write_text("{}")
     (d / "judge" / "model.safetensors").write_bytes(b"judge-1")
-    whole, own = fingerprint(d), fingerprint(d, recursive=False)
+    whole, own = fingerprint(d), fingerprint(d, WORLD_MODEL_FILES)
     assert len(whole) == 16 and whole != own
     assert fingerprint(d) == whole  # stable
     (d / "judge" / "model.safetensors").write_bytes(b"judge-2")  # an add-on changes
-    assert fingerprint(d) != whole and fingerprint(d, recursive=False) == own
+    assert fingerprint(d) != whole and fingerprint(d, WORLD_MODEL_FILES) == own
+    (d / "notes.txt").write_text("trained on tuesday")  # a stray file beside the model's own
+    assert fingerprint(d, WORLD_MODEL_FILES) == own
     (d / "model.safetensors").write_bytes(b"weights-2")  # the model itself changes
-    assert fingerprint(d, recursive=False) != own
+    assert fingerprint(d, WORLD_MODEL_FILES) != own
     (d / "model.safetensors").write_bytes(b"weights-1")
-    assert fingerprint(d, recursive=False) == own  # contents, not times
+    assert fingerprint(d, WORLD_MODEL_FILES) == own  # contents, not times
     (d / "config.json").rename(d / "other.json")
-    assert fingerprint(d, recursive=False) != own  # names count
+    assert fingerprint(d, WORLD_MODEL_FILES) != own  # names count
     single = d / "model.safetensors"
     assert fingerprint(single) is not None and fingerprint(tmp_path / "absent") is None
+    assert fingerprint(tmp_path / "ckpt" / "judge", ("absent.json",)) is None
 
 
 def test_a_big_file_is_hashed_by_its_size_and_ends(tmp_path, monkeypatch):
@@ -58,6 +61,8 @@ def test_references_are_found_in_nested_specs(tmp_path):
         "bc:path=A/step_000250": [("path", "A/step_000250")],
         "noisy:base=bc:path=B,scale=0.3": [("path", "B")],
         "cem:wm=minivae_dit_tiny,preset=cpu": [("wm", "minivae_dit_tiny")],
+        "cem:wm=m,checkpoint=/c/m,goal=data,goal_data=g.h5": [("wm", "m"), ("checkpoint", "/c/m"),
+                                                               ("goal_data", "g.h5")],
         "consensus:vote=mean,judges=vlm:path=V1,frames=4+latent_classifier:path=C": [("path", "V1"), ("path", "C")],
         "scripted": [],
         "replay:path=demos.h5,demo=3": [("path", "demos.h5")],
@@ -76,6 +81,20 @@ def test_references_are_found_in_nested_specs(tmp_path):
     with_readout = spec_fingerprints("cem:wm=minivae_dit_tiny,proprio=0.3")
     assert list(with_readout) == ["wm=minivae_dit_tiny", "wm=minivae_dit_tiny proprio"]
     assert with_readout["wm=minivae_dit_tiny proprio"] == fingerprint(ROOT / "checkpoints/minivae_dit_tiny/proprio")
+    # cem:...,checkpoint=DIR loads DIR, not the named folder: DIR is what is fingerprinted
+    other = tmp_path / "other_wm"
+    other.mkdir()
+    for name in WORLD_MODEL_FILES:
+        (other / name).write_bytes(b"another model's " + name.encode())
+    (other / "proprio").mkdir()
+    (other / "proprio" / "model.safetensors").write_bytes(b"its readout")
+    (tmp_path / "goals.h5").write_bytes(b"goal episodes")
+    got = spec_fingerprints(f"cem:wm=minivae_dit_tiny,checkpoint={other},proprio=1,goal=data,"
+                            f"goal_data={tmp_path / 'goals.h5'}")
+    assert got == {"wm=minivae_dit_tiny": fingerprint(other, WORLD_MODEL_FILES),
+                   "wm=minivae_dit_tiny proprio": fingerprint(other / "proprio"),
+                   f"goal_data={tmp_path / 'goals.h5'}": fingerprint(tmp_path / "goals.h5")}
+    assert got["wm=minivae_dit_tiny"] != emb["wm=minivae_dit_tiny"]
 
 
 def test_resume_refuses_other_weights_and_accepts_older_run_folders(tmp_path):

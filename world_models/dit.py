@@ -90,6 +90,7 @@ def gated(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
 
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
+SMALL_TENSOR = 1 << 15  # elements; below it per-operation overhead, not memory traffic, dominates
 
 
 class TanhGELU(nn.Module):
@@ -98,10 +99,12 @@ class TanhGELU(nn.Module):
     activations (300 CEM candidates' tokens) 0.71 vs 1.98 ms, within 5e-7 of float64. In
     bfloat16 the exact (erf) GELU stands in (0.26 vs 1.68 ms): it differs from the tanh form by
     at most 4.7e-4, below bfloat16's own rounding (torch's bf16 tanh-GELU is 7.8e-3 off float64
-    on N(0, 4) inputs, the erf one 8.2e-3). Training (autograd) uses torch's kernel unchanged."""
+    on N(0, 4) inputs, the erf one 8.2e-3). Training (autograd) and small tensors (batch 1) use
+    torch's kernel unchanged."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and x.requires_grad:
+        if x.numel() < SMALL_TENSOR or (torch.is_grad_enabled() and x.requires_grad):
+            # a batch-1 call: one kernel beats the five small ones below
             return F.gelu(x, approximate="tanh")
         if x.dtype == torch.bfloat16:
             return F.gelu(x)
@@ -240,7 +243,13 @@ class DiTBlock(nn.Module):
         # elementwise kernels and broadcasts are slower on CPU, and the cached context keys and
         # values stay float32 for every sampler step). A 300-candidate bf16 CEM call on one core
         # spent 193 ms in frame attention before, 65 ms after; batch 1 is unchanged.
-        q, k, v = qkv.permute(3, 0, 1, 2, 4, 5).to(torch.float32, memory_format=torch.contiguous_format).unbind(0)
+        # (``.to(float32, memory_format=contiguous)`` would return the strided view itself in
+        # float32). A float32 batch of a few frames keeps the views: there the copy is the cost.
+        if qkv.dtype == torch.float32 and B * T < MANY_SEQUENCES:
+            q, k, v = qkv.unbind(3)
+        else:
+            split = torch.empty((3, B, T, N, nh, C // nh), dtype=torch.float32, device=x.device)
+            q, k, v = split.copy_(qkv.permute(3, 0, 1, 2, 4, 5)).unbind(0)
         out = frame_attention(q, k, v, past)
         h = self.attn_t.proj(out.reshape(B, T, N, C).to(x.dtype))
         x = gated(x, g_t, h)
@@ -371,7 +380,8 @@ class DiT(nn.Module):
         ``shared``: the first that many frames are the same in every row (CEM candidates a few
         steps into their rollout still see the real frames they started from): they are run once,
         at batch 1, and the rows' own frames attend to them by broadcasting. The cache then holds
-        per-frame lists (``past_frames``); the numbers are those of running every row."""
+        per-frame lists (``past_frames``); the numbers are those of running every row, to rounding
+        (in bfloat16 a batch-1 matmul may round differently from a batch-B one)."""
         B, H, N, _ = context.shape
         h = self.embed_context(context) + self.pos_space + self.pos_time[:, :H]
         c = self.condition(torch.ones(B, H)) + self.no_action

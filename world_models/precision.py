@@ -4,7 +4,7 @@ configs can validate a name cheaply).
 ``float32`` is the trained precision. ``bfloat16`` runs the transition network (``predict``) and
 the pixel decoder (``decode``) in bf16 copies made on first use; latents, noise and the flow
 integration stay float32. On this project's 2-core CPU (native bf16) it decoded a batch of 64
-frames 2.1x faster and a 300-candidate CEM call 1.9x faster (docs/benchmarks.md, session 8); pixels
+frames 2.1x faster and a 300-candidate CEM call 1.6-2.0x faster (docs/benchmarks.md, session 8); pixels
 stay within a few intensity levels of float32.
 """
 

@@ -142,7 +142,7 @@ class WorldModel(nn.Module):
 
     def transition_as(self, dtype: torch.dtype | None) -> DiT:
         """The transition model in ``dtype``: itself for float32, else a copy made on first use
-        and kept (the model is frozen). In bfloat16 a 300-candidate CEM call ran 1.9x faster here
+        and kept (the model is frozen). In bfloat16 a 300-candidate CEM call ran 1.6-2.0x faster here
         (its matmuls ~4x, on a CPU with native bf16; the temporal attention runs in float32 and
         the other elementwise work barely speeds up)."""
         if dtype is None or dtype == torch.float32:
