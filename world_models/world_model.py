@@ -145,9 +145,14 @@ class WorldModel(nn.Module):
         and kept (the model is frozen). In bfloat16 a 300-candidate CEM call ran 1.6-2.0x faster here
         (its matmuls ~4x, on a CPU with native bf16; the temporal attention runs in float32 and
         the other elementwise work barely speeds up)."""
+        return self._in("transition", dtype)
+
+    def _in(self, part: str, dtype: torch.dtype | None) -> nn.Module:
+        """A network of this model (transition, encoder, decoder, distilled) to run in ``dtype``:
+        itself for float32, else its cast copy (``_cast``)."""
         if dtype is None or dtype == torch.float32:
-            return self.transition
-        return self._cast("transition", dtype)
+            return getattr(self, part)
+        return self._cast(part, dtype)
 
     def _cast(self, part: str, dtype: torch.dtype) -> nn.Module:
         if (part, dtype) not in self._casts:
@@ -228,27 +233,23 @@ class WorldModel(nn.Module):
         learns from the full one's output here). ``dtype`` as in ``decode``."""
         if decoder not in DECODERS:
             raise ValueError(f"decoder must be 'full' or 'distilled', got {decoder!r}")
-        low = dtype is not None and dtype != torch.float32
-        if decoder == "full" and self.decoder is None:
-            encoder = self._cast("encoder", dtype) if low else self.encoder
-            return encoder.decode_images(z.to(dtype) if low else z)
-        net = self.decoder if decoder == "full" else self.distilled_decoder()  # loads the distilled one
-        if low:
-            net = self._cast("decoder" if decoder == "full" else "distilled", dtype)
-        return net(z.to(dtype) if low else z)
+        if decoder == "distilled":
+            self.distilled_decoder()  # loaded once; one clear line when there is none
+        part = "distilled" if decoder == "distilled" else "encoder" if self.decoder is None else "decoder"
+        net = self._in(part, dtype)
+        x = z if dtype is None else z.to(dtype)
+        return net.decode_images(x) if part == "encoder" else net(x)
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, dtype: torch.dtype | None = None, decoder: str = "full") -> torch.Tensor:
         """uint8 frames of raw latents. ``dtype`` torch.bfloat16 runs the decoder network in bf16
         (about 2x faster on CPUs with native bf16; within a few intensity levels of float32).
         ``decoder`` "distilled": through the cheap decoder distilled from the full one
-        (``harness distill-decoder``; world_models/distill.py) instead of the full one. An
-        encoder's own decoder (a VAE's, the big one) runs 64 frames at a time to bound memory."""
+        (``harness distill-decoder``; world_models/distill.py) instead of the full one."""
+        if decoder == "full" and self.decoder is None:  # the encoder's own: Encoder.decode, 64 frames at a time
+            return self._in("encoder", dtype).decode(latents if dtype is None else latents.to(dtype))
         B, T, N, D = latents.shape
-        flat = latents.reshape(B * T, N, D)
-        chunk = 64 if decoder == "full" and self.decoder is None else max(1, B * T)
-        frames = torch.cat([self.encoder.postprocess(self.decoder_output(flat[i:i + chunk], dtype, decoder))
-                            for i in (range(0, B * T, chunk) or [0])])
+        frames = self.encoder.postprocess(self.decoder_output(latents.reshape(B * T, N, D), dtype, decoder))
         return frames.view(B, T, *frames.shape[1:])
 
     # checkpoints -------------------------------------------------------------------------
