@@ -75,12 +75,17 @@ def fingerprint(path: str | os.PathLike, names: tuple[str, ...] | None = None) -
     return h.hexdigest()[:16]
 
 
-def world_model_fingerprint(name: str, checkpoint: str | os.PathLike | None = None) -> str | None:
-    """The named world model's own files (``WORLD_MODEL_FILES``, not its add-on folders), at
-    ``checkpoint`` when given, else where ``harness`` finds it."""
+def world_model_fingerprints(name: str, checkpoint: str | os.PathLike | None = None, label: str = "",
+                             addons: dict[str, str] | None = None) -> dict[str, str]:
+    """``{"<label>wm=NAME": fp}`` of the named world model's own files (``WORLD_MODEL_FILES``, not
+    its add-on folders), at ``checkpoint`` when given, else where ``harness`` finds it; plus
+    ``{key: fp}`` of each add-on subfolder it will load (``addons``: key -> subfolder)."""
     from world_models.named import find_checkpoint
 
-    return fingerprint(find_checkpoint(name, checkpoint), WORLD_MODEL_FILES)
+    folder = find_checkpoint(name, checkpoint)
+    found = {f"{label}wm={name}": fingerprint(folder, WORLD_MODEL_FILES)}
+    found.update({key: fingerprint(folder / sub) for key, sub in (addons or {}).items()})
+    return {key: fp for key, fp in found.items() if fp is not None}
 
 
 def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
@@ -90,18 +95,16 @@ def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
     checkpoint = next((value for key, value in refs if key == "checkpoint"), None)
     out = {}
     for key, value in refs:
-        if key == "checkpoint":  # belongs to the wm= beside it
-            continue
-        fp = world_model_fingerprint(value, checkpoint) if key == "wm" else fingerprint(value)
-        if fp is not None:
-            out[f"{label}{key}={value}"] = fp
-        if key == "wm" and any(_positive(w) for w in PROPRIO_WEIGHT.findall(spec)):
-            from world_models.named import find_checkpoint
+        if key == "wm":
             from world_models.proprio import PROPRIO_DIR
 
-            fp = fingerprint(find_checkpoint(value, checkpoint) / PROPRIO_DIR)
+            proprio = any(_positive(w) for w in PROPRIO_WEIGHT.findall(spec))
+            out.update(world_model_fingerprints(value, checkpoint, label,
+                                                {f"{label}wm={value} {PROPRIO_DIR}": PROPRIO_DIR} if proprio else {}))
+        elif key != "checkpoint":  # a checkpoint= belongs to the wm= beside it
+            fp = fingerprint(value)
             if fp is not None:
-                out[f"{label}wm={value} {PROPRIO_DIR}"] = fp
+                out[f"{label}{key}={value}"] = fp
     if checkpoint is not None and not any(key == "wm" for key, _ in refs):
         fp = fingerprint(checkpoint)
         if fp is not None:
@@ -121,18 +124,10 @@ def run_checkpoints(config: Any, judge: str | None) -> dict[str, str]:
     ``judge`` spec loads, keyed by what names it."""
     out: dict[str, str] = {}
     if config.wm:
-        from world_models.named import find_checkpoint
+        from world_models.distill import DISTILLED_DIR
 
-        folder = find_checkpoint(config.wm, config.wm_checkpoint)
-        fp = world_model_fingerprint(config.wm, config.wm_checkpoint)
-        if fp is not None:
-            out[f"wm={config.wm}"] = fp
-        if config.wm_decoder == "distilled":
-            from world_models.distill import DISTILLED_DIR
-
-            fp = fingerprint(folder / DISTILLED_DIR)
-            if fp is not None:
-                out["wm_decoder=distilled"] = fp
+        distilled = {"wm_decoder=distilled": DISTILLED_DIR} if config.wm_decoder == "distilled" else {}
+        out.update(world_model_fingerprints(config.wm, config.wm_checkpoint, addons=distilled))
     if judge:
         if config.judge:  # as the user wrote it
             out.update(spec_fingerprints(judge, "judge "))
