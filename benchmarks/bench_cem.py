@@ -32,6 +32,7 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
     each side runs in its own best configuration of the machine. ``repeats``: best of that many timings.
     Returns ``batched_s``, ``loop_s`` (for all ``samples``), ``speedup`` and the thread counts used."""
     import torch
+    from bench_world_model import best_of
 
     cand = torch.rand(samples, horizon, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
     g = torch.Generator()
@@ -54,12 +55,7 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
         torch.set_num_threads(threads)
         try:
             warm()
-            best = float("inf")
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn()
-                best = min(best, time.perf_counter() - t)
-            return best
+            return best_of(fn, repeats, warmup=0)
         finally:
             torch.set_num_threads(current)
 
@@ -95,7 +91,7 @@ def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) ->
     """In this (fresh) process: seconds of the batched call of ``batched_vs_loop`` (random
     weights, float32 and bfloat16, best of ``repeats``), with or without ``keep_freed_memory``."""
     import torch
-    from bench_world_model import random_world_model
+    from bench_world_model import best_of, random_world_model
 
     from harness.allocator import keep_freed_memory
 
@@ -106,13 +102,7 @@ def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) ->
     cand = torch.rand(samples, 5, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
     out = {"applied": applied}
     for name, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
-        wm.predict(ctx, cand, steps=2, temperature=0.0, dtype=dtype)  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            wm.predict(ctx, cand, steps=2, temperature=0.0, dtype=dtype)
-            best = min(best, time.perf_counter() - t)
-        out[name] = best
+        out[name] = best_of(lambda d=dtype: wm.predict(ctx, cand, steps=2, temperature=0.0, dtype=d), repeats)
     return out
 
 

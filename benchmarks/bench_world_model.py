@@ -40,6 +40,19 @@ def timed(fn, repeats: int, warmup: int = 1) -> float:
     return (time.perf_counter() - t) / repeats
 
 
+def best_of(fn, repeats: int, warmup: int = 1) -> float:
+    """Lowest seconds of one call of ``fn`` over ``repeats`` calls, after ``warmup`` untimed ones
+    (on a shared machine the least disturbed call is the best estimate)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def random_world_model(frameskip: int = 1, sampler_steps: int = 4, size: str = "tiny"):
     """A minivae + DiT world model of the embedded shape (16 tokens x 16 dims) with random weights."""
     import torch

@@ -235,13 +235,14 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     if default and default != threads:
         # the whole machine, as `harness eval --workers 1` runs CEM (torch's default threads): the
         # batched call at all cores, the loop at whichever of the two thread counts is faster
+        repeats = min(2, sizes.rounds)
         for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
             r = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=dtype, batched_threads=default,
-                                loop_threads=(threads, default), repeats=min(2, sizes.rounds))
+                                loop_threads=(threads, default), repeats=repeats)
             rows.append(Row(f"CEM iteration as above on all {default} cores: batched {label} vs float32 loop",
                             S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0),
                             f"{note + '; ' if note else ''}loop fastest at {r['loop_threads']} thread(s), best of "
-                            f"{min(2, sizes.rounds)}"))
+                            f"{repeats}"))
     return rows
 
 
