@@ -1,0 +1,209 @@
+"""Fused CPU kernels for the DiT at large batch (CEM candidates, many environments).
+
+At 300 CEM candidates the tiny DiT's matmuls run near this CPU's peak, and most of the call is
+elementwise passes over 1-5 MB tensors: LayerNorm, modulation and residual updates, attention's
+scale/softmax/casts and layout copies. ``kernels.c`` does each of those groups in one pass over
+memory (float32 arithmetic, float32 or bfloat16 storage, OpenMP over rows with torch's thread
+count). It is built on first use with the system C compiler (``cc``, or ``$CC``) for this CPU
+(``-O3 -march=native``) into ``$XDG_CACHE_HOME/wm-harness/kernels`` (default ``~/.cache``), keyed
+by the source, the compiler and the CPU, so a home directory shared by different machines keeps
+one build per CPU. Building takes about a second; the file is written atomically, so parallel
+workers may race safely.
+
+Without a compiler, or with ``WM_HARNESS_KERNELS=0``, ``library()`` is None and the DiT runs its
+torch operations (same numbers to float rounding). The kernels are for inference only: callers
+check ``applies`` (no autograd, CPU tensors, float32 or bfloat16).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math"]
+ENV_SWITCH = "WM_HARNESS_KERNELS"
+DTYPES = (torch.float32, torch.bfloat16)
+log = logging.getLogger(__name__)
+
+_P = ctypes.c_void_p
+_L = ctypes.c_long
+SIGNATURES = {
+    "ln_modulate": [ctypes.c_int, _P, _P, _P, _P, _P, _P, _L, _P, _L, _L, _L, ctypes.c_float, ctypes.c_int],
+    "spatial_attention": [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int],  # returns int
+    "frame_attention": [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int],
+}
+# bounds on the C side's stack scratch (floats per call unit); spatial attention has instances
+# for sequences and heads of 16, 32 or 64
+MAX_WIDTH, MAX_FRAMES, SPATIAL_SIZES = 4096, 64, (16, 32, 64)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wm-harness" / "kernels"
+
+
+def cpu_signature() -> str:
+    """What -march=native depends on: the CPU's model name and feature flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def build(directory: Path | None = None) -> Path:
+    """Compile kernels.c for this CPU (once: cached by source, compiler and CPU) and return the
+    shared library's path; raises RuntimeError with the compiler's message when it fails."""
+    cc = compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+    source = SOURCE.read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    key = hashlib.sha256(b"\0".join([source, " ".join([cc, *FLAGS]).encode(), "".join(version).encode(),
+                                     cpu_signature().encode()])).hexdigest()[:16]
+    directory = directory or cache_dir()
+    target = directory / f"kernels-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(fd)
+    try:
+        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[:500]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+@functools.lru_cache(maxsize=1)
+def library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when they cannot be built (logged once)."""
+    try:
+        lib = ctypes.CDLL(str(build()))
+    except (RuntimeError, OSError) as e:
+        log.warning("fused CPU kernels unavailable, using torch operations: %s", e)
+        return None
+    for name, args in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, ctypes.c_int if name == "spatial_attention" else None
+    return lib
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether the kernels can stand in for torch here: inference on a CPU float32/bf16 tensor,
+    unless ``WM_HARNESS_KERNELS=0`` (read at each call, so tests and benchmarks can switch)."""
+    return (x.device.type == "cpu" and x.dtype in DTYPES and not (torch.is_grad_enabled() and x.requires_grad)
+            and os.environ.get(ENV_SWITCH, "1") != "0" and library() is not None)
+
+
+def _ptr(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def _frame_vector(v: torch.Tensor, frames: int) -> tuple[torch.Tensor, int]:
+    """A per-frame (B, T, C) view (a chunk of the adaLN output) as (tensor, frame stride) with
+    frame f at f * stride, copied only when its strides do not allow that."""
+    B, T, C = v.shape
+    if v.stride(2) != 1 or (T > 1 and B > 1 and v.stride(0) != T * v.stride(1)):
+        v = v.contiguous()
+    stride = v.stride(1) if T > 1 else v.stride(0)
+    return v, stride if frames > 1 else 0
+
+
+def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float,
+                gate: torch.Tensor | None = None, h: torch.Tensor | None = None):
+    """LayerNorm(x) * (1 + scale) + shift for x (B, T, N, C), shift/scale/gate (B, T, C) per frame.
+    With ``gate`` and ``h``: x is first replaced by x + gate * h, and (new x, y) is returned."""
+    B, T, N, C = x.shape
+    frames = B * T
+    x = x.contiguous()
+    sh, stride = _frame_vector(shift.to(x.dtype), frames)
+    sc, stride_sc = _frame_vector(scale.to(x.dtype), frames)
+    if stride_sc != stride:
+        sh, sc = sh.contiguous(), sc.contiguous()
+        stride = C if frames > 1 else 0
+    if gate is not None:
+        g, stride_g = _frame_vector(gate.to(x.dtype), frames)
+        if stride_g != stride:
+            sh, sc, g = sh.contiguous(), sc.contiguous(), g.contiguous()
+            stride = C if frames > 1 else 0
+        h = h.to(x.dtype).contiguous()
+        x_out = torch.empty_like(x)
+    else:
+        g = x_out = None
+    y = torch.empty_like(x)
+    library().ln_modulate(int(x.dtype == torch.bfloat16), x.data_ptr(), _ptr(g), _ptr(h), _ptr(x_out),
+                          sh.data_ptr(), sc.data_ptr(), stride, y.data_ptr(), frames, N, C, eps,
+                          torch.get_num_threads())
+    return y if gate is None else (x_out, y)
+
+
+def frames_fit(width: int, frames: int) -> bool:
+    """Whether ``ln_modulate`` and ``frame_attention`` take this width and number of frames seen."""
+    return width <= MAX_WIDTH and frames <= MAX_FRAMES
+
+
+def spatial_fits(length: int, head: int) -> bool:
+    """Whether ``spatial_attention`` has an instance for sequences of ``length`` and heads of ``head``."""
+    return length in SPATIAL_SIZES and head in SPATIAL_SIZES
+
+
+def spatial_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """Attention within each sequence: qkv (L, S, 3 * C) from the qkv projection -> (L, S, C);
+    S and C / heads as ``spatial_fits`` allows."""
+    L, S, C3 = qkv.shape
+    C = C3 // 3
+    qkv = qkv.contiguous()
+    out = torch.empty((L, S, C), dtype=qkv.dtype)
+    done = library().spatial_attention(int(qkv.dtype == torch.bfloat16), qkv.data_ptr(), out.data_ptr(), L, S,
+                                       heads, C // heads, torch.get_num_threads())
+    if done:
+        raise ValueError(f"no spatial attention kernel for sequences of {S} and heads of {C // heads}")
+    return out
+
+
+def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | None = None,
+                    past_v: list[torch.Tensor] | None = None, keep: bool = False):
+    """Causal attention across frames at each token: qkv (B, T, N, 3 * C) from the temporal qkv
+    projection; ``past``/``past_v``: per-frame float32 keys/values (Bp, N, heads, c), Bp = B or 1.
+    Returns out (B, T, N, C) and, with ``keep``, this call's float32 keys and values
+    (B, T, N, heads, c) each (for a context cache), else None."""
+    B, T, N, C3 = qkv.shape
+    C = C3 // 3
+    c = C // heads
+    qkv = qkv.contiguous()
+    past, past_v = list(past or []), list(past_v or [])
+    frames = []
+    for k, v in zip(past, past_v):
+        k, v = (t.float() if t.stride()[1:] == (C, c, 1) else t.float().contiguous() for t in (k, v))
+        if k.stride(0) != v.stride(0):
+            k, v = k.contiguous(), v.contiguous()
+        frames.append((k, v, 0 if k.shape[0] == 1 else k.stride(0)))
+    P = len(frames)
+    pk = (ctypes.c_void_p * max(P, 1))(*[f[0].data_ptr() for f in frames])
+    pv = (ctypes.c_void_p * max(P, 1))(*[f[1].data_ptr() for f in frames])
+    ps = (ctypes.c_long * max(P, 1))(*[f[2] for f in frames])
+    out = torch.empty((B, T, N, C), dtype=qkv.dtype)
+    kv = torch.empty((2, B, T, N, heads, c), dtype=torch.float32) if keep else None
+    library().frame_attention(int(qkv.dtype == torch.bfloat16), qkv.data_ptr(), P, pk, pv, ps, out.data_ptr(),
+                              _ptr(kv), B, T, N, heads, c, torch.get_num_threads())
+    return out, (None if kv is None else (kv[0], kv[1]))
