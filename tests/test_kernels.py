@@ -1,0 +1,187 @@
+"""Fused CPU kernels (world_models/kernels.c) against the torch operations they replace."""
+
+import logging
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from world_models import kernels
+from world_models.dit import DiT, DiTConfig, frame_attention, modulate
+
+needs_kernels = pytest.mark.skipif(kernels.compiler() is None, reason="no C compiler to build world_models/kernels.c")
+
+
+@pytest.fixture
+def lib():
+    if kernels.library() is None:
+        pytest.skip("world_models/kernels.c did not build here (see the logged warning)")
+    return kernels.library()
+
+
+def close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> float:
+    """Largest difference relative to b's scale; bf16 results may differ by its rounding (2^-8)."""
+    return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+
+
+TOL = {torch.float32: 2e-6, torch.bfloat16: 1.6e-2}
+
+
+@needs_kernels
+def test_build_is_cached_per_source_and_cpu(tmp_path):
+    first = kernels.build(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    again = kernels.build(tmp_path)
+    assert again == first and again.stat().st_mtime_ns == stamp  # not rebuilt
+    assert first.name.startswith("kernels-") and first.suffix == ".so"
+    assert list(tmp_path.iterdir()) == [first]  # no temporary file left behind
+
+
+def test_build_failure_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "false")
+    with pytest.raises(RuntimeError, match="false failed on kernels.c"):
+        kernels.build(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_compiler_torch_operations_stand_in(monkeypatch, caplog):
+    def broken(directory=None):
+        raise RuntimeError("no C compiler found (install gcc, or set CC)")
+
+    monkeypatch.setattr(kernels, "build", broken)
+    kernels.library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="world_models.kernels"):
+            assert kernels.library() is None
+        assert "using torch operations: no C compiler" in caplog.text
+        assert not kernels.applies(torch.zeros(3))
+        model = DiT(DiTConfig(latent_dim=8, num_tokens=16, action_dim=2, width=32, depth=1, heads=2))
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, 16, 8), torch.ones(2, 3), torch.zeros(2, 1, 2)).shape == (2, 3, 16, 8)
+    finally:
+        kernels.library.cache_clear()
+
+
+def test_applies_only_to_cpu_inference(lib, monkeypatch):
+    x = torch.zeros(4, requires_grad=True)
+    assert not kernels.applies(x)  # autograd: torch's operations
+    with torch.no_grad():
+        assert kernels.applies(x)
+    assert not kernels.applies(torch.zeros(4, dtype=torch.float64))
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert not kernels.applies(torch.zeros(4))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T", [(1, 1), (5, 2), (3, 1)])
+def test_ln_modulate_matches_layer_norm_and_modulate(lib, dtype, B, T):
+    g = torch.Generator().manual_seed(B * 10 + T)
+    N, C = 16, 64
+    x = (torch.randn(B, T, N, C, generator=g) * 3 + 1).to(dtype)
+    h = torch.randn(B, T, N, C, generator=g).to(dtype)
+    ada = torch.randn(B, T, 9 * C, generator=g).to(dtype)  # strided per-frame chunks, as the DiT has them
+    shift, scale, gate = ada.chunk(9, dim=-1)[3:6]
+    ref = modulate(F.layer_norm(x, (C,), eps=1e-6), shift, scale)
+    assert close(kernels.ln_modulate(x, shift, scale, 1e-6), ref, dtype) < TOL[dtype]
+
+    x_ref = torch.addcmul(x, gate.unsqueeze(2), h)
+    x_new, y = kernels.ln_modulate(x, shift, scale, 1e-6, gate=gate, h=h)
+    assert torch.equal(x_new, x_ref) if dtype == torch.bfloat16 else close(x_new, x_ref, dtype) < TOL[dtype]
+    assert close(y, modulate(F.layer_norm(x_ref, (C,), eps=1e-6), shift, scale), dtype) < TOL[dtype]
+
+
+def test_ln_modulate_known_values(lib):
+    x = torch.tensor([1.0, 2.0, 3.0, 4.0] * 4).view(1, 1, 1, 16)
+    y = kernels.ln_modulate(x, torch.full((1, 1, 16), 0.5), torch.ones(1, 1, 16), 0.0)
+    # mean 2.5, std sqrt(1.25): (x - 2.5) / 1.118 * 2 + 0.5
+    expected = (torch.tensor([-1.5, -0.5, 0.5, 1.5]) / 1.25 ** 0.5 * 2 + 0.5).repeat(4)
+    assert torch.allclose(y.flatten(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("S,c,heads", [(16, 16, 4), (16, 64, 2), (64, 32, 3), (32, 16, 1)])
+def test_spatial_attention_matches_sdpa(lib, dtype, S, c, heads):
+    g = torch.Generator().manual_seed(S + c)
+    L, C = 7, heads * c
+    qkv = (torch.randn(L, S, 3 * C, generator=g) * 2).to(dtype)
+    q, k, v = qkv.float().view(L, S, 3, heads, c).permute(2, 0, 3, 1, 4)
+    ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(L, S, C)
+    assert kernels.spatial_fits(S, c)
+    assert close(kernels.spatial_attention(qkv, heads), ref, dtype) < TOL[dtype]
+
+
+def test_spatial_attention_shapes_without_an_instance(lib):
+    assert not kernels.spatial_fits(24, 16) and not kernels.spatial_fits(16, 48)
+    with pytest.raises(ValueError, match="no spatial attention kernel for sequences of 24"):
+        kernels.spatial_attention(torch.zeros(2, 24, 3 * 32), 2)
+
+
+def test_spatial_attention_one_hot_scores(lib):
+    # a query far along one key's direction attends to that key alone: the output is its value
+    S, c = 16, 16
+    keys = torch.eye(S, c) * 50
+    values = torch.arange(S * c, dtype=torch.float32).view(S, c)
+    qkv = torch.cat([keys, keys, values], dim=1)[None]  # query i = key i
+    assert torch.allclose(kernels.spatial_attention(qkv, 1)[0], values, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T,shared", [(1, 0), (2, 0), (1, 1), (2, 2)])
+def test_frame_attention_matches_torch(lib, dtype, T, shared):
+    g = torch.Generator().manual_seed(T * 3 + shared)
+    B, N, heads, c = 6, 16, 4, 16
+    C = heads * c
+    qkv = torch.randn(B, T, N, 3 * C, generator=g).to(dtype)
+    q, k, v = qkv.float().view(B, T, N, 3, heads, c).unbind(3)
+    # past frames: `shared` of them common to every row (batch 1), then one of each row's own
+    pk = [torch.randn(1, N, heads, c, generator=g) for _ in range(shared)] + [torch.randn(B, N, heads, c, generator=g)]
+    pv = [torch.randn(1, N, heads, c, generator=g) for _ in range(shared)] + [torch.randn(B, N, heads, c, generator=g)]
+    ref = frame_attention(q, k, v, (pk, pv)).reshape(B, T, N, C)
+    out, kv = kernels.frame_attention(qkv, heads, pk, pv, keep=True)
+    assert close(out, ref, dtype) < TOL[dtype]
+    assert torch.equal(kv[0], k) and torch.equal(kv[1], v)  # float32 keys/values for a context cache
+    out, kv = kernels.frame_attention(qkv, heads)
+    assert kv is None and close(out, frame_attention(q, k, v).reshape(B, T, N, C), dtype) < TOL[dtype]
+
+
+def test_frame_attention_first_frame_copies_its_value(lib):
+    # with nothing before it, a frame attends to itself only: out = v exactly
+    qkv = torch.randn(3, 1, 16, 3 * 32)
+    out, _ = kernels.frame_attention(qkv, 2)
+    assert torch.equal(out, qkv[..., 64:])
+
+
+@pytest.mark.parametrize("batch", [1, 40])
+def test_dit_inference_same_with_and_without_kernels(lib, monkeypatch, batch):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_dim=16, num_tokens=16, action_dim=4, width=64, depth=2, heads=4, history=2,
+                          horizon=1, context_deltas=True))
+    for p in model.parameters():  # adaLN-Zero starts every branch shut: open them
+        p.data.normal_(0, 0.05)
+    g = torch.Generator().manual_seed(1)
+    ctx = torch.randn(batch, 2, 16, 16, generator=g)
+    x = torch.randn(batch, 1, 16, 16, generator=g)
+    t = torch.full((batch, 1), 0.3)
+    a = torch.randn(batch, 1, 4, generator=g)
+
+    def run():
+        with torch.no_grad():
+            whole = model(torch.cat([ctx, x], 1), torch.cat([torch.ones(batch, 2), t], 1), a)[:, 2:]
+            part = model.forward_target(x, t, a, model.encode_context(ctx))
+            one = ctx[:1, :1].expand(batch, -1, -1, -1)  # a first context frame every row shares
+            shared = model.forward_target(x, t, a, model.encode_context(torch.cat([one, ctx[:, 1:]], 1), shared=1))
+        return whole, part, shared
+
+    fused = run()
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    plain = run()
+    for f, p in zip(fused, plain):
+        assert close(f, p, torch.float32) < 2e-5
+    assert close(fused[1], fused[0], torch.float32) < 2e-5  # the context cache gives the whole clip's numbers
+    # training runs through torch's operations: the same loss either way, and gradients flow
+    monkeypatch.delenv(kernels.ENV_SWITCH)
+    out = model(torch.cat([ctx, x], 1), torch.cat([torch.ones(batch, 2), t], 1), a)
+    out.square().mean().backward()
+    assert model.blocks[0].attn_s.qkv.weight.grad is not None
+    assert os.environ.get(kernels.ENV_SWITCH) is None
