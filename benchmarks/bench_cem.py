@@ -4,12 +4,14 @@
    scored one world-model call each (a per-candidate loop). Acceptance: >= 20x.
 2. Plan time per MPC step for the presets (cpu, vjepa2_ac, dino_wm), with the embedded tiny
    world-model shape (minivae 64 px -> 16 tokens x 16 dims, DiT tiny, frameskip 4).
+3. (run_all) world_models/kernels.py's fused CPU kernels vs torch's operations, at batch 1 and
+   for the batched bfloat16 call (``kernels_effect``), and the allocator setting's effect.
 
     python benchmarks/bench_cem.py [--threads 1] [--samples 300] [--full] [--embedded]
 
 ``--full`` also times a whole dino_wm plan (30 iterations). Weights are random (speed does not
 depend on them) unless ``--embedded`` (the shipped minivae_dit_tiny). ``benchmarks/run_all.py``
-imports ``batched_vs_loop`` and ``plan_time`` from here.
+imports ``batched_vs_loop``, ``plan_time``, ``kernels_effect`` and ``allocator_effect`` from here.
 """
 
 from __future__ import annotations
@@ -85,6 +87,41 @@ def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> 
     return {"plan_s": dt, "per_control_step_s": dt / control_steps, "control_steps": control_steps,
             "calls_per_iteration": diag["calls"] / run.iterations, "timed_iterations": run.iterations,
             "iterations": cfg.iterations, "samples": cfg.samples, "horizon": cfg.horizon}
+
+
+def kernels_effect(wm, context, samples: int = 300, horizon: int = 5, sampler_steps: int = 2,
+                   rounds: int = 2) -> dict[str, float]:
+    """Seconds of one candidate's rollout (batch 1, float32: the per-candidate loop's call) and of
+    the batched bfloat16 call of ``samples`` candidates, with world_models/kernels.py's fused CPU
+    kernels and with torch's operations (``WM_HARNESS_KERNELS=0``, read at each call), alternating
+    ``rounds`` times, best of each. ``available``: whether the kernels were built here at all."""
+    import os
+
+    import torch
+    from bench_world_model import best_of
+
+    from world_models import kernels
+
+    cand = torch.rand(samples, horizon, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    calls = {"batch1": lambda: wm.predict(context, cand[:1], steps=sampler_steps, temperature=0.0),
+             "batched_bf16": lambda: wm.predict(context, cand, steps=sampler_steps, temperature=0.0,
+                                                dtype=torch.bfloat16)}
+    best: dict[str, float] = {}
+    before = os.environ.get(kernels.ENV_SWITCH)
+    try:
+        for _ in range(rounds):
+            for switch in ("1", "0"):
+                os.environ[kernels.ENV_SWITCH] = switch
+                for name, fn in calls.items():
+                    key = f"{name}_{'kernels' if switch == '1' else 'torch'}"
+                    t = best_of(fn, 10 if name == "batch1" else 2)
+                    best[key] = min(best.get(key, t), t)
+    finally:
+        if before is None:
+            os.environ.pop(kernels.ENV_SWITCH, None)
+        else:
+            os.environ[kernels.ENV_SWITCH] = before
+    return {**best, "available": kernels.library() is not None}
 
 
 def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) -> dict[str, float]:

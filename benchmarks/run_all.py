@@ -199,7 +199,7 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
 
 def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     import torch
-    from bench_cem import allocator_effect, batched_vs_loop, plan_time
+    from bench_cem import allocator_effect, batched_vs_loop, kernels_effect, plan_time
     from bench_world_model import embedded_world_model, sim_steps_per_s
 
     wm = state.get("wm") or embedded_world_model()
@@ -231,6 +231,14 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
             rows.append(Row(f"CEM batched call ({label}) with harness.allocator.keep_freed_memory vs glibc defaults",
                             S / a[f"{label}_keep"], "cand/s", S / a[f"{label}_default"],
                             note="child processes, alternating, best of each"))
+    k = kernels_effect(wm, ctx, S, 5, rounds=min(2, sizes.rounds))
+    if k["available"]:
+        rows.append(Row("world-model rollout, 1 candidate x horizon 5 (the loop's call): fused CPU kernels vs torch ops",
+                        1 / k["batch1_kernels"], "cand/s", 1 / k["batch1_torch"],
+                        note="world_models/kernels.py; WM_HARNESS_KERNELS=0 for the baseline, alternating"))
+        rows.append(Row(f"CEM batched call ({S} candidates, bfloat16): fused CPU kernels vs torch ops",
+                        S / k["batched_bf16_kernels"], "cand/s", S / k["batched_bf16_torch"],
+                        note="as above"))
     threads, default = state.get("threads", 1), state.get("default_threads")
     if default and default != threads:
         # the whole machine, as `harness eval --workers 1` runs CEM (torch's default threads): the

@@ -91,6 +91,12 @@ def test_ln_modulate_matches_layer_norm_and_modulate(lib, dtype, B, T):
     assert close(y, modulate(F.layer_norm(x_ref, (C,), eps=1e-6), shift, scale), dtype) < TOL[dtype]
 
 
+def test_ln_modulate_widths_without_an_instance(lib):
+    assert kernels.ln_fits(384) and not kernels.ln_fits(40)
+    with pytest.raises(ValueError, match="no LayerNorm kernel for width 40"):
+        kernels.ln_modulate(torch.zeros(1, 1, 2, 40), torch.zeros(1, 1, 40), torch.zeros(1, 1, 40), 1e-6)
+
+
 def test_ln_modulate_known_values(lib):
     x = torch.tensor([1.0, 2.0, 3.0, 4.0] * 4).view(1, 1, 1, 16)
     y = kernels.ln_modulate(x, torch.full((1, 1, 16), 0.5), torch.ones(1, 1, 16), 0.0)
@@ -143,6 +149,12 @@ def test_frame_attention_matches_torch(lib, dtype, T, shared):
     assert torch.equal(kv[0], k) and torch.equal(kv[1], v)  # float32 keys/values for a context cache
     out, kv = kernels.frame_attention(qkv, heads)
     assert kv is None and close(out, frame_attention(q, k, v).reshape(B, T, N, C), dtype) < TOL[dtype]
+
+
+def test_frame_attention_heads_without_an_instance(lib):
+    assert kernels.frame_fits(64, 16, 3) and not kernels.frame_fits(48, 24, 3) and not kernels.frame_fits(64, 16, 65)
+    with pytest.raises(ValueError, match="no frame attention kernel for heads of 24"):
+        kernels.frame_attention(torch.zeros(2, 1, 4, 3 * 48), 2)
 
 
 def test_frame_attention_first_frame_copies_its_value(lib):

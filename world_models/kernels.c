@@ -9,6 +9,9 @@
  */
 #include <math.h>
 #include <stdint.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 
 /* Scratch arrays are sized by the call's shapes (kernels.py bounds them: MAX_* there). */
 
@@ -48,6 +51,71 @@ static inline void store(void *dst, long offset, const float *src, long n, int b
     }
 }
 
+/* 16-float vectors (GCC vector extensions: AVX-512 registers, or pairs/quads of narrower ones). */
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t vi16 __attribute__((vector_size(64)));
+typedef uint32_t vu16 __attribute__((vector_size(64)));
+typedef uint16_t vh16 __attribute__((vector_size(32)));
+#define V 16
+
+/* 16 floats from float32 or bfloat16 storage at src + offset (elements), and back */
+static inline v16 vld(const void *src, long offset, int bf) {
+    v16 x;
+    if (bf) {
+        vh16 h;
+        __builtin_memcpy(&h, (const bf16 *)src + offset, sizeof h);
+        x = (v16)(__builtin_convertvector(h, vu16) << 16);
+    } else {
+        __builtin_memcpy(&x, (const float *)src + offset, sizeof x);
+    }
+    return x;
+}
+
+/* bfloat16 bits of 16 floats (in the low half of each lane): round to nearest even, NaN kept */
+static inline vu16 vbf_bits(v16 x) {
+    vu16 u = (vu16)x;
+    vu16 r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    vu16 nan = (u & 0x7fffffffu) > 0x7f800000u;
+    return (r & ~nan) | (0x7fc0u & nan);
+}
+
+/* x rounded to bfloat16, as float32 (what storing and reloading it gives) */
+static inline v16 vround_bf(v16 x) {
+    return (v16)(vbf_bits(x) << 16);
+}
+
+static inline void vst(void *dst, long offset, v16 x, int bf) {
+    if (bf) {
+        vh16 h = __builtin_convertvector(vbf_bits(x), vh16);
+        __builtin_memcpy((bf16 *)dst + offset, &h, sizeof h);
+    } else {
+        __builtin_memcpy((float *)dst + offset, &x, sizeof x);
+    }
+}
+
+
+/* sum / maximum of the 16 lanes by a shuffle tree (4 steps, not 15 dependent adds) */
+static inline float hsum(v16 x) {
+    x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
+    x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
+    x += __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    x += __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    return x[0];
+}
+
+static inline v16 vmax(v16 a, v16 b) {
+    vi16 gt = a > b;
+    return (v16)(((vi16)a & gt) | ((vi16)b & ~gt));
+}
+
+static inline float hmax(v16 x) {
+    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
+    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
+    return x[0];
+}
+
 /* exp for x <= 0 (softmax after subtracting the maximum), vectorisable: Cephes' expf
  * (range reduction by ln 2 in two parts, degree-5 polynomial), within 2 ulp of expf. */
 static inline float exp_neg(float x) {
@@ -71,35 +139,51 @@ static inline float exp_neg(float x) {
  * When h is given, x is first updated as x + gate * h (the residual update of the sub-layer
  * before) and written to x_out. */
 #define INLINE static inline __attribute__((always_inline))
+#define LN_ROWS 4
 /* Each kernel's body is one unit of work (a frame, a sequence and head, a token position),
  * instantiated once per storage type so that `bf` is a constant and the loops vectorise. */
 INLINE void ln_modulate_frame(int bf, long f, const void *x, const void *gate, const void *h, void *x_out,
                               const void *shift, const void *scale, long mod_stride, void *y,
                               long tokens, long C, float eps) {
-    {
-        float sc[C], sh[C], g[C], row[C], hr[C];
-        load(sc, scale, f * mod_stride, C, bf);
-        load(sh, shift, f * mod_stride, C, bf);
-        for (long i = 0; i < C; i++) sc[i] += 1.0f;
-        if (h) load(g, gate, f * mod_stride, C, bf);
-        for (long n = 0; n < tokens; n++) {
-            long at = (f * tokens + n) * C;
-            load(row, x, at, C, bf);
-            if (h) {
-                load(hr, h, at, C, bf);
-                for (long i = 0; i < C; i++) row[i] += g[i] * hr[i];
-                store(x_out, at, row, C, bf);
-                if (bf) load(row, x_out, at, C, bf);  /* normalise the stored (rounded) state */
+    const long CV = C / V;  /* whole 16-float vectors; C % 16 == 0 (kernels.py checks) */
+    v16 sc[CV], sh[CV], g[CV], row[LN_ROWS * CV];
+    for (long i = 0; i < CV; i++) {
+        sc[i] = vld(scale, f * mod_stride + i * V, bf) + 1.0f;
+        sh[i] = vld(shift, f * mod_stride + i * V, bf);
+        g[i] = h ? vld(gate, f * mod_stride + i * V, bf) : sh[i];
+    }
+    /* LN_ROWS tokens at a time: their reductions and 1/sqrt are independent, so they overlap */
+    for (long n0 = 0; n0 < tokens; n0 += LN_ROWS) {
+        const long rows = tokens - n0 < LN_ROWS ? tokens - n0 : LN_ROWS;
+        float mean[LN_ROWS], rstd[LN_ROWS];
+        for (long r = 0; r < rows; r++) {
+            const long at = (f * tokens + n0 + r) * C;
+            v16 sum = sc[0] * 0.0f;
+            for (long i = 0; i < CV; i++) {
+                v16 v = vld(x, at + i * V, bf);
+                if (h) {
+                    v += g[i] * vld(h, at + i * V, bf);
+                    vst(x_out, at + i * V, v, bf);
+                    if (bf) v = vround_bf(v);  /* normalise the stored (rounded) state */
+                }
+                row[r * CV + i] = v;
+                sum += v;
             }
-            float mean = 0.0f, var = 0.0f;
-#pragma omp simd reduction(+ : mean)
-            for (long i = 0; i < C; i++) mean += row[i];
-            mean /= (float)C;
-#pragma omp simd reduction(+ : var)
-            for (long i = 0; i < C; i++) var += (row[i] - mean) * (row[i] - mean);
-            float rstd = 1.0f / sqrtf(var / (float)C + eps);
-            for (long i = 0; i < C; i++) row[i] = (row[i] - mean) * rstd * sc[i] + sh[i];
-            store(y, at, row, C, bf);
+            mean[r] = hsum(sum) / (float)C;
+        }
+        for (long r = 0; r < rows; r++) {
+            v16 sq = sc[0] * 0.0f;
+            for (long i = 0; i < CV; i++) {
+                v16 d = row[r * CV + i] - mean[r];
+                row[r * CV + i] = d;
+                sq += d * d;
+            }
+            rstd[r] = hsum(sq) / (float)C + eps;
+        }
+        for (long r = 0; r < rows; r++) rstd[r] = 1.0f / sqrtf(rstd[r]);
+        for (long r = 0; r < rows; r++) {
+            const long at = (f * tokens + n0 + r) * C;
+            for (long i = 0; i < CV; i++) vst(y, at + i * V, row[r * CV + i] * rstd[r] * sc[i] + sh[i], bf);
         }
     }
 }
@@ -128,32 +212,17 @@ void ln_modulate(int bf, const void *x, const void *gate, const void *h, void *x
     }
 }
 
-/* 16-float vectors (GCC vector extensions: AVX-512 registers, or pairs/quads of narrower ones). */
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t vi16 __attribute__((vector_size(64)));
-#define V 16
-
-static inline float hsum(v16 x) {
-    float s[V], t = 0.0f;
-    __builtin_memcpy(s, &x, sizeof s);
-    for (int i = 0; i < V; i++) t += s[i];
-    return t;
-}
-
-static inline float hmax(v16 x) {
-    float s[V], t;
-    __builtin_memcpy(s, &x, sizeof s);
-    t = s[0];
-    for (int i = 1; i < V; i++) t = s[i] > t ? s[i] : t;
-    return t;
-}
-
 /* exp_neg on 16 lanes (round-to-nearest by the 1.5 * 2^23 trick instead of floor: the same
  * reduced range, |r| <= ln2 / 2) */
+static inline v16 vexp_neg_unclamped(v16 x);
 static inline v16 vexp_neg(v16 x) {
     const v16 lo = x * 0.0f - 87.0f;
     vi16 under = x < lo;
-    x = (v16)(((vi16)x & ~under) | ((vi16)lo & under));
+    return vexp_neg_unclamped((v16)(((vi16)x & ~under) | ((vi16)lo & under)));
+}
+
+/* exp for x in [-87, 88] */
+static inline v16 vexp_neg_unclamped(v16 x) {
     v16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     v16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
     v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
@@ -164,6 +233,58 @@ static inline v16 vexp_neg(v16 x) {
     p = p * r * r + r + 1.0f;
     vi16 e = (__builtin_convertvector(n, vi16) + 127) << 23;
     return p * (v16)e;
+}
+
+/* exp on 16 lanes for any argument (clamped to [-87, 88], where float32's exp under/overflows) */
+static inline v16 vexp(v16 x) {
+    const v16 hi = x * 0.0f + 88.0f;
+    vi16 over = x > hi;
+    return vexp_neg((v16)(((vi16)x & ~over) | ((vi16)hi & over)));
+}
+
+/* GELU, tanh approximation (DiT's), as x * sigmoid(2z) with z = sqrt(2/pi) (x + 0.044715 x^3):
+ * the same function, 0.5 (1 + tanh z) = sigmoid(2z). n elements of x into y, in blocks of 4096. */
+#define GELU_BLOCK 4096
+/* 1 / d: AVX-512's 14-bit reciprocal and one Newton step (~1 ulp), a vector division elsewhere */
+static inline v16 vrecip(v16 d) {
+#ifdef __AVX512F__
+    v16 r = (v16)_mm512_rcp14_ps((__m512)d);
+    return r * (2.0f - d * r);
+#else
+    return 1.0f / d;
+#endif
+}
+
+INLINE v16 vgelu(v16 x) {
+    const float k = 1.5957691216057308f;  /* 2 sqrt(2 / pi) */
+    v16 z2 = x * (x * x * (0.044715f * k) + k);
+    return x * vrecip(vexp(-z2) + 1.0f);
+}
+
+INLINE void gelu_block(int bf, long blk, const void *x, void *y, long n) {
+    long start = blk * GELU_BLOCK, end = start + GELU_BLOCK < n ? start + GELU_BLOCK : n, i = start;
+    for (; i + V <= end; i += V) vst(y, i, vgelu(vld(x, i, bf)), bf);
+    if (i < end) {  /* the tail, through a padded vector */
+        float tmp[V] = {0};
+        load(tmp, x, i, end - i, bf);
+        v16 t = vgelu(vld(tmp, 0, 0));
+        __builtin_memcpy(tmp, &t, sizeof tmp);
+        store(y, i, tmp, end - i, bf);
+    }
+}
+
+static void gelu_bf16(long blk, const void *x, void *y, long n) { gelu_block(1, blk, x, y, n); }
+static void gelu_f32(long blk, const void *x, void *y, long n) { gelu_block(0, blk, x, y, n); }
+
+void gelu_tanh(int bf, const void *x, void *y, long n, int threads) {
+    long blocks = (n + GELU_BLOCK - 1) / GELU_BLOCK;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long b = 0; b < blocks; b++) {
+        if (bf)
+            gelu_bf16(b, x, y, n);
+        else
+            gelu_f32(b, x, y, n);
+    }
 }
 
 /* Softmax attention of L sequences of S tokens, per head: qkv (L, S, 3, heads, c) as a linear
@@ -184,7 +305,7 @@ INLINE void spatial_attention_unit(int bf, const long SV, const long CV, long lh
         load(q + j * c, qkv, base, c, bf);
         load(tmp, qkv, base + C, c, bf);
         for (long d = 0; d < c; d++) ktf[d * S + j] = tmp[d];
-        load((float *)(v + j * CV), qkv, base + 2 * C, c, bf);
+        for (long cv = 0; cv < CV; cv++) v[j * CV + cv] = vld(qkv, base + 2 * C + cv * V, bf);
     }
     for (long i0 = 0; i0 < S; i0 += ROWS) {
         for (long a = 0; a < ROWS * SV; a++) acc[a] = (v16){0};
@@ -215,7 +336,8 @@ INLINE void spatial_attention_unit(int bf, const long SV, const long CV, long lh
                 float p = e[r * S + j];
                 for (long cv = 0; cv < CV; cv++) o[r * CV + cv] += p * v[j * CV + cv];
             }
-        for (long r = 0; r < ROWS; r++) store(out, (l * S + i0 + r) * C + hd * c, (float *)(o + r * CV), c, bf);
+        for (long r = 0; r < ROWS; r++)
+            for (long cv = 0; cv < CV; cv++) vst(out, (l * S + i0 + r) * C + hd * c + cv * V, o[r * CV + cv], bf);
     }
 }
 
@@ -248,85 +370,83 @@ int spatial_attention(int bf, const void *qkv, void *out, long L, long S, long h
  * as the temporal linear layer leaves it; past keys/values: P frames, frame j's at pk[j] / pv[j]
  * (float32, (Bp, N, heads, c), row b at b * pstride[j]: 0 for a frame every row shares).
  * Frame t sees the P past frames and frames 0..t. out (B, T, N, heads, c); kv_out, when given,
- * receives this call's keys and values in float32, (2, B, T, N, heads, c), for a context cache. */
-INLINE void frame_attention_unit(int bf, long bn, const void *qkv, long P, const float *const *pk,
+ * receives this call's keys and values in float32, (2, B, T, N, heads, c), for a context cache.
+ * c is 16, 32 or 64 (kernels.py checks); one unit is a (row, token position). */
+static inline v16 vload(const float *p) {
+    v16 x;
+    __builtin_memcpy(&x, p, sizeof x);
+    return x;
+}
+
+INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv, long P, const float *const *pk,
                                  const float *const *pv, const long *pstride, void *out, float *kv_out,
-                                 long B, long T, long N, long heads, long c) {
+                                 long B, long T, long N, long heads) {
+    const long c = CV * V, C = heads * c, row = 3 * C;
     const float scale = 1.0f / sqrtf((float)c);
-    const long C = heads * c, row = 3 * C;
-    {
-        long b = bn / N, n = bn % N;
-        float k[(P + T) * c], v[(P + T) * c], q[c], s[P + T], o[c];
+    const long b = bn / N, n = bn % N;
+    float kc[T * C], vc[T * C], qf[C], s[P + T];
+    v16 o[CV];
+    const float *keys[P + T], *values[P + T];
+    for (long j = 0; j < P; j++) {
+        keys[j] = pk[j] + b * pstride[j] + n * C;
+        values[j] = pv[j] + b * pstride[j] + n * C;
+    }
+    for (long t = 0; t < T; t++) {
+        long base = ((b * T + t) * N + n) * row;
+        load(kc + t * C, qkv, base + C, C, bf);
+        load(vc + t * C, qkv, base + 2 * C, C, bf);
+        keys[P + t] = kc + t * C;
+        values[P + t] = vc + t * C;
+        if (kv_out) {
+            float *at = kv_out + ((b * T + t) * N + n) * C;
+            for (long d = 0; d < C; d++) at[d] = kc[t * C + d];
+            for (long d = 0; d < C; d++) at[B * T * N * C + d] = vc[t * C + d];
+        }
+    }
+    for (long t = 0; t < T; t++) {
+        const long seen = P + t + 1, base = ((b * T + t) * N + n);
+        load(qf, qkv, base * row, C, bf);
         for (long hd = 0; hd < heads; hd++) {
-            for (long j = 0; j < P; j++) {
-                const float *kj = pk[j] + b * pstride[j] + n * C + hd * c;
-                const float *vj = pv[j] + b * pstride[j] + n * C + hd * c;
-                for (long d = 0; d < c; d++) {
-                    k[j * c + d] = kj[d];
-                    v[j * c + d] = vj[d];
-                }
+            const long h0 = hd * c;
+            float m = -INFINITY, total = 0.0f;
+            for (long j = 0; j < seen; j++) {
+                v16 acc = vload(qf + h0) * vload(keys[j] + h0);
+                for (long cv = 1; cv < CV; cv++) acc += vload(qf + h0 + cv * V) * vload(keys[j] + h0 + cv * V);
+                s[j] = hsum(acc) * scale;
+                m = s[j] > m ? s[j] : m;
             }
-            for (long t = 0; t < T; t++) {
-                long base = ((b * T + t) * N + n) * row + hd * c;
-                load(k + (P + t) * c, qkv, base + C, c, bf);
-                load(v + (P + t) * c, qkv, base + 2 * C, c, bf);
-                if (kv_out) {
-                    long at = ((b * T + t) * N + n) * C + hd * c;
-                    for (long d = 0; d < c; d++) {
-                        kv_out[at + d] = k[(P + t) * c + d];
-                        kv_out[B * T * N * C + at + d] = v[(P + t) * c + d];
-                    }
-                }
+            for (long j = 0; j < seen; j++) {
+                s[j] = exp_neg(s[j] - m);
+                total += s[j];
             }
-            for (long t = 0; t < T; t++) {
-                long seen = P + t + 1;
-                load(q, qkv, ((b * T + t) * N + n) * row + hd * c, c, bf);
-                for (long d = 0; d < c; d++) q[d] *= scale;
-                float m = -INFINITY;
-                for (long j = 0; j < seen; j++) {
-                    float dot = 0.0f;
-#pragma omp simd reduction(+ : dot)
-                    for (long d = 0; d < c; d++) dot += q[d] * k[j * c + d];
-                    s[j] = dot;
-                    m = dot > m ? dot : m;
-                }
-                float total = 0.0f;
-                for (long j = 0; j < seen; j++) {
-                    s[j] = exp_neg(s[j] - m);
-                    total += s[j];
-                }
-                float inv = 1.0f / total;
-                for (long d = 0; d < c; d++) o[d] = 0.0f;
-                for (long j = 0; j < seen; j++) {
-                    float p = s[j] * inv;
-                    for (long d = 0; d < c; d++) o[d] += p * v[j * c + d];
-                }
-                store(out, ((b * T + t) * N + n) * C + hd * c, o, c, bf);
-            }
+            const float inv = 1.0f / total;
+            for (long cv = 0; cv < CV; cv++) o[cv] = vload(values[0] + h0 + cv * V) * (s[0] * inv);
+            for (long j = 1; j < seen; j++)
+                for (long cv = 0; cv < CV; cv++) o[cv] += vload(values[j] + h0 + cv * V) * (s[j] * inv);
+            for (long cv = 0; cv < CV; cv++) vst(out, base * C + h0 + cv * V, o[cv], bf);
         }
     }
 }
 
-static void frame_attention_bf16(long bn, const void *qkv, long P, const float *const *pk,
-                                 const float *const *pv, const long *pstride, void *out, float *kv_out,
-                                 long B, long T, long N, long heads, long c) {
-    frame_attention_unit(1, bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads, c);
-}
-
-static void frame_attention_f32(long bn, const void *qkv, long P, const float *const *pk,
-                                const float *const *pv, const long *pstride, void *out, float *kv_out,
-                                long B, long T, long N, long heads, long c) {
-    frame_attention_unit(0, bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads, c);
-}
-
-void frame_attention(int bf, const void *qkv, long P, const float *const *pk, const float *const *pv,
-                     const long *pstride, void *out, float *kv_out, long B, long T, long N, long heads, long c,
-                     int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (long bn = 0; bn < B * N; bn++) {
-        if (bf)
-            frame_attention_bf16(bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads, c);
-        else
-            frame_attention_f32(bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads, c);
+typedef void (*frame_fn)(long, const void *, long, const float *const *, const float *const *, const long *, void *,
+                         float *, long, long, long, long);
+#define FRAME(BF, CV)                                                                                      \
+    static void frame_##BF##_##CV(long bn, const void *qkv, long P, const float *const *pk,                 \
+                                  const float *const *pv, const long *ps, void *out, float *kv, long B, long T, \
+                                  long N, long heads) {                                                    \
+        frame_attention_unit(BF, CV, bn, qkv, P, pk, pv, ps, out, kv, B, T, N, heads);                     \
     }
+FRAME(0, 1) FRAME(0, 2) FRAME(0, 4) FRAME(1, 1) FRAME(1, 2) FRAME(1, 4)
+static const frame_fn FRAME_FNS[2][4] = {{frame_0_1, frame_0_2, 0, frame_0_4}, {frame_1_1, frame_1_2, 0, frame_1_4}};
+
+/* returns 0, or -1 for heads without an instance (c not 16, 32 or 64) */
+int frame_attention(int bf, const void *qkv, long P, const float *const *pk, const float *const *pv,
+                    const long *pstride, void *out, float *kv_out, long B, long T, long N, long heads, long c,
+                    int threads) {
+    long cv = c / V - 1;
+    if (c % V || cv < 0 || cv > 3 || !FRAME_FNS[bf != 0][cv]) return -1;
+    frame_fn fn = FRAME_FNS[bf != 0][cv];
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long bn = 0; bn < B * N; bn++) fn(bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads);
+    return 0;
 }

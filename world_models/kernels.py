@@ -40,12 +40,13 @@ _P = ctypes.c_void_p
 _L = ctypes.c_long
 SIGNATURES = {
     "ln_modulate": [ctypes.c_int, _P, _P, _P, _P, _P, _P, _L, _P, _L, _L, _L, ctypes.c_float, ctypes.c_int],
-    "spatial_attention": [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int],  # returns int
+    "spatial_attention": [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int],
+    "gelu_tanh": [ctypes.c_int, _P, _P, _L, ctypes.c_int],
     "frame_attention": [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int],
 }
-# bounds on the C side's stack scratch (floats per call unit); spatial attention has instances
-# for sequences and heads of 16, 32 or 64
-MAX_WIDTH, MAX_FRAMES, SPATIAL_SIZES = 4096, 64, (16, 32, 64)
+# bounds on the C side's stack scratch (floats per call unit); the attention kernels have
+# instances for heads (and spatial sequences) of 16, 32 or 64
+MAX_WIDTH, MAX_FRAMES, SIZES = 4096, 64, (16, 32, 64)
 
 
 def cache_dir() -> Path:
@@ -104,7 +105,7 @@ def library() -> ctypes.CDLL | None:
         return None
     for name, args in SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, ctypes.c_int if name == "spatial_attention" else None
+        fn.argtypes, fn.restype = args, None if name in ("ln_modulate", "gelu_tanh") else ctypes.c_int
     return lib
 
 
@@ -134,6 +135,8 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
     """LayerNorm(x) * (1 + scale) + shift for x (B, T, N, C), shift/scale/gate (B, T, C) per frame.
     With ``gate`` and ``h``: x is first replaced by x + gate * h, and (new x, y) is returned."""
     B, T, N, C = x.shape
+    if not ln_fits(C):
+        raise ValueError(f"no LayerNorm kernel for width {C} (a multiple of 16 up to {MAX_WIDTH})")
     frames = B * T
     x = x.contiguous()
     sh, stride = _frame_vector(shift.to(x.dtype), frames)
@@ -157,14 +160,27 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
     return y if gate is None else (x_out, y)
 
 
-def frames_fit(width: int, frames: int) -> bool:
-    """Whether ``ln_modulate`` and ``frame_attention`` take this width and number of frames seen."""
-    return width <= MAX_WIDTH and frames <= MAX_FRAMES
+def ln_fits(width: int) -> bool:
+    """Whether ``ln_modulate`` takes this width (whole 16-float vectors)."""
+    return width % 16 == 0 and width <= MAX_WIDTH
+
+
+def frame_fits(width: int, head: int, frames: int) -> bool:
+    """Whether ``frame_attention`` takes this width, head size and number of frames seen."""
+    return width <= MAX_WIDTH and head in SIZES and frames <= MAX_FRAMES
+
+
+def gelu(x: torch.Tensor) -> torch.Tensor:
+    """GELU, tanh approximation, of a float32 or bfloat16 tensor (computed in float32)."""
+    x = x.contiguous()
+    y = torch.empty_like(x)
+    library().gelu_tanh(int(x.dtype == torch.bfloat16), x.data_ptr(), y.data_ptr(), x.numel(), torch.get_num_threads())
+    return y
 
 
 def spatial_fits(length: int, head: int) -> bool:
     """Whether ``spatial_attention`` has an instance for sequences of ``length`` and heads of ``head``."""
-    return length in SPATIAL_SIZES and head in SPATIAL_SIZES
+    return length in SIZES and head in SIZES
 
 
 def spatial_attention(qkv: torch.Tensor, heads: int) -> torch.Tensor:
@@ -186,7 +202,7 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     """Causal attention across frames at each token: qkv (B, T, N, 3 * C) from the temporal qkv
     projection; ``past``/``past_v``: per-frame float32 keys/values (Bp, N, heads, c), Bp = B or 1.
     Returns out (B, T, N, C) and, with ``keep``, this call's float32 keys and values
-    (B, T, N, heads, c) each (for a context cache), else None."""
+    (B, T, N, heads, c) each (for a context cache), else None. Heads as ``frame_fits`` allows."""
     B, T, N, C3 = qkv.shape
     C = C3 // 3
     c = C // heads
@@ -204,6 +220,8 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     ps = (ctypes.c_long * max(P, 1))(*[f[2] for f in frames])
     out = torch.empty((B, T, N, C), dtype=qkv.dtype)
     kv = torch.empty((2, B, T, N, heads, c), dtype=torch.float32) if keep else None
-    library().frame_attention(int(qkv.dtype == torch.bfloat16), qkv.data_ptr(), P, pk, pv, ps, out.data_ptr(),
-                              _ptr(kv), B, T, N, heads, c, torch.get_num_threads())
+    done = library().frame_attention(int(qkv.dtype == torch.bfloat16), qkv.data_ptr(), P, pk, pv, ps,
+                                     out.data_ptr(), _ptr(kv), B, T, N, heads, c, torch.get_num_threads())
+    if done:
+        raise ValueError(f"no frame attention kernel for heads of {c}")
     return out, (None if kv is None else (kv[0], kv[1]))
