@@ -197,3 +197,20 @@ def test_dit_inference_same_with_and_without_kernels(lib, monkeypatch, batch):
     out.square().mean().backward()
     assert model.blocks[0].attn_s.qkv.weight.grad is not None
     assert os.environ.get(kernels.ENV_SWITCH) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gelu_matches_torch_tanh_gelu(lib, dtype):
+    # an odd length: the tail goes through a padded vector
+    x = torch.cat([torch.linspace(-100, 100, 4001), torch.randn(10007) * 3]).to(dtype)
+    ref = F.gelu(x.double(), approximate="tanh")
+    y = kernels.gelu(x)
+    assert y.dtype == dtype and y.shape == x.shape
+    err = (y.double() - ref).abs().max().item()
+    assert err < (2e-6 * 100 if dtype == torch.float32 else 0.5)  # relative to |x| <= 100: float rounding
+    small = x.float().abs() < 4
+    assert (y.double() - ref)[small].abs().max().item() < (2e-6 if dtype == torch.float32 else 2e-2)
+    # known values: 0 at 0, the identity far right, 0 far left (no overflow to NaN)
+    y = kernels.gelu(torch.tensor([0.0, 50.0, -50.0, 1.0]))
+    assert y[0] == 0 and y[1] == 50 and abs(y[2].item()) < 1e-30
+    assert abs(y[3].item() - 0.8411920071) < 1e-6

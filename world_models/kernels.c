@@ -1,11 +1,15 @@
-/* Fused CPU kernels for the DiT's memory-bound passes at large batch (world_models/kernels.py
- * builds this file with the system C compiler on first use and calls it through ctypes).
+/* Fused CPU kernels for the DiT's inference (world_models/kernels.py builds this file with the
+ * system C compiler on first use and calls it through ctypes).
  *
  * Each kernel reads its inputs once and writes its outputs once, where torch runs several
- * elementwise passes over the batch (LayerNorm, modulation, residual update; attention's scale,
- * score, softmax, dtype casts and layout copies). Arithmetic is float32 whatever the storage:
- * `bf` = 1 stores bfloat16 (uint16, round to nearest even as torch does), 0 float32.
- * Rows are split over `threads` OpenMP threads (torch's own runtime: same libgomp soname).
+ * elementwise passes (LayerNorm, modulation, residual update; attention's scale, scores,
+ * softmax, dtype casts and layout copies) or, at batch 1, several small operations. Arithmetic is
+ * float32 whatever the storage: `bf` = 1 stores bfloat16 (uint16, rounded to nearest even as
+ * torch does), 0 float32. The inner loops work on 16-float vectors (GCC's vector extensions:
+ * one AVX-512 register) with trip counts fixed per instance, so widths are multiples of 16 and the
+ * attention kernels have instances for heads of 16, 32 and 64 (kernels.py checks before calling).
+ * Units of work (frames, sequence x head, token positions) are split over `threads` OpenMP
+ * threads (torch's own runtime: the same libgomp soname).
  */
 #include <math.h>
 #include <stdint.h>

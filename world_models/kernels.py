@@ -1,10 +1,11 @@
-"""Fused CPU kernels for the DiT at large batch (CEM candidates, many environments).
+"""Fused CPU kernels for the DiT's inference (CEM candidates, world-model environments).
 
-At 300 CEM candidates the tiny DiT's matmuls run near this CPU's peak, and most of the call is
-elementwise passes over 1-5 MB tensors: LayerNorm, modulation and residual updates, attention's
-scale/softmax/casts and layout copies. ``kernels.c`` does each of those groups in one pass over
-memory (float32 arithmetic, float32 or bfloat16 storage, OpenMP over rows with torch's thread
-count). It is built on first use with the system C compiler (``cc``, or ``$CC``) for this CPU
+At 300 CEM candidates the tiny DiT's matmuls run near this CPU's peak, and most of the rest of
+the call was elementwise passes over 1-5 MB tensors: LayerNorm, modulation and residual updates,
+attention's scale/softmax/casts and layout copies; at batch 1 it was many small operations.
+``kernels.c`` does each group in one pass (``ln_modulate``, ``spatial_attention``,
+``frame_attention``, and a float32 ``gelu``), with float32 arithmetic on float32 or bfloat16
+storage, 16-float vector code and OpenMP over units of work at torch's thread count. It is built on first use with the system C compiler (``cc``, or ``$CC``) for this CPU
 (``-O3 -march=native``) into ``$XDG_CACHE_HOME/wm-harness/kernels`` (default ``~/.cache``), keyed
 by the source, the compiler and the CPU, so a home directory shared by different machines keeps
 one build per CPU. Building takes about a second; the file is written atomically, so parallel
