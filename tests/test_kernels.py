@@ -63,21 +63,36 @@ def test_without_compiler_torch_operations_stand_in(monkeypatch, caplog):
         kernels.library.cache_clear()
 
 
-def test_applies_only_to_cpu_inference(lib, monkeypatch):
-    x = torch.zeros(4, requires_grad=True)
-    assert not kernels.applies(x)  # autograd: torch's operations
+def test_applies_only_with_autograd_off(lib, monkeypatch):
+    x = torch.zeros(4)
+    assert not kernels.applies(x)  # grad mode: torch's operations (a weight may require grad)
     with torch.no_grad():
+        assert kernels.applies(x) and kernels.applies(torch.zeros(4, requires_grad=True))
+        assert not kernels.applies(torch.zeros(4, dtype=torch.float64))
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+        assert not kernels.applies(x)
+    with torch.inference_mode():
+        monkeypatch.delenv(kernels.ENV_SWITCH)
         assert kernels.applies(x)
-    assert not kernels.applies(torch.zeros(4, dtype=torch.float64))
-    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
-    assert not kernels.applies(torch.zeros(4))
+
+
+def test_build_key_follows_the_source_and_the_compiler_may_carry_a_wrapper(lib, tmp_path, monkeypatch):
+    first = kernels.build(tmp_path)
+    changed = tmp_path / "src" / "kernels.c"
+    changed.parent.mkdir()
+    changed.write_text(kernels.SOURCE.read_text() + "\n/* changed */\n")
+    monkeypatch.setattr(kernels, "SOURCE", changed)
+    monkeypatch.setenv("CC", "env " + kernels.compiler()[0])  # a wrapper in front, as "ccache gcc"
+    second = kernels.build(tmp_path)
+    assert second != first and second.exists() and first.exists()
+    assert second.stat().st_mode & 0o044  # readable by others: a shared cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B,T", [(1, 1), (5, 2), (3, 1)])
-def test_ln_modulate_matches_layer_norm_and_modulate(lib, dtype, B, T):
+@pytest.mark.parametrize("B,T,N", [(1, 1, 16), (5, 2, 16), (3, 1, 6)])  # 6 tokens: a partial group of 4 rows
+def test_ln_modulate_matches_layer_norm_and_modulate(lib, dtype, B, T, N):
     g = torch.Generator().manual_seed(B * 10 + T)
-    N, C = 16, 64
+    C = 64
     x = (torch.randn(B, T, N, C, generator=g) * 3 + 1).to(dtype)
     h = torch.randn(B, T, N, C, generator=g).to(dtype)
     ada = torch.randn(B, T, 9 * C, generator=g).to(dtype)  # strided per-frame chunks, as the DiT has them
@@ -89,6 +104,23 @@ def test_ln_modulate_matches_layer_norm_and_modulate(lib, dtype, B, T):
     x_new, y = kernels.ln_modulate(x, shift, scale, 1e-6, gate=gate, h=h)
     assert torch.equal(x_new, x_ref) if dtype == torch.bfloat16 else close(x_new, x_ref, dtype) < TOL[dtype]
     assert close(y, modulate(F.layer_norm(x_ref, (C,), eps=1e-6), shift, scale), dtype) < TOL[dtype]
+
+
+def test_ln_modulate_mixed_strides_and_shapes(lib):
+    g = torch.Generator().manual_seed(3)
+    B, T, N, C = 4, 2, 16, 32
+    x, h = torch.randn(B, T, N, C, generator=g), torch.randn(B, T, N, C, generator=g)
+    shift = torch.randn(B, T, C, generator=g)  # contiguous
+    scale = torch.randn(B, T, 3 * C, generator=g)[..., C:2 * C]  # a strided chunk
+    gate = torch.randn(B, T, C, generator=g).transpose(0, 1).contiguous().transpose(0, 1)  # other strides
+    x_ref = torch.addcmul(x, gate.unsqueeze(2), h)
+    x_new, y = kernels.ln_modulate(x, shift, scale, 1e-6, gate=gate, h=h)
+    assert close(x_new, x_ref, torch.float32) < 1e-6
+    assert close(y, modulate(F.layer_norm(x_ref, (C,), eps=1e-6), shift, scale), torch.float32) < 2e-6
+    with pytest.raises(ValueError, match=r"shift of shape \(1, 2, 32\)"):  # torch would broadcast it
+        kernels.ln_modulate(x, shift[:1], scale, 1e-6)
+    with pytest.raises(ValueError, match="gate and h go together"):
+        kernels.ln_modulate(x, shift, scale, 1e-6, gate=gate)
 
 
 def test_ln_modulate_widths_without_an_instance(lib):
@@ -133,10 +165,10 @@ def test_spatial_attention_one_hot_scores(lib):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T,shared", [(1, 0), (2, 0), (1, 1), (2, 2)])
-def test_frame_attention_matches_torch(lib, dtype, T, shared):
+@pytest.mark.parametrize("T,shared,c", [(1, 0, 16), (2, 0, 16), (1, 1, 16), (2, 2, 16), (1, 1, 32), (2, 1, 64)])
+def test_frame_attention_matches_torch(lib, dtype, T, shared, c):
     g = torch.Generator().manual_seed(T * 3 + shared)
-    B, N, heads, c = 6, 16, 4, 16
+    B, N, heads = 6, 16, 4
     C = heads * c
     qkv = torch.randn(B, T, N, 3 * C, generator=g).to(dtype)
     q, k, v = qkv.float().view(B, T, N, 3, heads, c).unbind(3)
@@ -151,8 +183,22 @@ def test_frame_attention_matches_torch(lib, dtype, T, shared):
     assert kv is None and close(out, frame_attention(q, k, v).reshape(B, T, N, C), dtype) < TOL[dtype]
 
 
+def test_frame_attention_refuses_what_it_cannot_read(lib):
+    qkv = torch.zeros(4, 1, 8, 3 * 32)
+    good = torch.zeros(4, 8, 2, 16)
+    for k, v, what in ((torch.zeros(2, 8, 2, 16), torch.zeros(2, 8, 2, 16), "past keys"),  # batch 2 of 4
+                       (torch.zeros(4, 4, 2, 16), torch.zeros(4, 4, 2, 16), "past keys"),  # 4 tokens of 8
+                       (torch.zeros(1, 8, 2, 16), good, "past keys")):  # keys shared, values per row
+        with pytest.raises(ValueError, match=what):
+            kernels.frame_attention(qkv, 2, [k], [v])
+    with pytest.raises(ValueError, match="1 past key frames but 0 value frames"):
+        kernels.frame_attention(qkv, 2, [good], [])
+    # the stack scratch is bounded: width x frames seen
+    assert kernels.frame_fits(1024, 64, 16) and not kernels.frame_fits(1024, 64, 17)
+
+
 def test_frame_attention_heads_without_an_instance(lib):
-    assert kernels.frame_fits(64, 16, 3) and not kernels.frame_fits(48, 24, 3) and not kernels.frame_fits(64, 16, 65)
+    assert kernels.frame_fits(64, 16, 3) and not kernels.frame_fits(48, 24, 3) and not kernels.frame_fits(64, 16, 300)
     with pytest.raises(ValueError, match="no frame attention kernel for heads of 24"):
         kernels.frame_attention(torch.zeros(2, 1, 4, 3 * 48), 2)
 
@@ -191,8 +237,20 @@ def test_dit_inference_same_with_and_without_kernels(lib, monkeypatch, batch):
     for f, p in zip(fused, plain):
         assert close(f, p, torch.float32) < 2e-5
     assert close(fused[1], fused[0], torch.float32) < 2e-5  # the context cache gives the whole clip's numbers
-    # training runs through torch's operations: the same loss either way, and gradients flow
+    # with autograd on, torch's operations: a frozen model's gradient with respect to the actions
+    # is the same with the kernels switched on (they would cut the graph)
     monkeypatch.delenv(kernels.ENV_SWITCH)
+    model.requires_grad_(False)
+    grads = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(kernels.ENV_SWITCH, switch)
+        acts = a.clone().requires_grad_(True)
+        model(torch.cat([ctx, x], 1), torch.cat([torch.ones(batch, 2), t], 1), acts).square().sum().backward()
+        grads.append(acts.grad)
+    assert torch.equal(grads[0], grads[1]) and grads[0].abs().sum() > 0
+    model.requires_grad_(True)
+    monkeypatch.delenv(kernels.ENV_SWITCH)
+    # training runs through torch's operations: gradients flow
     out = model(torch.cat([ctx, x], 1), torch.cat([torch.ones(batch, 2), t], 1), a)
     out.square().mean().backward()
     assert model.blocks[0].attn_s.qkv.weight.grad is not None
@@ -214,3 +272,23 @@ def test_gelu_matches_torch_tanh_gelu(lib, dtype):
     y = kernels.gelu(torch.tensor([0.0, 50.0, -50.0, 1.0]))
     assert y[0] == 0 and y[1] == 50 and abs(y[2].item()) < 1e-30
     assert abs(y[3].item() - 0.8411920071) < 1e-6
+
+
+def test_dit_bfloat16_inference_with_kernels_stays_within_bf16_rounding(lib, monkeypatch):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_dim=16, num_tokens=16, action_dim=4, width=64, depth=2, heads=4))
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    low = DiT(model.config).to(torch.bfloat16)
+    low.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(2)
+    clip, t, a = torch.randn(30, 3, 16, 16, generator=g), torch.rand(30, 3, generator=g), torch.randn(30, 1, 4, generator=g)
+    with torch.no_grad():
+        ref = model(clip, t, a).double()
+        fused = low(clip, t, a).double()
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+        plain = low(clip, t, a).double()
+    scale = ref.abs().max()
+    # the kernels' bf16 result is as close to float32 as torch's own bf16 operations are
+    assert (fused - ref).abs().max() / scale < 1.5 * (plain - ref).abs().max() / scale + 1e-3
+    assert (fused - ref).abs().max() / scale < 2e-2

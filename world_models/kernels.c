@@ -9,15 +9,16 @@
  * one AVX-512 register) with trip counts fixed per instance, so widths are multiples of 16 and the
  * attention kernels have instances for heads of 16, 32 and 64 (kernels.py checks before calling).
  * Units of work (frames, sequence x head, token positions) are split over `threads` OpenMP
- * threads (torch's own runtime: the same libgomp soname).
+ * threads: torch's own runtime where the torch wheel loads libgomp.so.1 (the CPU wheels here
+ * do), a second thread pool where it bundles a renamed copy (slower, not wrong). Scratch arrays
+ * live on the threads' stacks, sized by the call's shapes, which kernels.py bounds. Callers must
+ * pass the shapes documented at each kernel: kernels.py checks them.
  */
 #include <math.h>
 #include <stdint.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
-
-/* Scratch arrays are sized by the call's shapes (kernels.py bounds them: MAX_* there). */
 
 typedef uint16_t bf16;
 
@@ -162,7 +163,7 @@ INLINE void ln_modulate_frame(int bf, long f, const void *x, const void *gate, c
         float mean[LN_ROWS], rstd[LN_ROWS];
         for (long r = 0; r < rows; r++) {
             const long at = (f * tokens + n0 + r) * C;
-            v16 sum = sc[0] * 0.0f;
+            v16 sum = (v16){0};
             for (long i = 0; i < CV; i++) {
                 v16 v = vld(x, at + i * V, bf);
                 if (h) {
@@ -176,7 +177,7 @@ INLINE void ln_modulate_frame(int bf, long f, const void *x, const void *gate, c
             mean[r] = hsum(sum) / (float)C;
         }
         for (long r = 0; r < rows; r++) {
-            v16 sq = sc[0] * 0.0f;
+            v16 sq = (v16){0};
             for (long i = 0; i < CV; i++) {
                 v16 d = row[r * CV + i] - mean[r];
                 row[r * CV + i] = d;
@@ -220,7 +221,7 @@ void ln_modulate(int bf, const void *x, const void *gate, const void *h, void *x
  * reduced range, |r| <= ln2 / 2) */
 static inline v16 vexp_neg_unclamped(v16 x);
 static inline v16 vexp_neg(v16 x) {
-    const v16 lo = x * 0.0f - 87.0f;
+    const v16 lo = (v16){0} - 87.0f;
     vi16 under = x < lo;
     return vexp_neg_unclamped((v16)(((vi16)x & ~under) | ((vi16)lo & under)));
 }
@@ -241,7 +242,7 @@ static inline v16 vexp_neg_unclamped(v16 x) {
 
 /* exp on 16 lanes for any argument (clamped to [-87, 88], where float32's exp under/overflows) */
 static inline v16 vexp(v16 x) {
-    const v16 hi = x * 0.0f + 88.0f;
+    const v16 hi = (v16){0} + 88.0f;
     vi16 over = x > hi;
     return vexp_neg((v16)(((vi16)x & ~over) | ((vi16)hi & over)));
 }
@@ -324,7 +325,7 @@ INLINE void spatial_attention_unit(int bf, const long SV, const long CV, long lh
                 float mj = hmax(acc[r * SV + jv]);
                 m = mj > m ? mj : m;
             }
-            v16 sum = acc[r * SV] * 0.0f;
+            v16 sum = (v16){0};
             for (long jv = 0; jv < SV; jv++) {
                 v16 x = vexp_neg(acc[r * SV + jv] - m);
                 sum += x;

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -45,27 +46,41 @@ SIGNATURES = {
     "gelu_tanh": [ctypes.c_int, _P, _P, _L, ctypes.c_int],
     "frame_attention": [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int],
 }
-# bounds on the C side's stack scratch (floats per call unit); the attention kernels have
-# instances for heads (and spatial sequences) of 16, 32 or 64
-MAX_WIDTH, MAX_FRAMES, SIZES = 4096, 64, (16, 32, 64)
+# bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
+# (2 MiB may be all they get): LayerNorm ~7 x width floats, frame attention ~3 x width x frames
+# (at most 16k floats here), spatial attention 5 x 64 x 64. The attention kernels have instances
+# for heads (and spatial sequences) of 16, 32 or 64.
+MAX_WIDTH, MAX_FRAME_FLOATS, SIZES = 2048, 1 << 14, (16, 32, 64)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wm-harness" / "kernels"
 
 
+CPU_FIELDS = ("model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant", "CPU part")
+
+
 def cpu_signature() -> str:
-    """What -march=native depends on: the CPU's model name and feature flags."""
+    """What -march=native depends on: the machine, the CPU's model and its feature flags (x86's
+    "model name"/"flags", Arm's "Features"/"CPU part"...), from the first core listed."""
+    fields: dict[str, str] = {}
     try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
-        return "\n".join(lines)
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":", 1)[0].strip()
+            if key in CPU_FIELDS and key not in fields:
+                fields[key] = line
     except OSError:
-        return platform.processor() or platform.machine()
+        pass
+    return "\n".join([platform.machine(), platform.processor(), *fields.values()])
 
 
-def compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+def compiler() -> list[str] | None:
+    """The C compiler's command: ``$CC`` (may carry a wrapper, e.g. "ccache gcc"), else cc or gcc.
+    kernels.c uses GCC's vector extensions; another compiler fails to build it (torch ops then)."""
+    if os.environ.get("CC"):
+        return shlex.split(os.environ["CC"])
+    found = shutil.which("cc") or shutil.which("gcc")
+    return [found] if found else None
 
 
 def build(directory: Path | None = None) -> Path:
@@ -75,8 +90,11 @@ def build(directory: Path | None = None) -> Path:
     if cc is None:
         raise RuntimeError("no C compiler found (install gcc, or set CC)")
     source = SOURCE.read_bytes()
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    key = hashlib.sha256(b"\0".join([source, " ".join([cc, *FLAGS]).encode(), "".join(version).encode(),
+    try:
+        version = subprocess.run([*cc, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
+    except OSError as e:
+        raise RuntimeError(f"C compiler {' '.join(cc)!r} does not run: {e}") from None
+    key = hashlib.sha256(b"\0".join([source, " ".join([*cc, *FLAGS]).encode(), "".join(version).encode(),
                                      cpu_signature().encode()])).hexdigest()[:16]
     directory = directory or cache_dir()
     target = directory / f"kernels-{key}.so"
@@ -86,9 +104,10 @@ def build(directory: Path | None = None) -> Path:
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(fd)
     try:
-        done = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
+        done = subprocess.run([*cc, *FLAGS, str(SOURCE), "-o", tmp, "-lm"], capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"{cc} failed on {SOURCE.name}: {done.stderr.strip()[:500]}")
+            raise RuntimeError(f"{' '.join(cc)} failed on {SOURCE.name}: {done.stderr.strip()[:500]}")
+        os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache is readable by others
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
@@ -111,9 +130,11 @@ def library() -> ctypes.CDLL | None:
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether the kernels can stand in for torch here: inference on a CPU float32/bf16 tensor,
-    unless ``WM_HARNESS_KERNELS=0`` (read at each call, so tests and benchmarks can switch)."""
-    return (x.device.type == "cpu" and x.dtype in DTYPES and not (torch.is_grad_enabled() and x.requires_grad)
+    """Whether the kernels can stand in for torch here: a CPU float32/bf16 tensor with autograd
+    off (``torch.no_grad`` or ``inference_mode``: the kernels record no graph, and any input of
+    theirs, a weight included, may require grad), unless ``WM_HARNESS_KERNELS=0`` (read at each
+    call, so tests and benchmarks can switch)."""
+    return (not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype in DTYPES
             and os.environ.get(ENV_SWITCH, "1") != "0" and library() is not None)
 
 
@@ -149,6 +170,12 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
     B, T, N, C = x.shape
     if not ln_fits(C):
         raise ValueError(f"no LayerNorm kernel for width {C} (a multiple of 16 up to {MAX_WIDTH})")
+    for name, v in (("shift", shift), ("scale", scale), ("gate", gate)):
+        if v is not None and tuple(v.shape) != (B, T, C):
+            raise ValueError(f"ln_modulate: {name} of shape {tuple(v.shape)} for x {tuple(x.shape)}; "
+                             f"expected ({B}, {T}, {C})")
+    if (gate is None) != (h is None) or (h is not None and h.shape != x.shape):
+        raise ValueError(f"ln_modulate: gate and h go together, h shaped as x {tuple(x.shape)}")
     frames = B * T
     x = x.contiguous()
     sh, stride = _frame_vector(shift.to(x.dtype), frames)
@@ -178,7 +205,7 @@ def ln_fits(width: int) -> bool:
 
 def frame_fits(width: int, head: int, frames: int) -> bool:
     """Whether ``frame_attention`` takes this width, head size and number of frames seen."""
-    return width <= MAX_WIDTH and head in SIZES and frames <= MAX_FRAMES
+    return width <= MAX_WIDTH and head in SIZES and width * frames <= MAX_FRAME_FLOATS
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -219,8 +246,15 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     c = C // heads
     qkv = qkv.contiguous()
     past, past_v = list(past or []), list(past_v or [])
+    if len(past) != len(past_v):
+        raise ValueError(f"frame_attention: {len(past)} past key frames but {len(past_v)} value frames")
+    if not frame_fits(C, c, len(past) + T):
+        raise ValueError(f"no frame attention kernel for heads of {c}, width {C}, {len(past) + T} frames")
     frames = []
     for k, v in zip(past, past_v):
+        if k.shape != v.shape or k.shape[0] not in (1, B) or tuple(k.shape[1:]) != (N, heads, c):
+            raise ValueError(f"frame_attention: past keys {tuple(k.shape)} / values {tuple(v.shape)}; "
+                             f"expected (1 or {B}, {N}, {heads}, {c}) each")
         k, v = (t.float() if t.stride()[1:] == (C, c, 1) else t.float().contiguous() for t in (k, v))
         if k.stride(0) != v.stride(0):
             k, v = k.contiguous(), v.contiguous()
@@ -233,6 +267,6 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     kv = torch.empty((2, B, T, N, heads, c), dtype=torch.float32) if keep else None
     done = library().frame_attention(int(qkv.dtype == torch.bfloat16), qkv.data_ptr(), P, pk, pv, ps,
                                      out.data_ptr(), _ptr(kv), B, T, N, heads, c, threads(out))
-    if done:
+    if done:  # checked above; the C side refuses too
         raise ValueError(f"no frame attention kernel for heads of {c}")
     return out, (None if kv is None else (kv[0], kv[1]))
