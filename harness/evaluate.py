@@ -64,6 +64,16 @@ class EvalPlan:
         return len(self.config.policies) * len(self.backends) * len(self.episodes)
 
 
+
+def inference_backend(config: EvalConfig) -> dict[str, str]:
+    """For a run with a world model (``--wm`` or a CEM policy): what its DiT ran on, the fused
+    CPU kernels or torch's operations (the same numbers to float rounding; world_models/kernels.py)."""
+    if not (config.wm or any(str(p).split(":", 1)[0] == "cem" for p in config.policies)):
+        return {}
+    from world_models.kernels import describe
+
+    return {"world_model_kernels": describe()}
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
 
@@ -251,6 +261,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "versions": package_versions(),
         "git": git_commit(),
         "checkpoints": plan.checkpoints,
+        **inference_backend(plan.config),
         "wall_time_s": round(wall, 3),
         "episode_time_s": round(episode_time, 3),
         "steps": steps,

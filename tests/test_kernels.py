@@ -292,3 +292,16 @@ def test_dit_bfloat16_inference_with_kernels_stays_within_bf16_rounding(lib, mon
     # the kernels' bf16 result is as close to float32 as torch's own bf16 operations are
     assert (fused - ref).abs().max() / scale < 1.5 * (plain - ref).abs().max() / scale + 1e-3
     assert (fused - ref).abs().max() / scale < 2e-2
+
+
+def test_runs_with_a_world_model_record_what_it_ran_on(monkeypatch):
+    from harness.config import EvalConfig
+    from harness.evaluate import inference_backend
+
+    assert inference_backend(EvalConfig(env="metaworld/reach-v3", policies=["random"])) == {}
+    for config in (EvalConfig(env="metaworld/reach-v3", policies=["cem:wm=minivae_dit_tiny"]),
+                   EvalConfig(env="metaworld/reach-v3", policies=["random"], wm="minivae_dit_tiny")):
+        record = inference_backend(config)["world_model_kernels"]
+        assert record.startswith("fused CPU kernels" if kernels.compiler() else "torch operations (no C compiler)")
+    monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+    assert inference_backend(config) == {"world_model_kernels": "torch operations (WM_HARNESS_KERNELS=0)"}

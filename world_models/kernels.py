@@ -129,6 +129,20 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
+def describe() -> str:
+    """What world-model inference in this process runs on, for a run's record, without building
+    anything: the fused kernels when switched on and a compiler is there (built or cached),
+    else torch's operations and why."""
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return f"torch operations ({ENV_SWITCH}=0)"
+    if library.cache_info().currsize and library() is None:
+        return "torch operations (the kernels did not build; see the logged warning)"
+    cc = compiler()
+    if cc is None:
+        return "torch operations (no C compiler)"
+    return f"fused CPU kernels (world_models/kernels.c, built with {' '.join(cc)})"
+
+
 def applies(x: torch.Tensor) -> bool:
     """Whether the kernels can stand in for torch here: a CPU float32/bf16 tensor with autograd
     off (``torch.no_grad`` or ``inference_mode``: the kernels record no graph, and any input of
