@@ -132,9 +132,9 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 
 def use_kernels(x: torch.Tensor) -> bool:
     """Whether to run through the fused CPU kernels (world_models/kernels.py) rather than torch's
-    operations: inference on CPU, when they could be built. They are faster at every batch size
-    measured (the embedded model's 5-step rollout: batch 1 12.6 vs 16.3 ms; 300 CEM candidates in
-    bfloat16 on two cores 229 vs 282 ms) and give the same numbers to float rounding."""
+    operations: CPU, autograd off, when they could be built. They are faster at every batch size
+    measured (the embedded model's 5-step rollout, one core: batch 1 11.5 vs 15.8 ms; 300 CEM
+    candidates in bfloat16 ~285 vs ~410 ms) and give the same numbers to float rounding."""
     return kernels.applies(x)
 
 
