@@ -433,6 +433,93 @@ INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv
     }
 }
 
+/* Heads of 16 channels, four at a time: one vector per head, and the four heads' dot products
+ * summed together by one shuffle network (8 shuffles) instead of four trees (16); the softmax over
+ * the seen frames then runs on vectors whose lanes 0, 4, 8, 12 are the four heads. */
+static inline v16 hsum4(v16 a, v16 b, v16 c, v16 d) {
+    const vi16 lo = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+    const vi16 hi = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+    v16 ab = __builtin_shuffle(a, b, lo) + __builtin_shuffle(a, b, hi);  /* a's 8 partials | b's */
+    v16 cd = __builtin_shuffle(c, d, lo) + __builtin_shuffle(c, d, hi);
+    const vi16 lo4 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+    const vi16 hi4 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+    v16 t = __builtin_shuffle(ab, cd, lo4) + __builtin_shuffle(ab, cd, hi4);  /* 4 partials each */
+    t += __builtin_shuffle(t, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13});
+    t += __builtin_shuffle(t, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14});
+    return t;  /* lane 4h: the sum of the h-th argument */
+}
+
+INLINE void frame_attention_unit16(int bf, long bn, const void *qkv, long P, const float *const *pk,
+                                   const float *const *pv, const long *pstride, void *out, float *kv_out,
+                                   long B, long T, long N, long heads) {
+    const long C = heads * V, row = 3 * C;
+    const float scale = 0.25f;  /* 1 / sqrt(16) */
+    const long b = bn / N, n = bn % N;
+    float kc[T * C], vc[T * C], qf[C];
+    v16 r[P + T];
+    const float *keys[P + T], *values[P + T];
+    for (long j = 0; j < P; j++) {
+        keys[j] = pk[j] + b * pstride[j] + n * C;
+        values[j] = pv[j] + b * pstride[j] + n * C;
+    }
+    for (long t = 0; t < T; t++) {
+        long base = ((b * T + t) * N + n) * row;
+        load(kc + t * C, qkv, base + C, C, bf);
+        load(vc + t * C, qkv, base + 2 * C, C, bf);
+        keys[P + t] = kc + t * C;
+        values[P + t] = vc + t * C;
+        if (kv_out) {
+            float *at = kv_out + ((b * T + t) * N + n) * C;
+            for (long d = 0; d < C; d++) at[d] = kc[t * C + d];
+            for (long d = 0; d < C; d++) at[B * T * N * C + d] = vc[t * C + d];
+        }
+    }
+    for (long t = 0; t < T; t++) {
+        const long seen = P + t + 1, base = ((b * T + t) * N + n);
+        load(qf, qkv, base * row, C, bf);
+        for (long h0 = 0; h0 < heads; h0 += 4) {
+            const float *q = qf + h0 * V;
+            const v16 q0 = vload(q), q1 = vload(q + V), q2 = vload(q + 2 * V), q3 = vload(q + 3 * V);
+            v16 m = (v16){0} - INFINITY;
+            for (long j = 0; j < seen; j++) {
+                const float *k = keys[j] + h0 * V;
+                r[j] = hsum4(q0 * vload(k), q1 * vload(k + V), q2 * vload(k + 2 * V), q3 * vload(k + 3 * V)) * scale;
+                m = vmax(m, r[j]);
+            }
+            v16 total = (v16){0};
+            for (long j = 0; j < seen; j++) {
+                r[j] = vexp_neg(r[j] - m);
+                total += r[j];
+            }
+            const v16 inv = vrecip(total);
+            v16 o0 = (v16){0}, o1 = o0, o2 = o0, o3 = o0;
+            for (long j = 0; j < seen; j++) {
+                const v16 p = r[j] * inv;
+                const float *v = values[j] + h0 * V;
+                o0 += __builtin_shuffle(p, (vi16){0}) * vload(v);
+                o1 += __builtin_shuffle(p, (vi16){0} + 4) * vload(v + V);
+                o2 += __builtin_shuffle(p, (vi16){0} + 8) * vload(v + 2 * V);
+                o3 += __builtin_shuffle(p, (vi16){0} + 12) * vload(v + 3 * V);
+            }
+            const long at = base * C + h0 * V;
+            vst(out, at, o0, bf);
+            vst(out, at + V, o1, bf);
+            vst(out, at + 2 * V, o2, bf);
+            vst(out, at + 3 * V, o3, bf);
+        }
+    }
+}
+
+static void frame16_bf16(long bn, const void *qkv, long P, const float *const *pk, const float *const *pv,
+                         const long *ps, void *out, float *kv, long B, long T, long N, long heads) {
+    frame_attention_unit16(1, bn, qkv, P, pk, pv, ps, out, kv, B, T, N, heads);
+}
+
+static void frame16_f32(long bn, const void *qkv, long P, const float *const *pk, const float *const *pv,
+                        const long *ps, void *out, float *kv, long B, long T, long N, long heads) {
+    frame_attention_unit16(0, bn, qkv, P, pk, pv, ps, out, kv, B, T, N, heads);
+}
+
 typedef void (*frame_fn)(long, const void *, long, const float *const *, const float *const *, const long *, void *,
                          float *, long, long, long, long);
 #define FRAME(BF, CV)                                                                                      \
@@ -451,6 +538,7 @@ int frame_attention(int bf, const void *qkv, long P, const float *const *pk, con
     long cv = c / V - 1;
     if (c % V || cv < 0 || cv > 3 || !FRAME_FNS[bf != 0][cv]) return -1;
     frame_fn fn = FRAME_FNS[bf != 0][cv];
+    if (c == V && heads % 4 == 0) fn = bf ? frame16_bf16 : frame16_f32;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long bn = 0; bn < B * N; bn++) fn(bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads);
     return 0;
