@@ -91,13 +91,17 @@ static inline v16 vround_bf(v16 x) {
 
 static inline void vst(void *dst, long offset, v16 x, int bf) {
     if (bf) {
+#ifdef __AVX512BF16__
+        /* one instruction: round to nearest even, NaN kept quiet, as vbf_bits */
+        __m256bh h = _mm512_cvtneps_pbh((__m512)x);
+#else
         vh16 h = __builtin_convertvector(vbf_bits(x), vh16);
+#endif
         __builtin_memcpy((bf16 *)dst + offset, &h, sizeof h);
     } else {
         __builtin_memcpy((float *)dst + offset, &x, sizeof x);
     }
 }
-
 
 /* sum / maximum of the 16 lanes by a shuffle tree (4 steps, not 15 dependent adds) */
 static inline float hsum(v16 x) {
