@@ -393,7 +393,7 @@ INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv
     const long c = CV * V, C = heads * c, row = 3 * C;
     const float scale = 1.0f / sqrtf((float)c);
     const long b = bn / N, n = bn % N;
-    float kc[T * C], vc[T * C], qf[C], s[P + T];
+    float kc[kv_out ? 1 : T * C], vc[kv_out ? 1 : T * C], qf[C], s[P + T];
     v16 o[CV];
     const float *keys[P + T], *values[P + T];
     for (long j = 0; j < P; j++) {
@@ -401,16 +401,14 @@ INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv
         values[j] = pv[j] + b * pstride[j] + n * C;
     }
     for (long t = 0; t < T; t++) {
+        /* this call's keys and values in float32: straight into the cache when one is kept */
+        float *k = kv_out ? kv_out + ((b * T + t) * N + n) * C : kc + t * C;
+        float *v = kv_out ? k + B * T * N * C : vc + t * C;
         long base = ((b * T + t) * N + n) * row;
-        load(kc + t * C, qkv, base + C, C, bf);
-        load(vc + t * C, qkv, base + 2 * C, C, bf);
-        keys[P + t] = kc + t * C;
-        values[P + t] = vc + t * C;
-        if (kv_out) {
-            float *at = kv_out + ((b * T + t) * N + n) * C;
-            for (long d = 0; d < C; d++) at[d] = kc[t * C + d];
-            for (long d = 0; d < C; d++) at[B * T * N * C + d] = vc[t * C + d];
-        }
+        load(k, qkv, base + C, C, bf);
+        load(v, qkv, base + 2 * C, C, bf);
+        keys[P + t] = k;
+        values[P + t] = v;
     }
     for (long t = 0; t < T; t++) {
         const long seen = P + t + 1, base = ((b * T + t) * N + n);
@@ -459,7 +457,7 @@ INLINE void frame_attention_unit16(int bf, long bn, const void *qkv, long P, con
     const long C = heads * V, row = 3 * C;
     const float scale = 0.25f;  /* 1 / sqrt(16) */
     const long b = bn / N, n = bn % N;
-    float kc[T * C], vc[T * C], qf[C];
+    float kc[kv_out ? 1 : T * C], vc[kv_out ? 1 : T * C], qf[C];
     v16 r[P + T];
     const float *keys[P + T], *values[P + T];
     for (long j = 0; j < P; j++) {
@@ -467,16 +465,14 @@ INLINE void frame_attention_unit16(int bf, long bn, const void *qkv, long P, con
         values[j] = pv[j] + b * pstride[j] + n * C;
     }
     for (long t = 0; t < T; t++) {
+        /* this call's keys and values in float32: straight into the cache when one is kept */
+        float *k = kv_out ? kv_out + ((b * T + t) * N + n) * C : kc + t * C;
+        float *v = kv_out ? k + B * T * N * C : vc + t * C;
         long base = ((b * T + t) * N + n) * row;
-        load(kc + t * C, qkv, base + C, C, bf);
-        load(vc + t * C, qkv, base + 2 * C, C, bf);
-        keys[P + t] = kc + t * C;
-        values[P + t] = vc + t * C;
-        if (kv_out) {
-            float *at = kv_out + ((b * T + t) * N + n) * C;
-            for (long d = 0; d < C; d++) at[d] = kc[t * C + d];
-            for (long d = 0; d < C; d++) at[B * T * N * C + d] = vc[t * C + d];
-        }
+        load(k, qkv, base + C, C, bf);
+        load(v, qkv, base + 2 * C, C, bf);
+        keys[P + t] = k;
+        values[P + t] = v;
     }
     for (long t = 0; t < T; t++) {
         const long seen = P + t + 1, base = ((b * T + t) * N + n);
