@@ -387,6 +387,27 @@ static inline v16 vload(const float *p) {
     return x;
 }
 
+/* The keys and values frame attention's unit (row b, token n) sees: the P past frames in place,
+ * then this call's T frames converted to float32 from qkv, straight into the cache when one is
+ * kept (kv_out), else into the caller's scratch kc / vc (T x C each). */
+INLINE void frame_sources(int bf, long b, long n, const void *qkv, long P, const float *const *pk,
+                          const float *const *pv, const long *pstride, float *kv_out, float *kc, float *vc,
+                          long B, long T, long N, long C, const float **keys, const float **values) {
+    for (long j = 0; j < P; j++) {
+        keys[j] = pk[j] + b * pstride[j] + n * C;
+        values[j] = pv[j] + b * pstride[j] + n * C;
+    }
+    for (long t = 0; t < T; t++) {
+        float *k = kv_out ? kv_out + ((b * T + t) * N + n) * C : kc + t * C;
+        float *v = kv_out ? k + B * T * N * C : vc + t * C;
+        long base = ((b * T + t) * N + n) * 3 * C;
+        load(k, qkv, base + C, C, bf);
+        load(v, qkv, base + 2 * C, C, bf);
+        keys[P + t] = k;
+        values[P + t] = v;
+    }
+}
+
 INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv, long P, const float *const *pk,
                                  const float *const *pv, const long *pstride, void *out, float *kv_out,
                                  long B, long T, long N, long heads) {
@@ -396,20 +417,7 @@ INLINE void frame_attention_unit(int bf, const long CV, long bn, const void *qkv
     float kc[kv_out ? 1 : T * C], vc[kv_out ? 1 : T * C], qf[C], s[P + T];
     v16 o[CV];
     const float *keys[P + T], *values[P + T];
-    for (long j = 0; j < P; j++) {
-        keys[j] = pk[j] + b * pstride[j] + n * C;
-        values[j] = pv[j] + b * pstride[j] + n * C;
-    }
-    for (long t = 0; t < T; t++) {
-        /* this call's keys and values in float32: straight into the cache when one is kept */
-        float *k = kv_out ? kv_out + ((b * T + t) * N + n) * C : kc + t * C;
-        float *v = kv_out ? k + B * T * N * C : vc + t * C;
-        long base = ((b * T + t) * N + n) * row;
-        load(k, qkv, base + C, C, bf);
-        load(v, qkv, base + 2 * C, C, bf);
-        keys[P + t] = k;
-        values[P + t] = v;
-    }
+    frame_sources(bf, b, n, qkv, P, pk, pv, pstride, kv_out, kc, vc, B, T, N, C, keys, values);
     for (long t = 0; t < T; t++) {
         const long seen = P + t + 1, base = ((b * T + t) * N + n);
         load(qf, qkv, base * row, C, bf);
@@ -460,20 +468,7 @@ INLINE void frame_attention_unit16(int bf, long bn, const void *qkv, long P, con
     float kc[kv_out ? 1 : T * C], vc[kv_out ? 1 : T * C], qf[C];
     v16 r[P + T];
     const float *keys[P + T], *values[P + T];
-    for (long j = 0; j < P; j++) {
-        keys[j] = pk[j] + b * pstride[j] + n * C;
-        values[j] = pv[j] + b * pstride[j] + n * C;
-    }
-    for (long t = 0; t < T; t++) {
-        /* this call's keys and values in float32: straight into the cache when one is kept */
-        float *k = kv_out ? kv_out + ((b * T + t) * N + n) * C : kc + t * C;
-        float *v = kv_out ? k + B * T * N * C : vc + t * C;
-        long base = ((b * T + t) * N + n) * row;
-        load(k, qkv, base + C, C, bf);
-        load(v, qkv, base + 2 * C, C, bf);
-        keys[P + t] = k;
-        values[P + t] = v;
-    }
+    frame_sources(bf, b, n, qkv, P, pk, pv, pstride, kv_out, kc, vc, B, T, N, C, keys, values);
     for (long t = 0; t < T; t++) {
         const long seen = P + t + 1, base = ((b * T + t) * N + n);
         load(qf, qkv, base * row, C, bf);
