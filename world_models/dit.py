@@ -252,10 +252,10 @@ class DiTBlock(nn.Module):
         to ``past`` ones too; returns the new x and, with ``keep``, its temporal keys/values."""
         B, T, N, C = x.shape
         (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = self.ada(c).chunk(9, dim=-1)  # each (B, T, C)
-        seen = T + (len(past_frames(past[0])) if past else 0)
-        if (use_kernels(x) and c.shape[0] == B and kernels.ln_fits(C)
-                and kernels.frame_fits(C, C // self.attn_t.heads, seen)):
-            return self._run_fused(x, past, (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m), keep)
+        if use_kernels(x) and c.shape[0] == B and kernels.ln_fits(C):
+            pk, pv = ([], []) if past is None else (past_frames(past[0]), past_frames(past[1]))
+            if kernels.frame_fits(C, C // self.attn_t.heads, T + len(pk)):
+                return self._run_fused(x, pk, pv, (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m), keep)
 
         h = modulate(self.norm_s(x), sh_s, sc_s).reshape(B * T, N, C)
         x = gated(x, g_s, self.attn_s(h).view(B, T, N, C))
@@ -287,17 +287,17 @@ class DiTBlock(nn.Module):
             q, k, v = split.copy_(qkv.permute(3, 0, 1, 2, 4, 5)).unbind(0)
         return frame_attention(q, k, v, past).reshape(B, T, N, C3 // 3), (k, v)
 
-    def _run_fused(self, x: torch.Tensor, past, mods, keep: bool):
+    def _run_fused(self, x: torch.Tensor, pk: list[torch.Tensor], pv: list[torch.Tensor], mods, keep: bool):
         """``_run`` through the fused CPU kernels (world_models/kernels.py): each LayerNorm with its
         modulation and the residual update before it in one pass, frame attention straight from the
-        qkv projection; the same numbers to float rounding."""
+        qkv projection, against past keys/values ``pk``/``pv`` (per-frame lists, ``past_frames``);
+        the same numbers to float rounding."""
         (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = mods
         B, T, N, C = x.shape
         eps = self.norm_s.eps
         h = kernels.ln_modulate(x, sh_s, sc_s, eps).view(B * T, N, C)
         x, h = kernels.ln_modulate(x, sh_t, sc_t, eps, gate=g_s, h=self.attn_s(h).view(B, T, N, C))
         qkv = self.attn_t.qkv(h)
-        pk, pv = (None, None) if past is None else (past_frames(past[0]), past_frames(past[1]))
         out, kv = kernels.frame_attention(qkv, self.attn_t.heads, pk, pv, keep=keep)
         x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=self.attn_t.proj(out.to(x.dtype)))
         x = gated(x, g_m, self.mlp(h))

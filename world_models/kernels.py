@@ -40,11 +40,12 @@ log = logging.getLogger(__name__)
 
 _P = ctypes.c_void_p
 _L = ctypes.c_long
+# name: (return type, argument types); the attention kernels return 0, or -1 for a shape they lack
 SIGNATURES = {
-    "ln_modulate": [ctypes.c_int, _P, _P, _P, _P, _P, _P, _L, _P, _L, _L, _L, ctypes.c_float, ctypes.c_int],
-    "spatial_attention": [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int],
-    "gelu_tanh": [ctypes.c_int, _P, _P, _L, ctypes.c_int],
-    "frame_attention": [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int],
+    "ln_modulate": (None, [ctypes.c_int, _P, _P, _P, _P, _P, _P, _L, _P, _L, _L, _L, ctypes.c_float, ctypes.c_int]),
+    "spatial_attention": (ctypes.c_int, [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int]),
+    "gelu_tanh": (None, [ctypes.c_int, _P, _P, _L, ctypes.c_int]),
+    "frame_attention": (ctypes.c_int, [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int]),
 }
 # bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
 # (2 MiB may be all they get): LayerNorm ~7 x width floats, frame attention ~3 x width x frames
@@ -123,9 +124,9 @@ def library() -> ctypes.CDLL | None:
     except (RuntimeError, OSError) as e:
         log.warning("fused CPU kernels unavailable, using torch operations: %s", e)
         return None
-    for name, args in SIGNATURES.items():
+    for name, (result, args) in SIGNATURES.items():
         fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, None if name in ("ln_modulate", "gelu_tanh") else ctypes.c_int
+        fn.restype, fn.argtypes = result, args
     return lib
 
 
@@ -192,20 +193,16 @@ def ln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: 
         raise ValueError(f"ln_modulate: gate and h go together, h shaped as x {tuple(x.shape)}")
     frames = B * T
     x = x.contiguous()
-    sh, stride = _frame_vector(shift.to(x.dtype), frames)
-    sc, stride_sc = _frame_vector(scale.to(x.dtype), frames)
-    if stride_sc != stride:
-        sh, sc = sh.contiguous(), sc.contiguous()
-        stride = C if frames > 1 else 0
+    vectors = [_frame_vector(v.to(x.dtype), frames) for v in (shift, scale, gate) if v is not None]
+    if len({stride for _, stride in vectors}) > 1:  # one stride serves them all: else copy each
+        vectors = [(v.contiguous(), C if frames > 1 else 0) for v, _ in vectors]
+    (sh, stride), (sc, _) = vectors[:2]
+    g = vectors[2][0] if gate is not None else None
     if gate is not None:
-        g, stride_g = _frame_vector(gate.to(x.dtype), frames)
-        if stride_g != stride:
-            sh, sc, g = sh.contiguous(), sc.contiguous(), g.contiguous()
-            stride = C if frames > 1 else 0
         h = h.to(x.dtype).contiguous()
         x_out = torch.empty_like(x)
     else:
-        g = x_out = None
+        x_out = None
     y = torch.empty_like(x)
     library().ln_modulate(int(x.dtype == torch.bfloat16), x.data_ptr(), _ptr(g), _ptr(h), _ptr(x_out),
                           sh.data_ptr(), sc.data_ptr(), stride, y.data_ptr(), frames, N, C, eps, threads(x))
