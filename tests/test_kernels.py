@@ -294,6 +294,97 @@ def test_dit_bfloat16_inference_with_kernels_stays_within_bf16_rounding(lib, mon
     assert (fused - ref).abs().max() / scale < 2e-2
 
 
+@pytest.fixture
+def mlp_lib(lib):
+    if not kernels.mlp_fits(64, 256):
+        pytest.skip("this CPU has no AVX512-BF16: the MLP kernel is not built (torch's operations run)")
+    return lib
+
+
+def mlp_reference(x, h, gate, fc1, fc2):
+    """x + gate * fc2(gelu_tanh(fc1(h))) in float64, the hidden activations rounded to bfloat16"""
+    hid = F.gelu(h.double() @ fc1.weight.double().T + fc1.bias.double(), approximate="tanh")
+    hid = hid.to(torch.bfloat16).double()
+    return x.double() + gate.double().unsqueeze(2) * (hid @ fc2.weight.double().T + fc2.bias.double())
+
+
+@pytest.mark.parametrize("B,T,N,C", [(1, 1, 16, 64), (3, 2, 16, 64), (3, 1, 5, 64), (2, 2, 16, 96)])  # 15 rows: a partial tile
+def test_mlp_residual_matches_torch(mlp_lib, B, T, N, C):
+    torch.manual_seed(0)
+    fc1, fc2 = torch.nn.Linear(C, 4 * C).bfloat16(), torch.nn.Linear(4 * C, C).bfloat16()
+    x, h = torch.randn(B, T, N, C).bfloat16(), torch.randn(B, T, N, C).bfloat16()
+    gate = torch.randn(B, T, 9 * C).bfloat16()[..., 8 * C:]  # a chunk of the adaLN output: strided
+    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
+    y = kernels.mlp_residual(x, h, gate, *w)
+    assert y.dtype == torch.bfloat16 and y.shape == x.shape
+    ref = mlp_reference(x, h, gate, fc1, fc2)
+    assert close(y, ref, torch.bfloat16) < 8e-3  # bf16 storage of the result (2^-8)
+    with torch.no_grad():  # torch's own bf16 operations are as far from float64
+        plain = dit_gated(x, gate, fc2(F.gelu(fc1(h), approximate="tanh")))
+    assert close(plain, ref, torch.bfloat16) < 8e-3
+
+
+def dit_gated(x, gate, h):
+    from world_models.dit import gated
+    return gated(x, gate, h)
+
+
+def test_mlp_residual_known_values(mlp_lib):
+    # fc1 copies h into the first 64 hidden units, fc2 copies them back: y = x + gate * gelu(h)
+    C = 64
+    fc1, fc2 = torch.nn.Linear(C, 4 * C), torch.nn.Linear(4 * C, C)
+    with torch.no_grad():
+        fc1.weight.zero_()[:C].copy_(torch.eye(C))
+        fc2.weight.zero_()[:, :C].copy_(torch.eye(C))
+        fc1.bias.zero_()
+        fc2.bias.zero_()
+    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
+    h = torch.zeros(1, 2, 16, C, dtype=torch.bfloat16)
+    h[..., :4] = torch.tensor([0.0, 1.0, 50.0, -50.0])
+    x = torch.full((1, 2, 16, C), 0.5, dtype=torch.bfloat16)
+    gate = torch.stack([torch.ones(C), torch.zeros(C)]).unsqueeze(0).bfloat16()  # frame 0 open, frame 1 shut
+    y = kernels.mlp_residual(x, h, gate, *w)
+    # gelu(1) = 0.8411920 -> bf16 0.83984375 as a hidden activation; 0.5 + that = 1.33984375, half
+    # way between bf16's 1.3359375 and 1.34375: to even, 1.34375
+    assert y[0, 0, 0, :4].tolist() == [0.5, 1.34375, 50.5, 0.5]
+    assert torch.equal(y[0, 1], x[0, 1])  # a shut gate leaves x as it was
+
+
+def test_mlp_residual_refuses_what_it_cannot_read(mlp_lib):
+    fc1, fc2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
+    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
+    x = torch.randn(2, 1, 16, 64).bfloat16()
+    with pytest.raises(ValueError, match=r"gate of shape \(2, 1, 32\)"):
+        kernels.mlp_residual(x, x, torch.zeros(2, 1, 32).bfloat16(), *w)
+    with pytest.raises(ValueError, match="w2 of shape"):
+        kernels.mlp_residual(x, x, torch.zeros(2, 1, 64).bfloat16(), w[0], w[1], w[0], w[3])
+    with pytest.raises(ValueError, match="bfloat16 x"):
+        kernels.mlp_residual(x.float(), x, torch.zeros(2, 1, 64).bfloat16(), *w)
+    with pytest.raises(ValueError, match="no MLP kernel for width 48"):
+        kernels.mlp_residual(torch.zeros(1, 1, 16, 48).bfloat16(), x, x, *w)
+    with pytest.raises(ValueError, match="pack_pairs"):
+        kernels.pack_pairs(torch.zeros(10, 4))
+
+
+def test_dit_repacks_mlp_weights_when_they_change(mlp_lib, monkeypatch):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_dim=16, num_tokens=16, action_dim=4, width=64, depth=1, heads=4)).to(torch.bfloat16)
+    for p in model.parameters():
+        p.data.normal_(0, 0.05)
+    clip, t, a = torch.randn(4, 3, 16, 16), torch.rand(4, 3), torch.randn(4, 1, 4)
+    block = model.blocks[0]
+    with torch.no_grad():
+        before = model(clip, t, a)
+        packed = block.packed_mlp()
+        assert block.packed_mlp()[0] is packed[0]  # packed once
+        block.mlp[2].weight.mul_(3)  # in place: a new version of the same storage
+        after = model(clip, t, a)
+        assert block.packed_mlp()[0] is not packed[0]
+        monkeypatch.setenv(kernels.ENV_SWITCH, "0")
+        plain = model(clip, t, a)
+    assert close(after, plain, torch.bfloat16) < 2e-2 and close(before, plain, torch.bfloat16) > 0.05
+
+
 def test_runs_with_a_world_model_record_what_it_ran_on(monkeypatch):
     from harness.config import EvalConfig
     from harness.evaluate import inference_backend

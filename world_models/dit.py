@@ -300,8 +300,24 @@ class DiTBlock(nn.Module):
         qkv = self.attn_t.qkv(h)
         out, kv = kernels.frame_attention(qkv, self.attn_t.heads, pk, pv, keep=keep)
         x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=self.attn_t.proj(out.to(x.dtype)))
-        x = gated(x, g_m, self.mlp(h))
-        return x, kv
+        fc1 = self.mlp[0]
+        if x.dtype == torch.bfloat16 and fc1.weight.dtype == torch.bfloat16 and kernels.mlp_fits(C, fc1.out_features):
+            return kernels.mlp_residual(x, h, g_m, *self.packed_mlp()), kv
+        return gated(x, g_m, self.mlp(h)), kv
+
+    def packed_mlp(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The MLP's weights as ``kernels.mlp_residual`` reads them (packed bfloat16 pairs, float32
+        biases), packed once and again only when a weight changes (its storage or version)."""
+        fc1, fc2 = self.mlp[0], self.mlp[2]
+        tensors = [t for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias) if t is not None]
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        cached = getattr(self, "_packed_mlp", None)
+        if cached is None or cached[0] != key:
+            def bias(layer: nn.Linear) -> torch.Tensor:
+                return (torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float())
+            cached = (key, (kernels.pack_pairs(fc1.weight), bias(fc1), kernels.pack_pairs(fc2.weight), bias(fc2)))
+            self._packed_mlp = cached
+        return cached[1]
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self._run(x, c, keep=False)[0]

@@ -538,3 +538,98 @@ int frame_attention(int bf, const void *qkv, long P, const float *const *pk, con
     for (long bn = 0; bn < B * N; bn++) fn(bn, qkv, P, pk, pv, pstride, out, kv_out, B, T, N, heads);
     return 0;
 }
+
+/* ---- The MLP sub-layer in bfloat16, with its residual update ----
+ * y = x + gate * (W2 gelu(W1 h + b1) + b2) for rows of h (R, C) (LayerNorm'd and modulated),
+ * x and y (R, C), all bfloat16; the gate per frame (N rows) at f * gstride; b1, b2 float32.
+ * W1 (Hd, C) and W2 (C, Hd) come packed by kernels.py as bfloat16 pairs (K/2, O/16, 16, 2):
+ * for input pair p, output vector j, 16 lanes of (W[o][2p], W[o][2p + 1]) — what AVX512-BF16's
+ * vdpbf16ps multiplies with a broadcast pair of inputs, accumulating in float32. A tile of
+ * MLP_ROWS rows goes through both layers with its hidden activations (rounded to bfloat16, as
+ * torch stores them) in a stack scratch; nothing of size R x Hd is written. C and Hd are
+ * multiples of 16 * MLP_OUT (kernels.py checks). Without AVX512-BF16 at build time it returns -1. */
+#define MLP_ROWS 8 /* rows per tile (8 x 2 accumulators: fastest here of 4-16 x 1-4) */
+#define MLP_OUT 2  /* output vectors per pass over the inputs */
+#ifdef __AVX512BF16__
+typedef int32_t vp16 __attribute__((vector_size(64))); /* 16 pairs of bfloat16 */
+
+/* GELU (tanh form) to ~1e-5 relative, for results stored in bfloat16 (rounding 2e-3): x *
+ * sigmoid(2z) with exp as 2^n p(r) (degree-4 p, AVX-512's scalef) and 1/d by rcp14 alone. */
+static inline v16 vgelu_bf(v16 x) {
+    const float k = 1.5957691216057308f; /* 2 sqrt(2 / pi) */
+    v16 y = x * (x * x * (-0.044715f * k) - k); /* -2z, clamped where exp under/overflows */
+    y = (v16)_mm512_min_ps(_mm512_max_ps((__m512)y, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
+    v16 n = (v16)_mm512_roundscale_ps((__m512)(y * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    v16 r = y - n * 0.6931471805599453f;
+    v16 p = r * (1.0f / 24) + (1.0f / 6);
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    v16 e = (v16)_mm512_scalef_ps((__m512)p, (__m512)n);
+    return x * (v16)_mm512_rcp14_ps((__m512)(e + 1.0f));
+}
+
+/* acc[r][j] = sum over P input pairs of in[r][p] * w[p][j0 + j] for MLP_ROWS rows (rows past
+ * `rows` repeat row 0: read, never written out) and MLP_OUT output vectors; in has ld pairs per
+ * row, w has J output vectors per pair */
+INLINE void mlp_gemm(const int32_t *in, long ld, long rows, const bf16 *w, long P, long J, long j0, v16 *acc) {
+    for (long a = 0; a < MLP_ROWS * MLP_OUT; a++) acc[a] = (v16){0};
+    for (long p = 0; p < P; p++) {
+        vp16 wv[MLP_OUT];
+        for (long j = 0; j < MLP_OUT; j++) __builtin_memcpy(&wv[j], w + ((p * J + j0 + j) * V) * 2, sizeof wv[j]);
+        for (long r = 0; r < MLP_ROWS; r++) {
+            vp16 pair = (vp16){0} + in[(r < rows ? r : 0) * ld + p];
+            for (long j = 0; j < MLP_OUT; j++)
+                acc[r * MLP_OUT + j] = (v16)_mm512_dpbf16_ps((__m512)acc[r * MLP_OUT + j], (__m512bh)pair, (__m512bh)wv[j]);
+        }
+    }
+}
+
+static void mlp_tile(long t, long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1, const float *b1,
+                     const bf16 *w2, const float *b2, const bf16 *gate, long gstride, const bf16 *x, bf16 *y) {
+    const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
+    bf16 hid[MLP_ROWS * Hd];
+    v16 acc[MLP_ROWS * MLP_OUT];
+    for (long j0 = 0; j0 < Hd / V; j0 += MLP_OUT) {
+        mlp_gemm((const int32_t *)(h + r0 * C), C / 2, rows, w1, C / 2, Hd / V, j0, acc);
+        for (long r = 0; r < MLP_ROWS; r++)
+            for (long j = 0; j < MLP_OUT; j++)
+                vst(hid, r * Hd + (j0 + j) * V, vgelu_bf(acc[r * MLP_OUT + j] + vload(b1 + (j0 + j) * V)), 1);
+    }
+    for (long j0 = 0; j0 < C / V; j0 += MLP_OUT) {
+        mlp_gemm((const int32_t *)hid, Hd / 2, MLP_ROWS, w2, Hd / 2, C / V, j0, acc);
+        for (long r = 0; r < rows; r++) {
+            const long row = r0 + r, f = row / N;
+            for (long j = 0; j < MLP_OUT; j++) {
+                const long at = row * C + (j0 + j) * V;
+                v16 out = acc[r * MLP_OUT + j] + vload(b2 + (j0 + j) * V);
+                vst(y, at, vld(x, at, 1) + vld(gate, f * gstride + (j0 + j) * V, 1) * out, 1);
+            }
+        }
+    }
+}
+#endif
+
+int mlp_residual(long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1, const float *b1, const bf16 *w2,
+                 const float *b2, const bf16 *gate, long gstride, const bf16 *x, bf16 *y, int threads) {
+#ifdef __AVX512BF16__
+    if (C % (V * MLP_OUT) || Hd % (V * MLP_OUT)) return -1;
+    const long tiles = (R + MLP_ROWS - 1) / MLP_ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long t = 0; t < tiles; t++) mlp_tile(t, R, N, C, Hd, h, w1, b1, w2, b2, gate, gstride, x, y);
+    return 0;
+#else
+    (void)R, (void)N, (void)C, (void)Hd, (void)h, (void)w1, (void)b1, (void)w2, (void)b2, (void)gate, (void)gstride;
+    (void)x, (void)y, (void)threads;
+    return -1;
+#endif
+}
+
+/* whether this build has the bfloat16 dot-product kernels (mlp_residual) */
+int has_bf16_dot(void) {
+#ifdef __AVX512BF16__
+    return 1;
+#else
+    return 0;
+#endif
+}

@@ -46,12 +46,15 @@ SIGNATURES = {
     "spatial_attention": (ctypes.c_int, [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int]),
     "gelu_tanh": (None, [ctypes.c_int, _P, _P, _L, ctypes.c_int]),
     "frame_attention": (ctypes.c_int, [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int]),
+    "mlp_residual": (ctypes.c_int, [_L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, ctypes.c_int]),
+    "has_bf16_dot": (ctypes.c_int, []),
 }
 # bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
 # (2 MiB may be all they get): LayerNorm ~7 x width floats, frame attention ~3 x width x frames
 # (at most 16k floats here), spatial attention 5 x 64 x 64. The attention kernels have instances
-# for heads (and spatial sequences) of 16, 32 or 64.
-MAX_WIDTH, MAX_FRAME_FLOATS, SIZES = 2048, 1 << 14, (16, 32, 64)
+# for heads (and spatial sequences) of 16, 32 or 64. The MLP kernel holds 8 rows of its hidden
+# activations in bfloat16 (at most 4 x 2048 wide: 128 KiB).
+MAX_WIDTH, MAX_FRAME_FLOATS, SIZES, MAX_HIDDEN = 2048, 1 << 14, (16, 32, 64), 4 * 2048
 
 
 def cache_dir() -> Path:
@@ -281,3 +284,52 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     if done:  # checked above; the C side refuses too
         raise ValueError(f"no frame attention kernel for heads of {c}")
     return out, (None if kv is None else (kv[0], kv[1]))
+
+
+def mlp_fits(width: int, hidden: int) -> bool:
+    """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32) on this
+    build: it needs the CPU's bfloat16 dot products (AVX512-BF16)."""
+    lib = library()
+    return (width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN
+            and lib is not None and bool(lib.has_bf16_dot()))
+
+
+def pack_pairs(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight (out, in) as ``mlp_residual`` reads it: bfloat16 pairs of inputs
+    per 16 outputs, (in / 2, out / 16, 16, 2), contiguous."""
+    out, inp = weight.shape
+    if out % 16 or inp % 2:
+        raise ValueError(f"pack_pairs: weight of shape {tuple(weight.shape)}; expected (16k, 2m)")
+    return weight.detach().to(torch.bfloat16).reshape(out // 16, 16, inp // 2, 2).permute(2, 0, 1, 3).contiguous()
+
+
+def mlp_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
+                 w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
+    """x + gate * (fc2(gelu_tanh(fc1(h)))) for bfloat16 x, h (B, T, N, C) and gate (B, T, C) per
+    frame, in one pass: fc1/fc2 weights packed by ``pack_pairs`` (w1 from (hidden, C), w2 from
+    (C, hidden)), biases float32. The hidden activations are rounded to bfloat16 as torch would
+    store them, and never leave the cache. Returns the new x."""
+    B, T, N, C = x.shape
+    hidden = b1.shape[0]
+    if not mlp_fits(C, hidden):
+        raise ValueError(f"no MLP kernel for width {C}, hidden {hidden} on this build "
+                         f"(multiples of 32 up to {MAX_WIDTH} / {MAX_HIDDEN}, and a CPU with AVX512-BF16)")
+    expected = {"h": (h, (B, T, N, C)), "gate": (gate, (B, T, C)), "w1": (w1, (C // 2, hidden // 16, 16, 2)),
+                "b1": (b1, (hidden,)), "w2": (w2, (hidden // 2, C // 16, 16, 2)), "b2": (b2, (C,))}
+    for name, (t, shape) in expected.items():
+        if tuple(t.shape) != shape:
+            raise ValueError(f"mlp_residual: {name} of shape {tuple(t.shape)} for x {tuple(x.shape)}; expected {shape}")
+    if x.dtype != torch.bfloat16 or w1.dtype != torch.bfloat16 or w2.dtype != torch.bfloat16:
+        raise ValueError(f"mlp_residual: bfloat16 x and packed weights only, got {x.dtype}, {w1.dtype}, {w2.dtype}")
+    frames = B * T
+    x, h = x.contiguous(), h.to(torch.bfloat16).contiguous()
+    g, stride = _frame_vector(gate.to(torch.bfloat16), frames)
+    w1, w2 = w1.contiguous(), w2.contiguous()
+    b1, b2 = b1.float().contiguous(), b2.float().contiguous()
+    y = torch.empty_like(x)
+    done = library().mlp_residual(frames * N, N, C, hidden, h.data_ptr(), w1.data_ptr(), b1.data_ptr(),
+                                  w2.data_ptr(), b2.data_ptr(), g.data_ptr(), stride, x.data_ptr(), y.data_ptr(),
+                                  threads(x))
+    if done:  # checked above; the C side refuses too
+        raise ValueError(f"no MLP kernel for width {C}, hidden {hidden} in this build")
+    return y
