@@ -314,14 +314,31 @@ def test_mlp_residual_matches_torch(mlp_lib, B, T, N, C):
     fc1, fc2 = torch.nn.Linear(C, 4 * C).bfloat16(), torch.nn.Linear(4 * C, C).bfloat16()
     x, h = torch.randn(B, T, N, C).bfloat16(), torch.randn(B, T, N, C).bfloat16()
     gate = torch.randn(B, T, 9 * C).bfloat16()[..., 8 * C:]  # a chunk of the adaLN output: strided
-    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
-    y = kernels.mlp_residual(x, h, gate, *w)
+    y = kernels.mlp_residual(x, h, gate, fc1, fc2)
     assert y.dtype == torch.bfloat16 and y.shape == x.shape
     ref = mlp_reference(x, h, gate, fc1, fc2)
     assert close(y, ref, torch.bfloat16) < 8e-3  # bf16 storage of the result (2^-8)
     with torch.no_grad():  # torch's own bf16 operations are as far from float64
         plain = dit_gated(x, gate, fc2(F.gelu(fc1(h), approximate="tanh")))
     assert close(plain, ref, torch.bfloat16) < 8e-3
+
+
+@pytest.mark.parametrize("shape,out,bias", [((4800, 64), 192, True), ((3, 5, 64), 64, False), ((1, 96), 32, True)])
+def test_linear_matches_torch(mlp_lib, shape, out, bias):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(shape[-1], out, bias=bias).bfloat16()
+    x = torch.randn(shape).bfloat16()
+    y = kernels.linear(x, layer)
+    assert y.dtype == torch.bfloat16 and y.shape == (*shape[:-1], out)
+    ref = x.double() @ layer.weight.double().T + (layer.bias.double() if bias else 0)
+    assert close(y, ref, torch.bfloat16) < 8e-3
+    # known values: the identity's rows pick inputs, the bias adds exactly
+    eye = torch.nn.Linear(64, 64).bfloat16()
+    with torch.no_grad():
+        eye.weight.copy_(torch.eye(64))
+        eye.bias.fill_(0.5)
+    x = torch.arange(64.0).bfloat16().expand(9, 64)  # 9 rows: a full tile of 8 and one row more
+    assert torch.equal(kernels.linear(x, eye), (x.float() + 0.5).bfloat16())
 
 
 def dit_gated(x, gate, h):
@@ -332,18 +349,16 @@ def dit_gated(x, gate, h):
 def test_mlp_residual_known_values(mlp_lib):
     # fc1 copies h into the first 64 hidden units, fc2 copies them back: y = x + gate * gelu(h)
     C = 64
-    fc1, fc2 = torch.nn.Linear(C, 4 * C), torch.nn.Linear(4 * C, C)
+    fc1, fc2 = torch.nn.Linear(C, 4 * C).bfloat16(), torch.nn.Linear(4 * C, C, bias=False).bfloat16()
     with torch.no_grad():
         fc1.weight.zero_()[:C].copy_(torch.eye(C))
         fc2.weight.zero_()[:, :C].copy_(torch.eye(C))
         fc1.bias.zero_()
-        fc2.bias.zero_()
-    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
     h = torch.zeros(1, 2, 16, C, dtype=torch.bfloat16)
     h[..., :4] = torch.tensor([0.0, 1.0, 50.0, -50.0])
     x = torch.full((1, 2, 16, C), 0.5, dtype=torch.bfloat16)
     gate = torch.stack([torch.ones(C), torch.zeros(C)]).unsqueeze(0).bfloat16()  # frame 0 open, frame 1 shut
-    y = kernels.mlp_residual(x, h, gate, *w)
+    y = kernels.mlp_residual(x, h, gate, fc1, fc2)
     # gelu(1) = 0.8411920 -> bf16 0.83984375 as a hidden activation; 0.5 + that = 1.33984375, half
     # way between bf16's 1.3359375 and 1.34375: to even, 1.34375
     assert y[0, 0, 0, :4].tolist() == [0.5, 1.34375, 50.5, 0.5]
@@ -351,19 +366,24 @@ def test_mlp_residual_known_values(mlp_lib):
 
 
 def test_mlp_residual_refuses_what_it_cannot_read(mlp_lib):
-    fc1, fc2 = torch.nn.Linear(64, 256), torch.nn.Linear(256, 64)
-    w = [kernels.pack_pairs(fc1.weight), fc1.bias.float(), kernels.pack_pairs(fc2.weight), fc2.bias.float()]
-    x = torch.randn(2, 1, 16, 64).bfloat16()
+    fc1, fc2 = torch.nn.Linear(64, 256).bfloat16(), torch.nn.Linear(256, 64).bfloat16()
+    x, gate = torch.randn(2, 1, 16, 64).bfloat16(), torch.zeros(2, 1, 64).bfloat16()
     with pytest.raises(ValueError, match=r"gate of shape \(2, 1, 32\)"):
-        kernels.mlp_residual(x, x, torch.zeros(2, 1, 32).bfloat16(), *w)
-    with pytest.raises(ValueError, match="w2 of shape"):
-        kernels.mlp_residual(x, x, torch.zeros(2, 1, 64).bfloat16(), w[0], w[1], w[0], w[3])
+        kernels.mlp_residual(x, x, torch.zeros(2, 1, 32).bfloat16(), fc1, fc2)
+    with pytest.raises(ValueError, match="expected 64 -> 256 -> 64"):
+        kernels.mlp_residual(x, x, gate, fc1, fc1)
     with pytest.raises(ValueError, match="bfloat16 x"):
-        kernels.mlp_residual(x.float(), x, torch.zeros(2, 1, 64).bfloat16(), *w)
+        kernels.mlp_residual(x.float(), x, gate, fc1, fc2)
+    with pytest.raises(ValueError, match="bfloat16 x"):
+        kernels.mlp_residual(x, x, gate, fc1.float(), fc2)
     with pytest.raises(ValueError, match="no MLP kernel for width 48"):
-        kernels.mlp_residual(torch.zeros(1, 1, 16, 48).bfloat16(), x, x, *w)
+        kernels.mlp_residual(torch.zeros(1, 1, 16, 48).bfloat16(), x, x, fc1, fc2)
     with pytest.raises(ValueError, match="pack_pairs"):
         kernels.pack_pairs(torch.zeros(10, 4))
+    with pytest.raises(ValueError, match="no bfloat16 linear kernel"):
+        kernels.linear(x.float(), fc1)
+    with pytest.raises(ValueError, match="no bfloat16 linear kernel"):
+        kernels.linear(x, torch.nn.Linear(64, 40).bfloat16())  # outputs not a multiple of 32
 
 
 def test_dit_repacks_mlp_weights_when_they_change(mlp_lib, monkeypatch):
@@ -375,11 +395,11 @@ def test_dit_repacks_mlp_weights_when_they_change(mlp_lib, monkeypatch):
     block = model.blocks[0]
     with torch.no_grad():
         before = model(clip, t, a)
-        packed = block.packed_mlp()
-        assert block.packed_mlp()[0] is packed[0]  # packed once
+        packed = kernels.packed(block.mlp[2])
+        assert kernels.packed(block.mlp[2])[0] is packed[0]  # packed once
         block.mlp[2].weight.mul_(3)  # in place: a new version of the same storage
         after = model(clip, t, a)
-        assert block.packed_mlp()[0] is not packed[0]
+        assert kernels.packed(block.mlp[2])[0] is not packed[0]
         monkeypatch.setenv(kernels.ENV_SWITCH, "0")
         plain = model(clip, t, a)
     assert close(after, plain, torch.bfloat16) < 2e-2 and close(before, plain, torch.bfloat16) > 0.05

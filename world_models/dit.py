@@ -138,6 +138,14 @@ def use_kernels(x: torch.Tensor) -> bool:
     return kernels.applies(x)
 
 
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, through the bfloat16 matrix kernel (``kernels.linear``) for bfloat16
+    inference where it fits: a 300-candidate frame's qkv projection (4800 x 64 -> 192) XXX ms."""
+    if x.dtype == torch.bfloat16 and use_kernels(x) and kernels.linear_fits(layer):
+        return kernels.linear(x, layer)
+    return layer(x)
+
+
 # bfloat16 spatial attention is two matmuls for at least MANY_SEQUENCES sequences of at most
 # SHORT_SEQUENCE tokens (see Attention); longer ones keep the fused kernel, which does not build
 # the score matrix, and so does float32
@@ -162,7 +170,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
         L, S, C = x.shape
         if not causal and use_kernels(x) and kernels.spatial_fits(S, C // self.heads):
-            return self.proj(kernels.spatial_attention(self.qkv(x), self.heads))
+            return linear(self.proj, kernels.spatial_attention(linear(self.qkv, x), self.heads))
         q, k, v = self.split(x)
         if (causal or q.dtype != torch.bfloat16 or q.shape[0] < MANY_SEQUENCES
                 or q.shape[-2] > SHORT_SEQUENCE):
@@ -297,27 +305,13 @@ class DiTBlock(nn.Module):
         eps = self.norm_s.eps
         h = kernels.ln_modulate(x, sh_s, sc_s, eps).view(B * T, N, C)
         x, h = kernels.ln_modulate(x, sh_t, sc_t, eps, gate=g_s, h=self.attn_s(h).view(B, T, N, C))
-        qkv = self.attn_t.qkv(h)
+        qkv = linear(self.attn_t.qkv, h)
         out, kv = kernels.frame_attention(qkv, self.attn_t.heads, pk, pv, keep=keep)
-        x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=self.attn_t.proj(out.to(x.dtype)))
-        fc1 = self.mlp[0]
-        if x.dtype == torch.bfloat16 and fc1.weight.dtype == torch.bfloat16 and kernels.mlp_fits(C, fc1.out_features):
-            return kernels.mlp_residual(x, h, g_m, *self.packed_mlp()), kv
-        return gated(x, g_m, self.mlp(h)), kv
-
-    def packed_mlp(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The MLP's weights as ``kernels.mlp_residual`` reads them (packed bfloat16 pairs, float32
-        biases), packed once and again only when a weight changes (its storage or version)."""
+        x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=linear(self.attn_t.proj, out.to(x.dtype)))
         fc1, fc2 = self.mlp[0], self.mlp[2]
-        tensors = [t for t in (fc1.weight, fc1.bias, fc2.weight, fc2.bias) if t is not None]
-        key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-        cached = getattr(self, "_packed_mlp", None)
-        if cached is None or cached[0] != key:
-            def bias(layer: nn.Linear) -> torch.Tensor:
-                return (torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float())
-            cached = (key, (kernels.pack_pairs(fc1.weight), bias(fc1), kernels.pack_pairs(fc2.weight), bias(fc2)))
-            self._packed_mlp = cached
-        return cached[1]
+        if x.dtype == torch.bfloat16 and kernels.linear_fits(fc1) and kernels.mlp_fits(C, fc1.out_features):
+            return kernels.mlp_residual(x, h, g_m, fc1, fc2), kv
+        return gated(x, g_m, self.mlp(h)), kv
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self._run(x, c, keep=False)[0]

@@ -76,6 +76,13 @@ static inline v16 vld(const void *src, long offset, int bf) {
     return x;
 }
 
+/* 16 floats at p (any alignment) */
+static inline v16 vload(const float *p) {
+    v16 x;
+    __builtin_memcpy(&x, p, sizeof x);
+    return x;
+}
+
 /* bfloat16 bits of 16 floats (in the low half of each lane): round to nearest even, NaN kept */
 static inline vu16 vbf_bits(v16 x) {
     vu16 u = (vu16)x;
@@ -298,55 +305,65 @@ void gelu_tanh(int bf, const void *x, void *y, long n, int threads) {
 
 /* Softmax attention of L sequences of S tokens, per head: qkv (L, S, 3, heads, c) as a linear
  * layer leaves it -> out (L, S, heads, c), the layout the output projection reads. S and c are
- * multiples of 16 (kernels.py checks). Four query rows at a time: independent accumulators. */
-#define ROWS 4
+ * multiples of 16 (kernels.py checks). One unit is a (sequence, head); its queries go 16 at a
+ * time, one per lane: the scores of key j for the 16 queries are one vector, sum over channels d
+ * of k[j][d] * (channel d of the 16 queries), so the softmax over keys is elementwise across the
+ * keys' vectors (no horizontal maximum or sum), and each query's output row is the sum over keys
+ * of its probability (a stored scalar) times the key's value row. */
+
+/* channel d of 16 rows `stride` elements apart, starting at src + offset: one gather */
+static inline v16 vgather(const void *src, long offset, long stride, int bf) {
+#ifdef __AVX512F__
+    const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                           _mm512_set1_epi32((int)stride));
+    if (bf) /* 32 bits from each bfloat16's address: it is the low half (little endian) */
+        return (v16)_mm512_slli_epi32(_mm512_i32gather_epi32(idx, (const bf16 *)src + offset, 2), 16);
+    return (v16)_mm512_i32gather_ps(idx, (const float *)src + offset, 4);
+#else
+    float t[V];
+    for (long i = 0; i < V; i++) load(t + i, src, offset + i * stride, 1, bf);
+    return vload(t);
+#endif
+}
+
 INLINE void spatial_attention_unit(int bf, const long SV, const long CV, long lh, const void *qkv, void *out,
                                    long heads) {
     const long S = SV * V, c = CV * V;
     const float scale = 1.0f / sqrtf((float)c);
     const long C = heads * c, row = 3 * C;
     const long l = lh / heads, hd = lh % heads;
-    v16 kt[c * SV], v[S * CV], acc[ROWS * SV], o[ROWS * CV];
-    float q[S * c], tmp[c], e[ROWS * S];
-    float *ktf = (float *)kt;
+    float k[S * c], p[S * V], inv[V];
+    v16 val[S * CV], qt[c], sc[S];
     for (long j = 0; j < S; j++) {
-        long base = (l * S + j) * row + hd * c;
-        load(q + j * c, qkv, base, c, bf);
-        load(tmp, qkv, base + C, c, bf);
-        for (long d = 0; d < c; d++) ktf[d * S + j] = tmp[d];
-        for (long cv = 0; cv < CV; cv++) v[j * CV + cv] = vld(qkv, base + 2 * C + cv * V, bf);
+        const long base = (l * S + j) * row + hd * c;
+        load(k + j * c, qkv, base + C, c, bf);
+        for (long cv = 0; cv < CV; cv++) val[j * CV + cv] = vld(qkv, base + 2 * C + cv * V, bf);
     }
-    for (long i0 = 0; i0 < S; i0 += ROWS) {
-        for (long a = 0; a < ROWS * SV; a++) acc[a] = (v16){0};
-        for (long d = 0; d < c; d++)
-            for (long r = 0; r < ROWS; r++) {
-                float qd = q[(i0 + r) * c + d] * scale;
-                for (long jv = 0; jv < SV; jv++) acc[r * SV + jv] += qd * kt[d * SV + jv];
-            }
-        for (long r = 0; r < ROWS; r++) {
-            float m = hmax(acc[r * SV]);
-            for (long jv = 1; jv < SV; jv++) {
-                float mj = hmax(acc[r * SV + jv]);
-                m = mj > m ? mj : m;
-            }
-            v16 sum = (v16){0};
-            for (long jv = 0; jv < SV; jv++) {
-                v16 x = vexp_neg(acc[r * SV + jv] - m);
-                sum += x;
-                acc[r * SV + jv] = x;
-            }
-            float inv = 1.0f / hsum(sum);
-            for (long jv = 0; jv < SV; jv++) acc[r * SV + jv] *= inv;
+    for (long i0 = 0; i0 < S; i0 += V) {
+        const long q0 = (l * S + i0) * row + hd * c;
+        for (long d = 0; d < c; d++) qt[d] = vgather(qkv, q0 + d, row, bf) * scale;
+        v16 m = (v16){0} - INFINITY;
+        for (long j = 0; j < S; j++) {
+            v16 acc = k[j * c] * qt[0];
+            for (long d = 1; d < c; d++) acc += k[j * c + d] * qt[d];
+            sc[j] = acc;
+            m = vmax(m, acc);
         }
-        __builtin_memcpy(e, acc, sizeof e);
-        for (long a = 0; a < ROWS * CV; a++) o[a] = (v16){0};
-        for (long j = 0; j < S; j++)
-            for (long r = 0; r < ROWS; r++) {
-                float p = e[r * S + j];
-                for (long cv = 0; cv < CV; cv++) o[r * CV + cv] += p * v[j * CV + cv];
-            }
-        for (long r = 0; r < ROWS; r++)
-            for (long cv = 0; cv < CV; cv++) vst(out, (l * S + i0 + r) * C + hd * c + cv * V, o[r * CV + cv], bf);
+        v16 sum = (v16){0};
+        for (long j = 0; j < S; j++) {
+            v16 e = vexp_neg(sc[j] - m);
+            sum += e;
+            __builtin_memcpy(p + j * V, &e, sizeof e);
+        }
+        v16 r = vrecip(sum);
+        __builtin_memcpy(inv, &r, sizeof r);
+        for (long i = 0; i < V; i++) {
+            v16 o[CV];
+            for (long cv = 0; cv < CV; cv++) o[cv] = p[i] * val[cv];
+            for (long j = 1; j < S; j++)
+                for (long cv = 0; cv < CV; cv++) o[cv] += p[j * V + i] * val[j * CV + cv];
+            for (long cv = 0; cv < CV; cv++) vst(out, (l * S + i0 + i) * C + hd * c + cv * V, o[cv] * inv[i], bf);
+        }
     }
 }
 
@@ -381,11 +398,6 @@ int spatial_attention(int bf, const void *qkv, void *out, long L, long S, long h
  * Frame t sees the P past frames and frames 0..t. out (B, T, N, heads, c); kv_out, when given,
  * receives this call's keys and values in float32, (2, B, T, N, heads, c), for a context cache.
  * c is 16, 32 or 64 (kernels.py checks); one unit is a (row, token position). */
-static inline v16 vload(const float *p) {
-    v16 x;
-    __builtin_memcpy(&x, p, sizeof x);
-    return x;
-}
 
 /* The keys and values frame attention's unit (row b, token n) sees: the P past frames in place,
  * then this call's T frames converted to float32 from qkv, straight into the cache when one is
@@ -608,7 +620,34 @@ static void mlp_tile(long t, long R, long N, long C, long Hd, const bf16 *h, con
         }
     }
 }
+
+/* y (R, O) = x (R, K) W^T + b for bfloat16 x, y and W packed as for the MLP (K/2, O/16, 16, 2),
+ * b float32: torch's addmm for bf16 first copies the bias into every output row (for 4800 x 192
+ * outputs as long as the product itself); here it is added to the accumulators. */
+static void linear_tile(long t, long R, long K, long O, const bf16 *x, const bf16 *w, const float *b, bf16 *y) {
+    const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
+    v16 acc[MLP_ROWS * MLP_OUT];
+    for (long j0 = 0; j0 < O / V; j0 += MLP_OUT) {
+        mlp_gemm((const int32_t *)(x + r0 * K), K / 2, rows, w, K / 2, O / V, j0, acc);
+        for (long r = 0; r < rows; r++)
+            for (long j = 0; j < MLP_OUT; j++)
+                vst(y, (r0 + r) * O + (j0 + j) * V, acc[r * MLP_OUT + j] + vload(b + (j0 + j) * V), 1);
+    }
+}
 #endif
+
+int linear_bf16(long R, long K, long O, const bf16 *x, const bf16 *w, const float *b, bf16 *y, int threads) {
+#ifdef __AVX512BF16__
+    if (K % 2 || O % (V * MLP_OUT)) return -1;
+    const long tiles = (R + MLP_ROWS - 1) / MLP_ROWS;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (long t = 0; t < tiles; t++) linear_tile(t, R, K, O, x, w, b, y);
+    return 0;
+#else
+    (void)R, (void)K, (void)O, (void)x, (void)w, (void)b, (void)y, (void)threads;
+    return -1;
+#endif
+}
 
 int mlp_residual(long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1, const float *b1, const bf16 *w2,
                  const float *b2, const bf16 *gate, long gstride, const bf16 *x, bf16 *y, int threads) {

@@ -47,6 +47,7 @@ SIGNATURES = {
     "gelu_tanh": (None, [ctypes.c_int, _P, _P, _L, ctypes.c_int]),
     "frame_attention": (ctypes.c_int, [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int]),
     "mlp_residual": (ctypes.c_int, [_L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, ctypes.c_int]),
+    "linear_bf16": (ctypes.c_int, [_L, _L, _L, _P, _P, _P, _P, ctypes.c_int]),
     "has_bf16_dot": (ctypes.c_int, []),
 }
 # bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
@@ -286,46 +287,87 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
     return out, (None if kv is None else (kv[0], kv[1]))
 
 
-def mlp_fits(width: int, hidden: int) -> bool:
-    """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32) on this
-    build: it needs the CPU's bfloat16 dot products (AVX512-BF16)."""
+def bf16_dot() -> bool:
+    """Whether this build has the bfloat16 matrix kernels (``linear``, ``mlp_residual``): they
+    need the CPU's bfloat16 dot products (AVX512-BF16)."""
     lib = library()
-    return (width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN
-            and lib is not None and bool(lib.has_bf16_dot()))
+    return lib is not None and bool(lib.has_bf16_dot())
+
+
+def mlp_fits(width: int, hidden: int) -> bool:
+    """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32) on this build."""
+    return width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN and bf16_dot()
+
+
+def linear_fits(layer: torch.nn.Linear) -> bool:
+    """Whether ``linear`` takes this layer: bfloat16 weights, an even number of inputs and a
+    multiple of 32 outputs, on a build with ``bf16_dot``."""
+    return (layer.weight.dtype == torch.bfloat16 and layer.in_features % 2 == 0 and layer.out_features % 32 == 0
+            and bf16_dot())
 
 
 def pack_pairs(weight: torch.Tensor) -> torch.Tensor:
-    """A linear layer's weight (out, in) as ``mlp_residual`` reads it: bfloat16 pairs of inputs
-    per 16 outputs, (in / 2, out / 16, 16, 2), contiguous."""
+    """A linear layer's weight (out, in) as the bfloat16 matrix kernels read it: bfloat16 pairs of
+    inputs per 16 outputs, (in / 2, out / 16, 16, 2), contiguous."""
     out, inp = weight.shape
     if out % 16 or inp % 2:
         raise ValueError(f"pack_pairs: weight of shape {tuple(weight.shape)}; expected (16k, 2m)")
     return weight.detach().to(torch.bfloat16).reshape(out // 16, 16, inp // 2, 2).permute(2, 0, 1, 3).contiguous()
 
 
-def mlp_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor,
-                 w2: torch.Tensor, b2: torch.Tensor) -> torch.Tensor:
-    """x + gate * (fc2(gelu_tanh(fc1(h)))) for bfloat16 x, h (B, T, N, C) and gate (B, T, C) per
-    frame, in one pass: fc1/fc2 weights packed by ``pack_pairs`` (w1 from (hidden, C), w2 from
-    (C, hidden)), biases float32. The hidden activations are rounded to bfloat16 as torch would
-    store them, and never leave the cache. Returns the new x."""
+def packed(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """``layer``'s weight packed by ``pack_pairs`` and its bias in float32 (zeros without one),
+    kept on the layer and packed again only when a weight or bias changes (storage or version)."""
+    tensors = [t for t in (layer.weight, layer.bias) if t is not None]
+    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+    cached = layer.__dict__.get("_packed_pairs")
+    if cached is None or cached[0] != key:
+        bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float()
+        cached = (key, (pack_pairs(layer.weight), bias))
+        layer.__dict__["_packed_pairs"] = cached
+    return cached[1]
+
+
+def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
+    """``layer(x)`` for bfloat16 x (..., in) and a layer that ``linear_fits``, the bias added to
+    the float32 accumulators (torch's bf16 addmm first copies it into every output row)."""
+    if x.shape[-1] != layer.in_features or x.dtype != torch.bfloat16 or not linear_fits(layer):
+        raise ValueError(f"no bfloat16 linear kernel for x {tuple(x.shape)} {x.dtype} into {layer} "
+                         f"({layer.weight.dtype}; bf16, even inputs, outputs a multiple of 32, AVX512-BF16)")
+    w, b = packed(layer)
+    x = x.contiguous()
+    y = torch.empty((*x.shape[:-1], layer.out_features), dtype=torch.bfloat16)
+    rows = x.numel() // layer.in_features
+    done = library().linear_bf16(rows, layer.in_features, layer.out_features, x.data_ptr(), w.data_ptr(),
+                                 b.data_ptr(), y.data_ptr(), threads(y))
+    if done:  # checked above; the C side refuses too
+        raise ValueError(f"no bfloat16 linear kernel for {layer} in this build")
+    return y
+
+
+def mlp_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor, fc1: torch.nn.Linear,
+                 fc2: torch.nn.Linear) -> torch.Tensor:
+    """x + gate * fc2(gelu_tanh(fc1(h))) for bfloat16 x, h (B, T, N, C) and gate (B, T, C) per
+    frame, in one pass, for bfloat16 layers C -> hidden -> C (weights packed by ``packed``). The
+    hidden activations are rounded to bfloat16 as torch would store them, and never leave the
+    cache. Returns the new x."""
     B, T, N, C = x.shape
-    hidden = b1.shape[0]
+    hidden = fc1.out_features
     if not mlp_fits(C, hidden):
         raise ValueError(f"no MLP kernel for width {C}, hidden {hidden} on this build "
                          f"(multiples of 32 up to {MAX_WIDTH} / {MAX_HIDDEN}, and a CPU with AVX512-BF16)")
-    expected = {"h": (h, (B, T, N, C)), "gate": (gate, (B, T, C)), "w1": (w1, (C // 2, hidden // 16, 16, 2)),
-                "b1": (b1, (hidden,)), "w2": (w2, (hidden // 2, C // 16, 16, 2)), "b2": (b2, (C,))}
-    for name, (t, shape) in expected.items():
+    for name, (t, shape) in {"h": (h, (B, T, N, C)), "gate": (gate, (B, T, C))}.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"mlp_residual: {name} of shape {tuple(t.shape)} for x {tuple(x.shape)}; expected {shape}")
-    if x.dtype != torch.bfloat16 or w1.dtype != torch.bfloat16 or w2.dtype != torch.bfloat16:
-        raise ValueError(f"mlp_residual: bfloat16 x and packed weights only, got {x.dtype}, {w1.dtype}, {w2.dtype}")
+    if (fc1.in_features, fc2.in_features, fc2.out_features) != (C, hidden, C):
+        raise ValueError(f"mlp_residual: layers {fc1} and {fc2} for width {C}; expected {C} -> {hidden} -> {C}")
+    if x.dtype != torch.bfloat16 or fc1.weight.dtype != torch.bfloat16 or fc2.weight.dtype != torch.bfloat16:
+        raise ValueError(f"mlp_residual: bfloat16 x and layers only, got {x.dtype}, {fc1.weight.dtype}, "
+                         f"{fc2.weight.dtype}")
     frames = B * T
     x, h = x.contiguous(), h.to(torch.bfloat16).contiguous()
     g, stride = _frame_vector(gate.to(torch.bfloat16), frames)
-    w1, w2 = w1.contiguous(), w2.contiguous()
-    b1, b2 = b1.float().contiguous(), b2.float().contiguous()
+    (w1, b1), (w2, b2) = packed(fc1), packed(fc2)
     y = torch.empty_like(x)
     done = library().mlp_residual(frames * N, N, C, hidden, h.data_ptr(), w1.data_ptr(), b1.data_ptr(),
                                   w2.data_ptr(), b2.data_ptr(), g.data_ptr(), stride, x.data_ptr(), y.data_ptr(),
