@@ -23,16 +23,17 @@ from dataclasses import replace
 
 def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samples: int | None = None,
                     sampler_steps: int = 2, batched_dtype=None, batched_threads: int | None = None,
-                    loop_threads: tuple[int, ...] = (), repeats: int = 1) -> dict[str, float]:
+                    loop_threads: tuple[int, ...] = (), repeats: int = 1,
+                    loop_dtypes: tuple = (None, "bfloat16")) -> dict[str, float]:
     """Seconds for one CEM iteration's ``samples`` candidates (``horizon`` world-model steps each)
     scored in ONE batched ``predict`` call vs one call per candidate. ``loop_samples`` < samples
     times the loop over that many candidates and scales linearly (each call is independent).
-    ``batched_dtype`` torch.bfloat16 runs the batched call in bf16 (CEM ``precision=bfloat16``);
-    the loop stays float32, its faster precision at batch 1.
-    ``batched_threads``: torch threads for the batched call (default: as set). ``loop_threads``:
-    time the loop at each of these thread counts and keep the fastest (default: as set), so that
-    each side runs in its own best configuration of the machine. ``repeats``: best of that many timings.
-    Returns ``batched_s``, ``loop_s`` (for all ``samples``), ``speedup`` and the thread counts used."""
+    ``batched_dtype`` torch.bfloat16 runs the batched call in bf16 (CEM ``precision=bfloat16``).
+    ``batched_threads``: torch threads for the batched call (default: as set). ``loop_threads`` /
+    ``loop_dtypes``: time the loop at each of these thread counts and precisions (None: float32;
+    "bfloat16") and keep the fastest (default: as set; both precisions), so that each side runs in
+    its own best configuration of the machine. ``repeats``: best of that many timings.
+    Returns ``batched_s``, ``loop_s`` (for all ``samples``), ``speedup`` and the configuration used."""
     import torch
     from bench_world_model import best_of
 
@@ -44,13 +45,13 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
         g.manual_seed(0)
         wm.predict(context, cand, generator=g, steps=sampler_steps, temperature=0.0, dtype=batched_dtype)
 
-    def loop():
+    def loop(dtype):
         for i in range(n_loop):
             g.manual_seed(0)
-            wm.predict(context, cand[i:i + 1], generator=g, steps=sampler_steps, temperature=0.0)
+            wm.predict(context, cand[i:i + 1], generator=g, steps=sampler_steps, temperature=0.0, dtype=dtype)
 
-    def warm_loop():
-        wm.predict(context, cand[:1], generator=g, steps=sampler_steps, temperature=0.0)
+    def warm_loop(dtype):
+        wm.predict(context, cand[:1], generator=g, steps=sampler_steps, temperature=0.0, dtype=dtype)
 
     def timed(fn, warm, threads: int) -> float:
         """Best of ``repeats`` timings after a warm-up, at ``threads`` torch threads."""
@@ -64,11 +65,17 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
     current = torch.get_num_threads()
     bt = batched_threads or current
     tb = timed(batched, batched, bt)
-    loop_times = {n: timed(loop, warm_loop, n) * samples / n_loop for n in (loop_threads or (current,))}
-    lt = min(loop_times, key=loop_times.get)
-    tl = loop_times[lt]
+    dtypes = {None: None, "float32": None, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16}
+    loop_times = {}
+    for n in loop_threads or (current,):
+        for d in loop_dtypes:
+            dtype = dtypes[d]
+            name = "float32" if dtype is None else "bfloat16"
+            loop_times[(n, name)] = timed(lambda d=dtype: loop(d), lambda d=dtype: warm_loop(d), n) * samples / n_loop
+    lt, ld = min(loop_times, key=loop_times.get)
+    tl = loop_times[(lt, ld)]
     return {"batched_s": tb, "loop_s": tl, "speedup": tl / tb, "loop_samples": n_loop,
-            "batched_threads": bt, "loop_threads": lt, "loop_s_by_threads": loop_times}
+            "batched_threads": bt, "loop_threads": lt, "loop_dtype": ld, "loop_s_by_config": loop_times}
 
 
 def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> dict[str, float]:

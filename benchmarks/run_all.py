@@ -221,10 +221,12 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     r = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples)
     note = "" if r["loop_samples"] == S else f"loop timed on {r['loop_samples']}"
     rows.append(Row(f"CEM iteration, {S} candidates x horizon 5: one batched call vs per-candidate loop",
-                    S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0), note))
+                    S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0),
+                    f"{note + '; ' if note else ''}loop fastest in {r['loop_dtype']}"))
     r16 = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=torch.bfloat16)
-    rows.append(Row("CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs float32 loop",
-                    S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0), note))
+    rows.append(Row("CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs loop",
+                    S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0),
+                    f"{note + '; ' if note else ''}loop fastest in {r16['loop_dtype']}"))
     a = allocator_effect(S, state.get("threads", 1), rounds=min(2, sizes.rounds))
     if a["applied"]:
         for label in ("float32", "bfloat16"):
@@ -247,10 +249,10 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
         for label, dtype in (("float32", None), ("bfloat16", torch.bfloat16)):
             r = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=dtype, batched_threads=default,
                                 loop_threads=(threads, default), repeats=repeats)
-            rows.append(Row(f"CEM iteration as above on all {default} cores: batched {label} vs float32 loop",
+            rows.append(Row(f"CEM iteration as above on all {default} cores: batched {label} vs loop",
                             S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0),
-                            f"{note + '; ' if note else ''}loop fastest at {r['loop_threads']} thread(s), best of "
-                            f"{repeats}"))
+                            f"{note + '; ' if note else ''}loop fastest at {r['loop_threads']} thread(s) in "
+                            f"{r['loop_dtype']}, best of {repeats}"))
     return rows
 
 

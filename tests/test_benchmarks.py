@@ -74,8 +74,11 @@ def test_cem_batched_vs_loop_and_plan_time_on_the_embedded_world_model(one_threa
     # each side at its own thread counts; torch is left as it was
     r2 = batched_vs_loop(wm, ctx, samples=8, horizon=1, loop_samples=2, batched_threads=2, loop_threads=(1, 2))
     assert r2["batched_threads"] == 2 and torch.get_num_threads() == 1
-    times = r2["loop_s_by_threads"]
-    assert set(times) == {1, 2} and r2["loop_s"] == min(times.values()) == times[r2["loop_threads"]]
+    times = r2["loop_s_by_config"]  # every thread count in both precisions: the fastest is the loop's
+    assert set(times) == {(n, d) for n in (1, 2) for d in ("float32", "bfloat16")}
+    assert r2["loop_s"] == min(times.values()) == times[(r2["loop_threads"], r2["loop_dtype"])]
+    r3 = batched_vs_loop(wm, ctx, samples=8, horizon=1, loop_samples=2, loop_dtypes=(None,))
+    assert r3["loop_dtype"] == "float32" and set(r3["loop_s_by_config"]) == {(1, "float32")}
     p = plan_time(wm, ctx, torch.zeros(N, D), "cpu", iterations=1)
     # preset cpu: 4 iterations of 64 samples, execute 1 world-model step = frameskip control steps
     assert p["timed_iterations"] == 1 and p["iterations"] == 4 and p["calls_per_iteration"] == 1
