@@ -5,7 +5,12 @@ the call was elementwise passes over 1-5 MB tensors: LayerNorm, modulation and r
 attention's scale/softmax/casts and layout copies; at batch 1 it was many small operations.
 ``kernels.c`` does each group in one pass (``ln_modulate``, ``spatial_attention``,
 ``frame_attention``, and a float32 ``gelu``), with float32 arithmetic on float32 or bfloat16
-storage, 16-float vector code and OpenMP over units of work at torch's thread count. It is built on first use with the system C compiler (``cc``, or ``$CC``) for this CPU
+storage, 16-float vector code and OpenMP over units of work at torch's thread count. On CPUs with
+AVX512-BF16 (``bf16_dot``) it also has bfloat16 matrix kernels on weights packed once per layer
+(``packed``): ``linear`` (the bias added in the accumulators, where torch's bf16 addmm first
+copies it into every output row) and ``mlp_residual`` (fc1, GELU, fc2 and the gated residual in
+one pass, the hidden activations never leaving the cache).
+It is built on first use with the system C compiler (``cc``, or ``$CC``) for this CPU
 (``-O3 -march=native``) into ``$XDG_CACHE_HOME/wm-harness/kernels`` (default ``~/.cache``), keyed
 by the source, the compiler and the CPU, so a home directory shared by different machines keeps
 one build per CPU. Building takes about a second; the file is written atomically, so parallel
