@@ -65,7 +65,8 @@ def batched_vs_loop(wm, context, samples: int = 300, horizon: int = 5, loop_samp
     current = torch.get_num_threads()
     bt = batched_threads or current
     tb = timed(batched, batched, bt)
-    dtypes = {None: None, "float32": None, "bfloat16": torch.bfloat16, torch.bfloat16: torch.bfloat16}
+    dtypes = {None: None, "float32": None, torch.float32: None, "bfloat16": torch.bfloat16,
+              torch.bfloat16: torch.bfloat16}
     loop_times = {}
     for n in loop_threads or (current,):
         for d in loop_dtypes:
@@ -208,7 +209,8 @@ def main() -> None:
     # 1. batched vs loop, one iteration of S candidates, horizon 5 (DINO-WM's)
     r = batched_vs_loop(wm, ctx, args.samples, 5)
     print(f"one CEM iteration, {args.samples} candidates x horizon 5: batched {r['batched_s'] * 1e3:.0f} ms, "
-          f"per-candidate loop {r['loop_s'] * 1e3:.0f} ms -> batched is {r['speedup']:.1f}x faster")
+          f"per-candidate loop {r['loop_s'] * 1e3:.0f} ms (in {r['loop_dtype']}) -> batched is "
+          f"{r['speedup']:.1f}x faster")
 
     # 2. plan time per MPC step per preset
     for name in ("cpu", "vjepa2_ac", "dino_wm"):

@@ -365,6 +365,77 @@ def test_mlp_residual_known_values(mlp_lib):
     assert torch.equal(y[0, 1], x[0, 1])  # a shut gate leaves x as it was
 
 
+def test_mlp_gelu_over_every_bfloat16_value(mlp_lib):
+    # identity layers around the GELU: y = gelu(h) for every bf16 h in [-12, 12] (and a few huge
+    # ones), within 0.6 ulp of the float64 tanh-GELU (its bf16 rounding alone is 0.5 ulp)
+    import math
+
+    C = 64
+    fc1, fc2 = torch.nn.Linear(C, 4 * C, bias=False).bfloat16(), torch.nn.Linear(4 * C, C, bias=False).bfloat16()
+    with torch.no_grad():
+        fc1.weight.zero_()[:C].copy_(torch.eye(C))
+        fc2.weight.zero_()[:, :C].copy_(torch.eye(C))
+    values = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    values = values[torch.isfinite(values) & (values.float().abs() <= 12)]
+    # (not inf or NaN: through the identity matmuls 0 * inf would spread NaN over the row)
+    values = torch.cat([values, torch.tensor([-1e38, -3e38, -1e30, 1e30, 3e38]).bfloat16()])
+    n = -(-values.numel() // C) * C
+    h = torch.zeros(n, dtype=torch.bfloat16)
+    h[:values.numel()] = values
+    h = h.view(1, n // C, 1, C).transpose(1, 2).reshape(1, 1, n // C, C)  # one frame of n / 64 rows
+    y = kernels.mlp_residual(torch.zeros_like(h), h, torch.ones(1, 1, C, dtype=torch.bfloat16), fc1, fc2)
+    y = y.reshape(-1)[:values.numel()].double()
+    x = values.double()
+    # the tanh form as x * sigmoid(2z): 0.5 x (1 + tanh z) cancels in float64 too for x below -6
+    ref = x * torch.sigmoid(2 * math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))
+    normal = torch.isfinite(x) & (ref.abs() > 1e-30)
+    ulp = torch.tensor([2.0 ** (math.frexp(r)[1] - 8) for r in ref[normal].tolist()], dtype=torch.float64)
+    assert ((y[normal] - ref[normal]).abs() / ulp).max().item() < 0.6
+    tiny = torch.isfinite(x) & ~normal  # far left, and 0: GELU is 0 to float32
+    assert y[tiny].abs().max().item() <= 1e-30
+    huge = values.float()
+    assert y[huge.abs() > 1e29].tolist() == [0.0, 0.0, 0.0, huge[-2].item(), huge[-1].item()]  # no NaN, no x * 1e-39
+
+
+def test_packed_weights_follow_changes_and_can_be_forgotten(mlp_lib):
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(64, 64).bfloat16()
+    x = torch.randn(20, 64).bfloat16()
+
+    def matches() -> bool:
+        with torch.no_grad():
+            return close(kernels.linear(x, layer), layer(x), torch.bfloat16) < 8e-3
+
+    assert matches()
+    with torch.no_grad():
+        layer.bias.add_(1.0)  # in place: a new version
+    assert matches()
+    layer.weight = torch.nn.Parameter(torch.randn(64, 64).bfloat16())  # new storage
+    assert matches()
+    layer.weight.data.mul_(-1)  # through .data: no new version, so not seen...
+    assert not matches()
+    kernels.forget(layer)  # ...until forgotten
+    assert matches()
+    # not pickled or deep-copied with the layer
+    import copy
+    import pickle
+    assert len(pickle.dumps(layer)) == len(pickle.dumps(torch.nn.Linear(64, 64).bfloat16()))
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        assert torch.equal(kernels.linear(x, twin), kernels.linear(x, layer))
+
+
+def test_bfloat16_model_built_in_inference_mode(mlp_lib):
+    # inference tensors keep no version counter: the cache keys them by storage alone
+    with torch.inference_mode():
+        model = DiT(DiTConfig(latent_dim=16, num_tokens=16, action_dim=4, width=64, depth=1, heads=4)).to(torch.bfloat16)
+        clip, t, a = torch.randn(2, 3, 16, 16), torch.rand(2, 3), torch.randn(2, 1, 4)
+        first = model(clip, t, a)
+        assert torch.equal(model(clip, t, a), first)
+    with torch.no_grad():
+        assert torch.equal(model(clip, t, a), first)
+
+
 def test_mlp_residual_refuses_what_it_cannot_read(mlp_lib):
     fc1, fc2 = torch.nn.Linear(64, 256).bfloat16(), torch.nn.Linear(256, 64).bfloat16()
     x, gate = torch.randn(2, 1, 16, 64).bfloat16(), torch.zeros(2, 1, 64).bfloat16()

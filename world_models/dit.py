@@ -309,8 +309,9 @@ class DiTBlock(nn.Module):
         qkv = linear(self.attn_t.qkv, h)
         out, kv = kernels.frame_attention(qkv, self.attn_t.heads, pk, pv, keep=keep)
         x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=linear(self.attn_t.proj, out.to(x.dtype)))
-        fc1, fc2 = self.mlp[0], self.mlp[2]
-        if x.dtype == torch.bfloat16 and kernels.linear_fits(fc1) and kernels.mlp_fits(C, fc1.out_features):
+        fc1, act, fc2 = self.mlp
+        if (x.dtype == torch.bfloat16 and isinstance(act, TanhGELU) and kernels.linear_fits(fc1)
+                and kernels.linear_fits(fc2) and kernels.mlp_fits(C, fc1.out_features)):
             return kernels.mlp_residual(x, h, g_m, fc1, fc2), kv
         return gated(x, g_m, self.mlp(h)), kv
 

@@ -559,7 +559,8 @@ int frame_attention(int bf, const void *qkv, long P, const float *const *pk, con
  * vdpbf16ps multiplies with a broadcast pair of inputs, accumulating in float32. A tile of
  * MLP_ROWS rows goes through both layers with its hidden activations (rounded to bfloat16, as
  * torch stores them) in a stack scratch; nothing of size R x Hd is written. C and Hd are
- * multiples of 16 * MLP_OUT (kernels.py checks). Without AVX512-BF16 at build time it returns -1. */
+ * multiples of 16 * MLP_OUT (kernels.py checks; the scratch is up to 128 KiB of the calling thread's
+ * stack when one thread runs it). Without AVX512-BF16 at build time it returns -1. */
 #define MLP_ROWS 8 /* rows per tile (8 x 2 accumulators: fastest here of 4-16 x 1-4) */
 #define MLP_OUT 2  /* output vectors per pass over the inputs */
 #ifdef __AVX512BF16__
@@ -570,6 +571,8 @@ typedef int32_t vp16 __attribute__((vector_size(64))); /* 16 pairs of bfloat16 *
 static inline v16 vgelu_bf(v16 x) {
     const float k = 1.5957691216057308f; /* 2 sqrt(2 / pi) */
     v16 y = x * (x * x * (-0.044715f * k) - k); /* -2z, clamped where exp under/overflows */
+    /* where -2z >= 88 (x below about -8) GELU is 0 to float32 (not x * a denormal 1 / e^88) */
+    const __mmask16 zero = _mm512_cmp_ps_mask((__m512)y, _mm512_set1_ps(88.0f), _CMP_GE_OQ);
     y = (v16)_mm512_min_ps(_mm512_max_ps((__m512)y, _mm512_set1_ps(-88.0f)), _mm512_set1_ps(88.0f));
     v16 n = (v16)_mm512_roundscale_ps((__m512)(y * 1.44269504088896341f), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     v16 r = y - n * 0.6931471805599453f;
@@ -578,7 +581,7 @@ static inline v16 vgelu_bf(v16 x) {
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     v16 e = (v16)_mm512_scalef_ps((__m512)p, (__m512)n);
-    return x * (v16)_mm512_rcp14_ps((__m512)(e + 1.0f));
+    return (v16)_mm512_mask_mov_ps((__m512)(x * (v16)_mm512_rcp14_ps((__m512)(e + 1.0f))), zero, _mm512_setzero_ps());
 }
 
 /* acc[r][j] = sum over P input pairs of in[r][p] * w[p][j0 + j] for MLP_ROWS rows (rows past

@@ -33,6 +33,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import weakref
 from pathlib import Path
 
 import torch
@@ -320,17 +321,37 @@ def pack_pairs(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().to(torch.bfloat16).reshape(out // 16, 16, inp // 2, 2).permute(2, 0, 1, 3).contiguous()
 
 
+# layer -> (key, the packed tensors, the tensors they were packed from); weak keys: an entry
+# goes with its layer, and is neither pickled nor deep-copied with it
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version(t: torch.Tensor) -> int | None:
+    # inference tensors keep no version counter (nor can they be written outside inference mode)
+    return None if t.is_inference() else t._version
+
+
 def packed(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     """``layer``'s weight packed by ``pack_pairs`` and its bias in float32 (zeros without one),
-    kept on the layer and packed again only when a weight or bias changes (storage or version)."""
+    packed once and again when the weight or bias changes: another storage (the packed-from
+    storage is held, so its address cannot come back as a new one's) or an in-place write (the
+    version counter). Writes that bypass the version counter (through ``.data``, a numpy view, or
+    to inference tensors inside ``torch.inference_mode``) are not seen: call ``forget(module)``."""
     tensors = [t for t in (layer.weight, layer.bias) if t is not None]
-    key = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
-    cached = layer.__dict__.get("_packed_pairs")
+    key = tuple((t.data_ptr(), _version(t), t.dtype) for t in tensors)
+    cached = _PACKED.get(layer)
     if cached is None or cached[0] != key:
         bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float()
-        cached = (key, (pack_pairs(layer.weight), bias))
-        layer.__dict__["_packed_pairs"] = cached
+        cached = (key, (pack_pairs(layer.weight), bias), [t.detach() for t in tensors])
+        _PACKED[layer] = cached
     return cached[1]
+
+
+def forget(module: torch.nn.Module) -> None:
+    """Drop the packed weights of ``module``'s linear layers (after writing their weights in a way
+    the version counter does not see); they are packed again at the next call."""
+    for m in module.modules():
+        _PACKED.pop(m, None)
 
 
 def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
