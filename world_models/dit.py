@@ -260,7 +260,8 @@ class DiTBlock(nn.Module):
         """The block on x (B, T, N, C) under per-frame conditioning c (B, T, C), its frames attending
         to ``past`` ones too; returns the new x and, with ``keep``, its temporal keys/values."""
         B, T, N, C = x.shape
-        (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = linear(self.ada[1], self.ada[0](c)).chunk(9, dim=-1)  # each (B, T, C)
+        mods = linear(self.ada[1], self.ada[0](c))  # adaLN: SiLU, then the projection
+        (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = mods.chunk(9, dim=-1)  # each (B, T, C)
         if use_kernels(x) and c.shape[0] == B and kernels.ln_fits(C):
             pk, pv = ([], []) if past is None else (past_frames(past[0]), past_frames(past[1]))
             if kernels.frame_fits(C, C // self.attn_t.heads, T + len(pk)):
