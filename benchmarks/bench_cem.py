@@ -207,7 +207,7 @@ def main() -> None:
           f"frameskip {f}{' (embedded weights)' if args.embedded else ' (random weights)'}")
 
     # 1. batched vs loop, one iteration of S candidates, horizon 5 (DINO-WM's)
-    r = batched_vs_loop(wm, ctx, args.samples, 5)
+    r = batched_vs_loop(wm, ctx, args.samples, 5, loop_dtypes=(None,))  # float32 both sides
     print(f"one CEM iteration, {args.samples} candidates x horizon 5: batched {r['batched_s'] * 1e3:.0f} ms, "
           f"per-candidate loop {r['loop_s'] * 1e3:.0f} ms (in {r['loop_dtype']}) -> batched is "
           f"{r['speedup']:.1f}x faster")

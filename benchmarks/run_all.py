@@ -197,6 +197,14 @@ def wm_rows(sizes: Sizes, state: dict) -> list[Row]:
     return rows
 
 
+def loop_times_note(r: dict, samples: int) -> str:
+    """Per-candidate loop time in each precision timed (fastest over thread counts), for a note."""
+    best: dict[str, float] = {}
+    for (_, dtype), seconds in r["loop_s_by_config"].items():
+        best[dtype] = min(best.get(dtype, seconds), seconds)
+    return ", ".join(f"{d} {s / samples * 1e3:.1f} ms" for d, s in best.items())
+
+
 def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     import torch
     from bench_cem import allocator_effect, batched_vs_loop, kernels_effect, plan_time
@@ -228,7 +236,8 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     r16 = batched_vs_loop(wm, ctx, S, 5, sizes.cem_loop_samples, batched_dtype=torch.bfloat16)
     rows.append(Row("CEM iteration as above, batched call in bfloat16 (precision=bfloat16) vs loop",
                     S / r16["batched_s"], "cand/s", S / r16["loop_s"], (">=", 20.0),
-                    f"{note + '; ' if note else ''}loop fastest in {r16['loop_dtype']}"))
+                    f"{note + '; ' if note else ''}loop fastest in {r16['loop_dtype']}: per candidate "
+                    f"{loop_times_note(r16, S)}"))
     a = allocator_effect(S, state.get("threads", 1), rounds=min(2, sizes.rounds))
     if a["applied"]:
         for label in ("float32", "bfloat16"):
@@ -255,7 +264,7 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
             rows.append(Row(f"CEM iteration as above on all {default} cores: batched {label} vs loop",
                             S / r["batched_s"], "cand/s", S / r["loop_s"], (">=", 20.0),
                             f"{note + '; ' if note else ''}loop fastest at {r['loop_threads']} thread(s) in "
-                            f"{r['loop_dtype']}, best of {repeats}"))
+                            f"{r['loop_dtype']} ({loop_times_note(r, S)} per candidate), best of {repeats}"))
     return rows
 
 

@@ -116,3 +116,8 @@ def test_allocator_effect_runs_both_settings_in_child_processes():
     import platform
 
     assert r["applied"] == (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc")
+
+
+def test_loop_times_note_gives_each_precision_at_its_fastest_thread_count():
+    r = {"loop_s_by_config": {(1, "float32"): 3.0, (2, "float32"): 2.4, (1, "bfloat16"): 3.6, (2, "bfloat16"): 4.0}}
+    assert run_all.loop_times_note(r, 300) == "float32 8.0 ms, bfloat16 12.0 ms"

@@ -436,6 +436,24 @@ def test_bfloat16_model_built_in_inference_mode(mlp_lib):
         assert torch.equal(model(clip, t, a), first)
 
 
+def test_dit_takes_the_bf16_kernels_only_for_what_they_stand_in_for(mlp_lib, monkeypatch):
+    torch.manual_seed(0)
+    model = DiT(DiTConfig(latent_dim=16, num_tokens=16, action_dim=4, width=64, depth=1, heads=4)).to(torch.bfloat16)
+    block = model.blocks[0]
+    calls = []
+    block.attn_t.qkv.register_forward_hook(lambda *args: calls.append("qkv"))  # a hooked layer runs its own call
+    block.mlp.append(torch.nn.Dropout(0.0))  # an MLP of another shape: torch's modules
+    clip, t, a = torch.randn(2, 3, 16, 16), torch.rand(2, 3), torch.randn(2, 1, 4)
+    used = []
+    monkeypatch.setattr(kernels, "mlp_residual", lambda *args: used.append("mlp"))
+    with torch.no_grad():
+        for dtype in (torch.bfloat16, torch.float32):
+            out = model.to(dtype)(clip, t, a)
+            assert out.dtype == dtype and torch.isfinite(out).all()
+    assert calls == ["qkv", "qkv"] and used == []
+    assert not kernels.linear_fits(block.attn_t.qkv) and kernels.linear_fits(block.attn_s.qkv.bfloat16())
+
+
 def test_mlp_residual_refuses_what_it_cannot_read(mlp_lib):
     fc1, fc2 = torch.nn.Linear(64, 256).bfloat16(), torch.nn.Linear(256, 64).bfloat16()
     x, gate = torch.randn(2, 1, 16, 64).bfloat16(), torch.zeros(2, 1, 64).bfloat16()

@@ -104,7 +104,8 @@ class TanhGELU(nn.Module):
     tanh form, 0.63 for the kernel): it differs from the tanh form by at most 4.7e-4, below
     bfloat16's own rounding (torch's bf16 tanh-GELU is 7.8e-3 off float64 on N(0, 4) inputs, the
     erf one 8.2e-3). Training (autograd) and small tensors (batch 1) without the kernels use
-    torch's kernel unchanged."""
+    torch's kernel unchanged. A DiT block's bfloat16 inference on a CPU with AVX512-BF16 does not
+    call this module: ``kernels.mlp_residual`` computes the tanh form itself, inside the MLP."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and use_kernels(x):
@@ -134,7 +135,8 @@ def use_kernels(x: torch.Tensor) -> bool:
     """Whether to run through the fused CPU kernels (world_models/kernels.py) rather than torch's
     operations: CPU, autograd off, when they could be built. They are faster at every batch size
     measured (the embedded model's 5-step rollout, one core: batch 1 11.5 vs 15.8 ms; 300 CEM
-    candidates in bfloat16 ~285 vs ~410 ms) and give the same numbers to float rounding."""
+    candidates in bfloat16 ~235-270 vs ~410-500 ms with the bf16 matrix kernels, session 10) and
+    give the same numbers to float rounding."""
     return kernels.applies(x)
 
 
@@ -144,7 +146,7 @@ def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     projection (4800 x 64 -> 192) 0.26 vs 0.31 ms for torch's, a batch-1 frame's 7.5 vs 18 us."""
     if x.dtype == torch.bfloat16 and use_kernels(x) and kernels.linear_fits(layer):
         return kernels.linear(x, layer)
-    return layer(x)
+    return layer(x)  # (a subclass or a layer with hooks too: linear_fits takes plain ones only)
 
 
 # bfloat16 spatial attention is two matmuls for at least MANY_SEQUENCES sequences of at most
@@ -310,10 +312,11 @@ class DiTBlock(nn.Module):
         qkv = linear(self.attn_t.qkv, h)
         out, kv = kernels.frame_attention(qkv, self.attn_t.heads, pk, pv, keep=keep)
         x, h = kernels.ln_modulate(x, sh_m, sc_m, eps, gate=g_t, h=linear(self.attn_t.proj, out.to(x.dtype)))
-        fc1, act, fc2 = self.mlp
-        if (x.dtype == torch.bfloat16 and isinstance(act, TanhGELU) and kernels.linear_fits(fc1)
-                and kernels.linear_fits(fc2) and kernels.mlp_fits(C, fc1.out_features)):
-            return kernels.mlp_residual(x, h, g_m, fc1, fc2), kv
+        if (x.dtype == torch.bfloat16 and len(self.mlp) == 3 and type(self.mlp[1]) is TanhGELU
+                and not (self.mlp[1]._forward_hooks or self.mlp[1]._forward_pre_hooks)
+                and kernels.linear_fits(self.mlp[0]) and kernels.linear_fits(self.mlp[2])
+                and kernels.mlp_fits(C, self.mlp[0].out_features)):
+            return kernels.mlp_residual(x, h, g_m, self.mlp[0], self.mlp[2]), kv
         return gated(x, g_m, self.mlp(h)), kv
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

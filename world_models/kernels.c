@@ -311,7 +311,9 @@ void gelu_tanh(int bf, const void *x, void *y, long n, int threads) {
  * keys' vectors (no horizontal maximum or sum), and each query's output row is the sum over keys
  * of its probability (a stored scalar) times the key's value row. */
 
-/* channel d of 16 rows `stride` elements apart, starting at src + offset: one gather */
+/* channel d of 16 rows `stride` elements apart, starting at src + offset: one gather. For
+ * bfloat16 each lane reads 32 bits at the element's address, i.e. 2 bytes past it: safe here,
+ * because a query's channel d is always followed by channel d + 1 or by the row's keys. */
 static inline v16 vgather(const void *src, long offset, long stride, int bf) {
 #ifdef __AVX512F__
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -332,6 +334,9 @@ INLINE void spatial_attention_unit(int bf, const long SV, const long CV, long lh
     const float scale = 1.0f / sqrtf((float)c);
     const long C = heads * c, row = 3 * C;
     const long l = lh / heads, hd = lh % heads;
+    /* k: keys, row-major; val: value rows as vectors; qt[d]: channel d of the block's 16 queries;
+     * sc[j] / p[j * V + i]: key j's score / unnormalised probability for query i0 + i; inv[i]: the
+     * 1 / sum of query i0 + i, applied when its output row is stored */
     float k[S * c], p[S * V], inv[V];
     v16 val[S * CV], qt[c], sc[S];
     for (long j = 0; j < S; j++) {
@@ -565,8 +570,12 @@ int frame_attention(int bf, const void *qkv, long P, const float *const *pk, con
 #define MLP_OUT 2  /* output vectors per pass over the inputs */
 #ifdef __AVX512BF16__
 typedef int32_t vp16 __attribute__((vector_size(64))); /* 16 pairs of bfloat16 */
+/* a pair of bfloat16 read as one 32-bit word (bf16 arrays are read through it: may_alias keeps
+ * that within C's aliasing rules) */
+typedef int32_t bf16_pair __attribute__((may_alias));
 
-/* GELU (tanh form) to ~1e-5 relative, for results stored in bfloat16 (rounding 2e-3): x *
+/* GELU (tanh form) to ~1e-4 relative (rcp14's 6e-5 the most of it), for results stored in
+ * bfloat16 (rounding 2e-3; within 0.6 ulp after rounding, tests/test_kernels.py): x *
  * sigmoid(2z) with exp as 2^n p(r) (degree-4 p, AVX-512's scalef) and 1/d by rcp14 alone. */
 static inline v16 vgelu_bf(v16 x) {
     const float k = 1.5957691216057308f; /* 2 sqrt(2 / pi) */
@@ -587,7 +596,7 @@ static inline v16 vgelu_bf(v16 x) {
 /* acc[r][j] = sum over P input pairs of in[r][p] * w[p][j0 + j] for MLP_ROWS rows (rows past
  * `rows` repeat row 0: read, never written out) and MLP_OUT output vectors; in has ld pairs per
  * row, w has J output vectors per pair */
-INLINE void mlp_gemm(const int32_t *in, long ld, long rows, const bf16 *w, long P, long J, long j0, v16 *acc) {
+INLINE void mlp_gemm(const bf16_pair *in, long ld, long rows, const bf16 *w, long P, long J, long j0, v16 *acc) {
     for (long a = 0; a < MLP_ROWS * MLP_OUT; a++) acc[a] = (v16){0};
     for (long p = 0; p < P; p++) {
         vp16 wv[MLP_OUT];
@@ -606,13 +615,13 @@ static void mlp_tile(long t, long R, long N, long C, long Hd, const bf16 *h, con
     bf16 hid[MLP_ROWS * Hd];
     v16 acc[MLP_ROWS * MLP_OUT];
     for (long j0 = 0; j0 < Hd / V; j0 += MLP_OUT) {
-        mlp_gemm((const int32_t *)(h + r0 * C), C / 2, rows, w1, C / 2, Hd / V, j0, acc);
+        mlp_gemm((const bf16_pair *)(h + r0 * C), C / 2, rows, w1, C / 2, Hd / V, j0, acc);
         for (long r = 0; r < MLP_ROWS; r++)
             for (long j = 0; j < MLP_OUT; j++)
                 vst(hid, r * Hd + (j0 + j) * V, vgelu_bf(acc[r * MLP_OUT + j] + vload(b1 + (j0 + j) * V)), 1);
     }
     for (long j0 = 0; j0 < C / V; j0 += MLP_OUT) {
-        mlp_gemm((const int32_t *)hid, Hd / 2, MLP_ROWS, w2, Hd / 2, C / V, j0, acc);
+        mlp_gemm((const bf16_pair *)hid, Hd / 2, MLP_ROWS, w2, Hd / 2, C / V, j0, acc);
         for (long r = 0; r < rows; r++) {
             const long row = r0 + r, f = row / N;
             for (long j = 0; j < MLP_OUT; j++) {
@@ -625,13 +634,14 @@ static void mlp_tile(long t, long R, long N, long C, long Hd, const bf16 *h, con
 }
 
 /* y (R, O) = x (R, K) W^T + b for bfloat16 x, y and W packed as for the MLP (K/2, O/16, 16, 2),
- * b float32: torch's addmm for bf16 first copies the bias into every output row (for 4800 x 192
- * outputs as long as the product itself); here it is added to the accumulators. */
+ * b float32: torch's addmm for bf16 first copies the bias into every output row (inside the
+ * model's two-core call the profiler showed 174 us of it per 4800 x 192 projection; ~30 us
+ * alone); here it is added to the accumulators. */
 static void linear_tile(long t, long R, long K, long O, const bf16 *x, const bf16 *w, const float *b, bf16 *y) {
     const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
     v16 acc[MLP_ROWS * MLP_OUT];
     for (long j0 = 0; j0 < O / V; j0 += MLP_OUT) {
-        mlp_gemm((const int32_t *)(x + r0 * K), K / 2, rows, w, K / 2, O / V, j0, acc);
+        mlp_gemm((const bf16_pair *)(x + r0 * K), K / 2, rows, w, K / 2, O / V, j0, acc);
         for (long r = 0; r < rows; r++)
             for (long j = 0; j < MLP_OUT; j++)
                 vst(y, (r0 + r) * O + (j0 + j) * V, acc[r * MLP_OUT + j] + vload(b + (j0 + j) * V), 1);
@@ -655,7 +665,7 @@ int linear_bf16(long R, long K, long O, const bf16 *x, const bf16 *w, const floa
 int mlp_residual(long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1, const float *b1, const bf16 *w2,
                  const float *b2, const bf16 *gate, long gstride, const bf16 *x, bf16 *y, int threads) {
 #ifdef __AVX512BF16__
-    if (C % (V * MLP_OUT) || Hd % (V * MLP_OUT)) return -1;
+    if (C % (V * MLP_OUT) || Hd % (V * MLP_OUT) || C > 2048 || Hd > 8192) return -1; /* stack scratch */
     const long tiles = (R + MLP_ROWS - 1) / MLP_ROWS;
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (long t = 0; t < tiles; t++) mlp_tile(t, R, N, C, Hd, h, w1, b1, w2, b2, gate, gstride, x, y);
@@ -667,7 +677,7 @@ int mlp_residual(long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1,
 #endif
 }
 
-/* whether this build has the bfloat16 dot-product kernels (mlp_residual) */
+/* whether this build has the bfloat16 dot-product kernels (mlp_residual, linear_bf16) */
 int has_bf16_dot(void) {
 #ifdef __AVX512BF16__
     return 1;

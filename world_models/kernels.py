@@ -58,7 +58,7 @@ SIGNATURES = {
 }
 # bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
 # (2 MiB may be all they get): LayerNorm ~7 x width floats, frame attention ~3 x width x frames
-# (at most 16k floats here), spatial attention 5 x 64 x 64. The attention kernels have instances
+# (at most 16k floats here), spatial attention ~3 x 64 x 64. The attention kernels have instances
 # for heads (and spatial sequences) of 16, 32 or 64. The MLP kernel holds 8 rows of its hidden
 # activations in bfloat16 (at most 4 x 2048 wide: 128 KiB).
 MAX_WIDTH, MAX_FRAME_FLOATS, SIZES, MAX_HIDDEN = 2048, 1 << 14, (16, 32, 64), 4 * 2048
@@ -301,15 +301,19 @@ def bf16_dot() -> bool:
 
 
 def mlp_fits(width: int, hidden: int) -> bool:
-    """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32) on this build."""
+    """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32: 16 lanes x
+    kernels.c's MLP_OUT) on this build."""
     return width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN and bf16_dot()
 
 
 def linear_fits(layer: torch.nn.Linear) -> bool:
-    """Whether ``linear`` takes this layer: bfloat16 weights, an even number of inputs and a
-    multiple of 32 outputs, on a build with ``bf16_dot``."""
-    return (layer.weight.dtype == torch.bfloat16 and layer.in_features % 2 == 0 and layer.out_features % 32 == 0
-            and bf16_dot())
+    """Whether ``linear`` takes this layer: a plain ``nn.Linear`` (not a subclass with a forward of
+    its own, no hooks: the kernel stands in for its call) with bfloat16 weights, an even number of
+    inputs and a multiple of 32 outputs (16 lanes x kernels.c's MLP_OUT), on a build with
+    ``bf16_dot``."""
+    return (type(layer) is torch.nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
+            and layer.weight.dtype == torch.bfloat16 and layer.in_features % 2 == 0
+            and layer.out_features % 32 == 0 and bf16_dot())
 
 
 def pack_pairs(weight: torch.Tensor) -> torch.Tensor:
@@ -336,7 +340,9 @@ def packed(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     packed once and again when the weight or bias changes: another storage (the packed-from
     storage is held, so its address cannot come back as a new one's) or an in-place write (the
     version counter). Writes that bypass the version counter (through ``.data``, a numpy view, or
-    to inference tensors inside ``torch.inference_mode``) are not seen: call ``forget(module)``."""
+    to inference tensors inside ``torch.inference_mode``) are not seen: call ``forget(module)``.
+    An entry lives as long as its layer (a layer cast back to float32 keeps its bf16 copies until
+    it is freed or forgotten)."""
     tensors = [t for t in (layer.weight, layer.bias) if t is not None]
     key = tuple((t.data_ptr(), _version(t), t.dtype) for t in tensors)
     cached = _PACKED.get(layer)
