@@ -301,44 +301,62 @@ def mlp_lib(lib):
     return lib
 
 
-def mlp_reference(x, h, gate, fc1, fc2):
-    """x + gate * fc2(gelu_tanh(fc1(h))) in float64, the hidden activations rounded to bfloat16"""
+def mlp_reference(x, h, gate, fc1, fc2, round_hidden=True):
+    """x + gate * fc2(gelu_tanh(fc1(h))) in float64, the hidden activations rounded to bfloat16
+    (as the bf16 kernel stores them) unless ``round_hidden`` is False"""
     hid = F.gelu(h.double() @ fc1.weight.double().T + fc1.bias.double(), approximate="tanh")
-    hid = hid.to(torch.bfloat16).double()
+    if round_hidden:
+        hid = hid.to(torch.bfloat16).double()
     return x.double() + gate.double().unsqueeze(2) * (hid @ fc2.weight.double().T + fc2.bias.double())
 
 
+def need(dtype):
+    """Skip a bfloat16 case on a build without AVX512-BF16 (the float32 kernels build anywhere)."""
+    if kernels.library() is None:
+        pytest.skip("world_models/kernels.c did not build here (see the logged warning)")
+    if dtype == torch.bfloat16 and not kernels.bf16_dot():
+        pytest.skip("this CPU has no AVX512-BF16: the bf16 matrix kernels are not built")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("B,T,N,C", [(1, 1, 16, 64), (3, 2, 16, 64), (3, 1, 5, 64), (2, 2, 16, 96)])  # 15 rows: a partial tile
-def test_mlp_residual_matches_torch(mlp_lib, B, T, N, C):
+def test_mlp_residual_matches_torch(dtype, B, T, N, C):
+    need(dtype)
     torch.manual_seed(0)
-    fc1, fc2 = torch.nn.Linear(C, 4 * C).bfloat16(), torch.nn.Linear(4 * C, C).bfloat16()
-    x, h = torch.randn(B, T, N, C).bfloat16(), torch.randn(B, T, N, C).bfloat16()
-    gate = torch.randn(B, T, 9 * C).bfloat16()[..., 8 * C:]  # a chunk of the adaLN output: strided
+    fc1, fc2 = torch.nn.Linear(C, 4 * C).to(dtype), torch.nn.Linear(4 * C, C).to(dtype)
+    x, h = torch.randn(B, T, N, C).to(dtype), torch.randn(B, T, N, C).to(dtype)
+    gate = torch.randn(B, T, 9 * C).to(dtype)[..., 8 * C:]  # a chunk of the adaLN output: strided
     y = kernels.mlp_residual(x, h, gate, fc1, fc2)
-    assert y.dtype == torch.bfloat16 and y.shape == x.shape
-    ref = mlp_reference(x, h, gate, fc1, fc2)
-    assert close(y, ref, torch.bfloat16) < 8e-3  # bf16 storage of the result (2^-8)
-    with torch.no_grad():  # torch's own bf16 operations are as far from float64
+    assert y.dtype == dtype and y.shape == x.shape
+    ref = mlp_reference(x, h, gate, fc1, fc2, round_hidden=dtype == torch.bfloat16)
+    assert close(y, ref, dtype) < (8e-3 if dtype == torch.bfloat16 else 2e-6)  # bf16 storage: 2^-8
+    with torch.no_grad():  # torch's own operations are as far from float64
         plain = dit_gated(x, gate, fc2(F.gelu(fc1(h), approximate="tanh")))
-    assert close(plain, ref, torch.bfloat16) < 8e-3
+    assert close(plain, ref, dtype) < (8e-3 if dtype == torch.bfloat16 else 2e-6)
 
 
-@pytest.mark.parametrize("shape,out,bias", [((4800, 64), 192, True), ((3, 5, 64), 64, False), ((1, 96), 32, True)])
-def test_linear_matches_torch(mlp_lib, shape, out, bias):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,out,bias", [((4800, 64), 192, True), ((3, 5, 64), 64, False), ((1, 96), 32, True),
+                                            ((2, 7), 32, True)])  # 7 inputs: odd, float32 only
+def test_linear_matches_torch(dtype, shape, out, bias):
+    need(dtype)
     torch.manual_seed(0)
-    layer = torch.nn.Linear(shape[-1], out, bias=bias).bfloat16()
-    x = torch.randn(shape).bfloat16()
+    layer = torch.nn.Linear(shape[-1], out, bias=bias).to(dtype)
+    x = torch.randn(shape).to(dtype)
+    if dtype == torch.bfloat16 and shape[-1] % 2:
+        assert not kernels.linear_fits(layer)  # bf16 pairs: an even number of inputs
+        return
     y = kernels.linear(x, layer)
-    assert y.dtype == torch.bfloat16 and y.shape == (*shape[:-1], out)
+    assert y.dtype == dtype and y.shape == (*shape[:-1], out)
     ref = x.double() @ layer.weight.double().T + (layer.bias.double() if bias else 0)
-    assert close(y, ref, torch.bfloat16) < 8e-3
+    assert close(y, ref, dtype) < (8e-3 if dtype == torch.bfloat16 else 2e-6)
     # known values: the identity's rows pick inputs, the bias adds exactly
-    eye = torch.nn.Linear(64, 64).bfloat16()
+    eye = torch.nn.Linear(64, 64).to(dtype)
     with torch.no_grad():
         eye.weight.copy_(torch.eye(64))
         eye.bias.fill_(0.5)
-    x = torch.arange(64.0).bfloat16().expand(9, 64)  # 9 rows: a full tile of 8 and one row more
-    assert torch.equal(kernels.linear(x, eye), (x.float() + 0.5).bfloat16())
+    x = torch.arange(64.0).to(dtype).expand(9, 64)  # 9 rows: a full tile of 8 and one row more
+    assert torch.equal(kernels.linear(x, eye), (x.float() + 0.5).to(dtype))
 
 
 def dit_gated(x, gate, h):
@@ -461,18 +479,20 @@ def test_mlp_residual_refuses_what_it_cannot_read(mlp_lib):
         kernels.mlp_residual(x, x, torch.zeros(2, 1, 32).bfloat16(), fc1, fc2)
     with pytest.raises(ValueError, match="expected 64 -> 256 -> 64"):
         kernels.mlp_residual(x, x, gate, fc1, fc1)
-    with pytest.raises(ValueError, match="bfloat16 x"):
+    with pytest.raises(ValueError, match="x and both layers in float32 or all in bfloat16"):
         kernels.mlp_residual(x.float(), x, gate, fc1, fc2)
-    with pytest.raises(ValueError, match="bfloat16 x"):
-        kernels.mlp_residual(x, x, gate, fc1.float(), fc2)
+    with pytest.raises(ValueError, match="x and both layers in float32 or all in bfloat16"):
+        kernels.mlp_residual(x, x, gate, torch.nn.Linear(64, 256), fc2)  # a float32 layer
     with pytest.raises(ValueError, match="no MLP kernel for width 48"):
         kernels.mlp_residual(torch.zeros(1, 1, 16, 48).bfloat16(), x, x, fc1, fc2)
     with pytest.raises(ValueError, match="pack_pairs"):
         kernels.pack_pairs(torch.zeros(10, 4))
-    with pytest.raises(ValueError, match="no bfloat16 linear kernel"):
-        kernels.linear(x.float(), fc1)
-    with pytest.raises(ValueError, match="no bfloat16 linear kernel"):
+    with pytest.raises(ValueError, match="no linear kernel"):
+        kernels.linear(x.float(), fc1)  # x not in the layer's dtype
+    with pytest.raises(ValueError, match="no linear kernel"):
         kernels.linear(x, torch.nn.Linear(64, 40).bfloat16())  # outputs not a multiple of 32
+    with pytest.raises(ValueError, match="pack_f32"):
+        kernels.pack_f32(torch.zeros(10, 4))
 
 
 def test_dit_repacks_mlp_weights_when_they_change(mlp_lib, monkeypatch):

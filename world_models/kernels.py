@@ -52,15 +52,15 @@ SIGNATURES = {
     "spatial_attention": (ctypes.c_int, [ctypes.c_int, _P, _P, _L, _L, _L, _L, ctypes.c_int]),
     "gelu_tanh": (None, [ctypes.c_int, _P, _P, _L, ctypes.c_int]),
     "frame_attention": (ctypes.c_int, [ctypes.c_int, _P, _L, _P, _P, _P, _P, _P, _L, _L, _L, _L, _L, ctypes.c_int]),
-    "mlp_residual": (ctypes.c_int, [_L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, ctypes.c_int]),
-    "linear_bf16": (ctypes.c_int, [_L, _L, _L, _P, _P, _P, _P, ctypes.c_int]),
+    "mlp_residual": (ctypes.c_int, [ctypes.c_int, _L, _L, _L, _L, _P, _P, _P, _P, _P, _P, _L, _P, _P, ctypes.c_int]),
+    "linear_packed": (ctypes.c_int, [ctypes.c_int, _L, _L, _L, _P, _P, _P, _P, ctypes.c_int]),
     "has_bf16_dot": (ctypes.c_int, []),
 }
 # bounds on the C side's stack scratch, which OpenMP worker threads hold on stacks of their own
 # (2 MiB may be all they get): LayerNorm ~7 x width floats, frame attention ~3 x width x frames
 # (at most 16k floats here), spatial attention ~3 x 64 x 64. The attention kernels have instances
 # for heads (and spatial sequences) of 16, 32 or 64. The MLP kernel holds 8 rows of its hidden
-# activations in bfloat16 (at most 4 x 2048 wide: 128 KiB).
+# activations (at most 4 x 2048 wide: 128 KiB in bfloat16, 256 KiB in float32).
 MAX_WIDTH, MAX_FRAME_FLOATS, SIZES, MAX_HIDDEN = 2048, 1 << 14, (16, 32, 64), 4 * 2048
 
 
@@ -294,26 +294,38 @@ def frame_attention(qkv: torch.Tensor, heads: int, past: list[torch.Tensor] | No
 
 
 def bf16_dot() -> bool:
-    """Whether this build has the bfloat16 matrix kernels (``linear``, ``mlp_residual``): they
-    need the CPU's bfloat16 dot products (AVX512-BF16)."""
+    """Whether this build has the bfloat16 matrix kernels (``linear``, ``mlp_residual`` for
+    bfloat16 layers): they need the CPU's bfloat16 dot products (AVX512-BF16). The float32 ones
+    build everywhere."""
     lib = library()
     return lib is not None and bool(lib.has_bf16_dot())
 
 
-def mlp_fits(width: int, hidden: int) -> bool:
+def mlp_fits(width: int, hidden: int, dtype: torch.dtype = torch.bfloat16) -> bool:
     """Whether ``mlp_residual`` takes this width and hidden width (multiples of 32: 16 lanes x
-    kernels.c's MLP_OUT) on this build."""
-    return width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN and bf16_dot()
+    kernels.c's MLP_OUT) in this dtype on this build."""
+    return (width % 32 == 0 and hidden % 32 == 0 and width <= MAX_WIDTH and hidden <= MAX_HIDDEN
+            and (dtype == torch.float32 or (dtype == torch.bfloat16 and bf16_dot())))
 
 
 def linear_fits(layer: torch.nn.Linear) -> bool:
     """Whether ``linear`` takes this layer: a plain ``nn.Linear`` (not a subclass with a forward of
-    its own, no hooks: the kernel stands in for its call) with bfloat16 weights, an even number of
-    inputs and a multiple of 32 outputs (16 lanes x kernels.c's MLP_OUT), on a build with
-    ``bf16_dot``."""
+    its own, no hooks: the kernel stands in for its call) with a multiple of 32 outputs (16 lanes
+    x kernels.c's MLP_OUT) and float32 weights, or bfloat16 ones with an even number of inputs on
+    a build with ``bf16_dot``."""
+    dtype = layer.weight.dtype
     return (type(layer) is torch.nn.Linear and not (layer._forward_hooks or layer._forward_pre_hooks)
-            and layer.weight.dtype == torch.bfloat16 and layer.in_features % 2 == 0
-            and layer.out_features % 32 == 0 and bf16_dot())
+            and layer.out_features % 32 == 0
+            and (dtype == torch.float32 or (dtype == torch.bfloat16 and layer.in_features % 2 == 0 and bf16_dot())))
+
+
+def pack_f32(weight: torch.Tensor) -> torch.Tensor:
+    """A linear layer's weight (out, in) as the float32 matrix kernels read it: 16 outputs per
+    input, (in, out / 16, 16), contiguous."""
+    out, inp = weight.shape
+    if out % 16:
+        raise ValueError(f"pack_f32: weight of shape {tuple(weight.shape)}; expected (16k, m)")
+    return weight.detach().float().reshape(out // 16, 16, inp).permute(2, 0, 1).contiguous()
 
 
 def pack_pairs(weight: torch.Tensor) -> torch.Tensor:
@@ -336,7 +348,8 @@ def _version(t: torch.Tensor) -> int | None:
 
 
 def packed(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
-    """``layer``'s weight packed by ``pack_pairs`` and its bias in float32 (zeros without one),
+    """``layer``'s weight packed for its dtype (``pack_pairs`` for bfloat16, ``pack_f32`` for
+    float32) and its bias in float32 (zeros without one),
     packed once and again when the weight or bias changes: another storage (the packed-from
     storage is held, so its address cannot come back as a new one's) or an in-place write (the
     version counter). Writes that bypass the version counter (through ``.data``, a numpy view, or
@@ -348,7 +361,8 @@ def packed(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
     cached = _PACKED.get(layer)
     if cached is None or cached[0] != key:
         bias = torch.zeros(layer.out_features) if layer.bias is None else layer.bias.detach().float()
-        cached = (key, (pack_pairs(layer.weight), bias), [t.detach() for t in tensors])
+        pack = pack_pairs if layer.weight.dtype == torch.bfloat16 else pack_f32
+        cached = (key, (pack(layer.weight), bias), [t.detach() for t in tensors])
         _PACKED[layer] = cached
     return cached[1]
 
@@ -361,47 +375,49 @@ def forget(module: torch.nn.Module) -> None:
 
 
 def linear(x: torch.Tensor, layer: torch.nn.Linear) -> torch.Tensor:
-    """``layer(x)`` for bfloat16 x (..., in) and a layer that ``linear_fits``, the bias added to
-    the float32 accumulators (torch's bf16 addmm first copies it into every output row)."""
-    if x.shape[-1] != layer.in_features or x.dtype != torch.bfloat16 or not linear_fits(layer):
-        raise ValueError(f"no bfloat16 linear kernel for x {tuple(x.shape)} {x.dtype} into {layer} "
-                         f"({layer.weight.dtype}; bf16, even inputs, outputs a multiple of 32, AVX512-BF16)")
+    """``layer(x)`` for x (..., in) in the layer's dtype (float32, or bfloat16) and a layer that
+    ``linear_fits``, the bias added to the float32 accumulators (torch's bf16 addmm first copies
+    it into every output row)."""
+    if x.shape[-1] != layer.in_features or x.dtype != layer.weight.dtype or not linear_fits(layer):
+        raise ValueError(f"no linear kernel for x {tuple(x.shape)} {x.dtype} into {layer} ({layer.weight.dtype}; "
+                         f"x in the layer's dtype, outputs a multiple of 32, bf16 needs even inputs and AVX512-BF16)")
     w, b = packed(layer)
     x = x.contiguous()
-    y = torch.empty((*x.shape[:-1], layer.out_features), dtype=torch.bfloat16)
+    y = torch.empty((*x.shape[:-1], layer.out_features), dtype=x.dtype)
     rows = x.numel() // layer.in_features
-    done = library().linear_bf16(rows, layer.in_features, layer.out_features, x.data_ptr(), w.data_ptr(),
-                                 b.data_ptr(), y.data_ptr(), threads(y))
+    done = library().linear_packed(int(x.dtype == torch.bfloat16), rows, layer.in_features, layer.out_features,
+                                   x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), threads(y))
     if done:  # checked above; the C side refuses too
-        raise ValueError(f"no bfloat16 linear kernel for {layer} in this build")
+        raise ValueError(f"no linear kernel for {layer} in this build")
     return y
 
 
 def mlp_residual(x: torch.Tensor, h: torch.Tensor, gate: torch.Tensor, fc1: torch.nn.Linear,
                  fc2: torch.nn.Linear) -> torch.Tensor:
-    """x + gate * fc2(gelu_tanh(fc1(h))) for bfloat16 x, h (B, T, N, C) and gate (B, T, C) per
-    frame, in one pass, for bfloat16 layers C -> hidden -> C (weights packed by ``packed``). The
-    hidden activations are rounded to bfloat16 as torch would store them, and never leave the
-    cache. Returns the new x."""
+    """x + gate * fc2(gelu_tanh(fc1(h))) for x, h (B, T, N, C) and gate (B, T, C) per frame, in
+    one pass, for layers C -> hidden -> C, all in float32 or all in bfloat16 (weights packed by
+    ``packed``). The hidden activations (in bf16 rounded as torch would store them) never leave
+    the cache. Returns the new x."""
     B, T, N, C = x.shape
     hidden = fc1.out_features
-    if not mlp_fits(C, hidden):
-        raise ValueError(f"no MLP kernel for width {C}, hidden {hidden} on this build "
-                         f"(multiples of 32 up to {MAX_WIDTH} / {MAX_HIDDEN}, and a CPU with AVX512-BF16)")
+    if not mlp_fits(C, hidden, x.dtype):
+        raise ValueError(f"no MLP kernel for width {C}, hidden {hidden}, {x.dtype} on this build (multiples of 32 "
+                         f"up to {MAX_WIDTH} / {MAX_HIDDEN}; float32, or bfloat16 on a CPU with AVX512-BF16)")
     for name, (t, shape) in {"h": (h, (B, T, N, C)), "gate": (gate, (B, T, C))}.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"mlp_residual: {name} of shape {tuple(t.shape)} for x {tuple(x.shape)}; expected {shape}")
     if (fc1.in_features, fc2.in_features, fc2.out_features) != (C, hidden, C):
         raise ValueError(f"mlp_residual: layers {fc1} and {fc2} for width {C}; expected {C} -> {hidden} -> {C}")
-    if x.dtype != torch.bfloat16 or fc1.weight.dtype != torch.bfloat16 or fc2.weight.dtype != torch.bfloat16:
-        raise ValueError(f"mlp_residual: bfloat16 x and layers only, got {x.dtype}, {fc1.weight.dtype}, "
-                         f"{fc2.weight.dtype}")
+    if not (x.dtype == fc1.weight.dtype == fc2.weight.dtype) or x.dtype not in DTYPES:
+        raise ValueError(f"mlp_residual: x and both layers in float32 or all in bfloat16, got {x.dtype}, "
+                         f"{fc1.weight.dtype}, {fc2.weight.dtype}")
     frames = B * T
-    x, h = x.contiguous(), h.to(torch.bfloat16).contiguous()
-    g, stride = _frame_vector(gate.to(torch.bfloat16), frames)
+    x, h = x.contiguous(), h.to(x.dtype).contiguous()
+    g, stride = _frame_vector(gate.to(x.dtype), frames)
     (w1, b1), (w2, b2) = packed(fc1), packed(fc2)
     y = torch.empty_like(x)
-    done = library().mlp_residual(frames * N, N, C, hidden, h.data_ptr(), w1.data_ptr(), b1.data_ptr(),
+    done = library().mlp_residual(int(x.dtype == torch.bfloat16), frames * N, N, C, hidden, h.data_ptr(),
+                                  w1.data_ptr(), b1.data_ptr(),
                                   w2.data_ptr(), b2.data_ptr(), g.data_ptr(), stride, x.data_ptr(), y.data_ptr(),
                                   threads(x))
     if done:  # checked above; the C side refuses too
