@@ -5,7 +5,8 @@
 2. Plan time per MPC step for the presets (cpu, vjepa2_ac, dino_wm), with the embedded tiny
    world-model shape (minivae 64 px -> 16 tokens x 16 dims, DiT tiny, frameskip 4).
 3. (run_all) world_models/kernels.py's fused CPU kernels vs torch's operations, at batch 1 and
-   for the batched bfloat16 call (``kernels_effect``), and the allocator setting's effect.
+   for the batched call in float32 and bfloat16 (``kernels_effect``), and the allocator setting's
+   effect.
 
     python benchmarks/bench_cem.py [--threads 1] [--samples 300] [--full] [--embedded]
 
@@ -100,7 +101,7 @@ def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> 
 def kernels_effect(wm, context, samples: int = 300, horizon: int = 5, sampler_steps: int = 2,
                    rounds: int = 2) -> dict[str, float]:
     """Seconds of one candidate's rollout (batch 1, float32: the per-candidate loop's call) and of
-    the batched bfloat16 call of ``samples`` candidates, with world_models/kernels.py's fused CPU
+    the batched call of ``samples`` candidates in float32 and in bfloat16, with world_models/kernels.py's fused CPU
     kernels and with torch's operations (``WM_HARNESS_KERNELS=0``, read at each call), alternating
     ``rounds`` times, best of each. ``available``: whether the kernels were built here at all."""
     import os
@@ -112,6 +113,7 @@ def kernels_effect(wm, context, samples: int = 300, horizon: int = 5, sampler_st
 
     cand = torch.rand(samples, horizon, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
     calls = {"batch1": lambda: wm.predict(context, cand[:1], steps=sampler_steps, temperature=0.0),
+             "batched_f32": lambda: wm.predict(context, cand, steps=sampler_steps, temperature=0.0),
              "batched_bf16": lambda: wm.predict(context, cand, steps=sampler_steps, temperature=0.0,
                                                 dtype=torch.bfloat16)}
     best: dict[str, float] = {}

@@ -249,9 +249,9 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
         rows.append(Row("world-model rollout, 1 candidate x horizon 5 (the loop's call): fused CPU kernels vs torch ops",
                         1 / k["batch1_kernels"], "cand/s", 1 / k["batch1_torch"],
                         note="world_models/kernels.py; WM_HARNESS_KERNELS=0 for the baseline, alternating"))
-        rows.append(Row(f"CEM batched call ({S} candidates, bfloat16): fused CPU kernels vs torch ops",
-                        S / k["batched_bf16_kernels"], "cand/s", S / k["batched_bf16_torch"],
-                        note="as above"))
+        for label, key in (("float32", "batched_f32"), ("bfloat16", "batched_bf16")):
+            rows.append(Row(f"CEM batched call ({S} candidates, {label}): fused CPU kernels vs torch ops",
+                            S / k[f"{key}_kernels"], "cand/s", S / k[f"{key}_torch"], note="as above"))
     threads, default = state.get("threads", 1), state.get("default_threads")
     if default and default != threads:
         # the whole machine, as `harness eval --workers 1` runs CEM (torch's default threads): the
