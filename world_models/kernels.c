@@ -611,44 +611,6 @@ INLINE void mlp_gemm(const bf16_pair *in, long ld, long rows, const bf16 *w, lon
     }
 }
 
-static void mlp_tile(long t, long R, long N, long C, long Hd, const bf16 *h, const bf16 *w1, const float *b1,
-                     const bf16 *w2, const float *b2, const bf16 *gate, long gstride, const bf16 *x, bf16 *y) {
-    const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
-    bf16 hid[MLP_ROWS * Hd];
-    v16 acc[MLP_ROWS * MLP_OUT];
-    for (long j0 = 0; j0 < Hd / V; j0 += MLP_OUT) {
-        mlp_gemm((const bf16_pair *)(h + r0 * C), C / 2, rows, w1, C / 2, Hd / V, j0, acc);
-        for (long r = 0; r < MLP_ROWS; r++)
-            for (long j = 0; j < MLP_OUT; j++)
-                vst(hid, r * Hd + (j0 + j) * V, vgelu_bf(acc[r * MLP_OUT + j] + vload(b1 + (j0 + j) * V)), 1);
-    }
-    for (long j0 = 0; j0 < C / V; j0 += MLP_OUT) {
-        mlp_gemm((const bf16_pair *)hid, Hd / 2, MLP_ROWS, w2, Hd / 2, C / V, j0, acc);
-        for (long r = 0; r < rows; r++) {
-            const long row = r0 + r, f = row / N;
-            for (long j = 0; j < MLP_OUT; j++) {
-                const long at = row * C + (j0 + j) * V;
-                v16 out = acc[r * MLP_OUT + j] + vload(b2 + (j0 + j) * V);
-                vst(y, at, vld(x, at, 1) + vld(gate, f * gstride + (j0 + j) * V, 1) * out, 1);
-            }
-        }
-    }
-}
-
-/* y (R, O) = x (R, K) W^T + b for bfloat16 x, y and W packed as for the MLP (K/2, O/16, 16, 2),
- * b float32: torch's addmm for bf16 first copies the bias into every output row (inside the
- * model's two-core call the profiler showed 174 us of it per 4800 x 192 projection; ~30 us
- * alone); here it is added to the accumulators. */
-static void linear_tile(long t, long R, long K, long O, const bf16 *x, const bf16 *w, const float *b, bf16 *y) {
-    const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
-    v16 acc[MLP_ROWS * MLP_OUT];
-    for (long j0 = 0; j0 < O / V; j0 += MLP_OUT) {
-        mlp_gemm((const bf16_pair *)(x + r0 * K), K / 2, rows, w, K / 2, O / V, j0, acc);
-        for (long r = 0; r < rows; r++)
-            for (long j = 0; j < MLP_OUT; j++)
-                vst(y, (r0 + r) * O + (j0 + j) * V, acc[r * MLP_OUT + j] + vload(b + (j0 + j) * V), 1);
-    }
-}
 #endif
 
 /* The same two kernels in float32 (any vector ISA): weights packed (K, O/16, 16) floats, one
@@ -668,40 +630,91 @@ INLINE void gemm_f32(const float *in, long ld, long rows, const float *w, long K
     }
 }
 
-static void mlp_tile_f32(long t, long R, long N, long C, long Hd, const float *h, const float *w1, const float *b1,
-                         const float *w2, const float *b2, const float *gate, long gstride, const float *x, float *y) {
+/* acc for MLP_ROWS rows of `in` (ld elements per row, K inputs) against packed w (J output
+ * vectors per input or input pair): the bf16 or the float32 product, bf a constant per instance */
+INLINE void tile_product(int bf, const void *in, long ld, long rows, const void *w, long K, long J, long j0,
+                         v16 *acc) {
+    (void)bf; /* only the bf16 builds have the bf16 product */
+#ifdef __AVX512BF16__
+    if (bf) {
+        mlp_gemm((const bf16_pair *)in, ld / 2, rows, w, K / 2, J, j0, acc);
+        return;
+    }
+#endif
+    gemm_f32(in, ld, rows, w, K, J, j0, acc);
+}
+
+/* the GELU for the hidden activations: the bf16 kernel's fast one where its results are
+ * rounded to bfloat16, the full-precision one in float32 */
+INLINE v16 hidden_gelu(int bf, v16 x) {
+    (void)bf;
+#ifdef __AVX512BF16__
+    if (bf) return vgelu_bf(x);
+#endif
+    return vgelu(x);
+}
+
+/* element `at` of a bf16 (bf = 1) or float32 array */
+INLINE const void *elem(int bf, const void *p, long at) {
+    return bf ? (const void *)((const bf16 *)p + at) : (const void *)((const float *)p + at);
+}
+
+INLINE void mlp_tile_body(int bf, long t, long R, long N, long C, long Hd, const void *h, const void *w1,
+                          const float *b1, const void *w2, const float *b2, const void *gate, long gstride,
+                          const void *x, void *y) {
     const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
-    float hid[MLP_ROWS * Hd];
+    float hid_f[bf ? 1 : MLP_ROWS * Hd];
+    bf16 hid_b[bf ? MLP_ROWS * Hd : 1];
+    void *hid = bf ? (void *)hid_b : (void *)hid_f;
     v16 acc[MLP_ROWS * MLP_OUT];
     for (long j0 = 0; j0 < Hd / V; j0 += MLP_OUT) {
-        gemm_f32(h + r0 * C, C, rows, w1, C, Hd / V, j0, acc);
+        tile_product(bf, elem(bf, h, r0 * C), C, rows, w1, C, Hd / V, j0, acc);
         for (long r = 0; r < MLP_ROWS; r++)
             for (long j = 0; j < MLP_OUT; j++)
-                vst(hid, r * Hd + (j0 + j) * V, vgelu(acc[r * MLP_OUT + j] + vload(b1 + (j0 + j) * V)), 0);
+                vst(hid, r * Hd + (j0 + j) * V, hidden_gelu(bf, acc[r * MLP_OUT + j] + vload(b1 + (j0 + j) * V)), bf);
     }
     for (long j0 = 0; j0 < C / V; j0 += MLP_OUT) {
-        gemm_f32(hid, Hd, MLP_ROWS, w2, Hd, C / V, j0, acc);
+        tile_product(bf, hid, Hd, MLP_ROWS, w2, Hd, C / V, j0, acc);
         for (long r = 0; r < rows; r++) {
             const long row = r0 + r, f = row / N;
             for (long j = 0; j < MLP_OUT; j++) {
                 const long at = row * C + (j0 + j) * V;
                 v16 out = acc[r * MLP_OUT + j] + vload(b2 + (j0 + j) * V);
-                vst(y, at, vload(x + at) + vload(gate + f * gstride + (j0 + j) * V) * out, 0);
+                vst(y, at, vld(x, at, bf) + vld(gate, f * gstride + (j0 + j) * V, bf) * out, bf);
             }
         }
     }
 }
 
-static void linear_tile_f32(long t, long R, long K, long O, const float *x, const float *w, const float *b, float *y) {
+/* y (R, O) = x (R, K) W^T + b, the bias added to the accumulators (torch's addmm for bf16 first
+ * copies the bias into every output row: inside the model's two-core call the profiler showed
+ * 174 us of it per 4800 x 192 projection; ~30 us alone) */
+INLINE void linear_tile_body(int bf, long t, long R, long K, long O, const void *x, const void *w, const float *b,
+                             void *y) {
     const long r0 = t * MLP_ROWS, rows = R - r0 < MLP_ROWS ? R - r0 : MLP_ROWS;
     v16 acc[MLP_ROWS * MLP_OUT];
     for (long j0 = 0; j0 < O / V; j0 += MLP_OUT) {
-        gemm_f32(x + r0 * K, K, rows, w, K, O / V, j0, acc);
+        tile_product(bf, elem(bf, x, r0 * K), K, rows, w, K, O / V, j0, acc);
         for (long r = 0; r < rows; r++)
             for (long j = 0; j < MLP_OUT; j++)
-                vst(y, (r0 + r) * O + (j0 + j) * V, acc[r * MLP_OUT + j] + vload(b + (j0 + j) * V), 0);
+                vst(y, (r0 + r) * O + (j0 + j) * V, acc[r * MLP_OUT + j] + vload(b + (j0 + j) * V), bf);
     }
 }
+
+#define MATRIX_TILES(NAME, BF)                                                                           \
+    static void mlp_tile_##NAME(long t, long R, long N, long C, long Hd, const void *h, const void *w1,   \
+                                const float *b1, const void *w2, const float *b2, const void *gate,       \
+                                long gstride, const void *x, void *y) {                                   \
+        mlp_tile_body(BF, t, R, N, C, Hd, h, w1, b1, w2, b2, gate, gstride, x, y);                        \
+    }                                                                                                    \
+    static void linear_tile_##NAME(long t, long R, long K, long O, const void *x, const void *w,          \
+                                   const float *b, void *y) {                                             \
+        linear_tile_body(BF, t, R, K, O, x, w, b, y);                                                     \
+    }
+MATRIX_TILES(f32, 0)
+#ifdef __AVX512BF16__
+MATRIX_TILES(bf16, 1)
+#endif
 
 /* y = x W^T + b: bf = 1 bfloat16 x, y and pair-packed W (AVX512-BF16 builds only: else -1),
  * bf = 0 float32 throughout. Returns 0, or -1 for shapes without an instance. */
@@ -716,7 +729,7 @@ int linear_packed(int bf, long R, long K, long O, const void *x, const void *w, 
     }
 #ifdef __AVX512BF16__
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long t = 0; t < tiles; t++) linear_tile(t, R, K, O, x, w, b, y);
+    for (long t = 0; t < tiles; t++) linear_tile_bf16(t, R, K, O, x, w, b, y);
     return 0;
 #else
     return -1;
@@ -737,7 +750,7 @@ int mlp_residual(int bf, long R, long N, long C, long Hd, const void *h, const v
     }
 #ifdef __AVX512BF16__
 #pragma omp parallel for num_threads(threads) schedule(static)
-    for (long t = 0; t < tiles; t++) mlp_tile(t, R, N, C, Hd, h, w1, b1, w2, b2, gate, gstride, x, y);
+    for (long t = 0; t < tiles; t++) mlp_tile_bf16(t, R, N, C, Hd, h, w1, b1, w2, b2, gate, gstride, x, y);
     return 0;
 #else
     (void)gstride;
