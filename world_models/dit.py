@@ -104,8 +104,9 @@ class TanhGELU(nn.Module):
     tanh form, 0.63 for the kernel): it differs from the tanh form by at most 4.7e-4, below
     bfloat16's own rounding (torch's bf16 tanh-GELU is 7.8e-3 off float64 on N(0, 4) inputs, the
     erf one 8.2e-3). Training (autograd) and small tensors (batch 1) without the kernels use
-    torch's kernel unchanged. A DiT block's bfloat16 inference on a CPU with AVX512-BF16 does not
-    call this module: ``kernels.mlp_residual`` computes the tanh form itself, inside the MLP."""
+    torch's kernel unchanged. A DiT block's inference through the kernels (float32, or bfloat16 on
+    a CPU with AVX512-BF16) does not call this module where ``kernels.mlp_fits``:
+    ``kernels.mlp_residual`` computes the tanh form itself, inside the MLP."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and use_kernels(x):
@@ -141,8 +142,8 @@ def use_kernels(x: torch.Tensor) -> bool:
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``, through the bfloat16 matrix kernel (``kernels.linear``) for bfloat16
-    inference where it fits, else the layer itself. One core: a 300-candidate frame's qkv
+    """``layer(x)``, through the matrix kernel (``kernels.linear``) for float32 or bfloat16
+    inference where it fits, else the layer itself. One core, bf16: a 300-candidate frame's qkv
     projection (4800 x 64 -> 192) 0.26 vs 0.31 ms for torch's, a batch-1 frame's 7.5 vs 18 us."""
     if x.dtype == layer.weight.dtype and use_kernels(x) and kernels.linear_fits(layer):
         return kernels.linear(x, layer)

@@ -110,7 +110,7 @@ static inline void vst(void *dst, long offset, v16 x, int bf) {
     }
 }
 
-/* sum / maximum of the 16 lanes by a shuffle tree (4 steps, not 15 dependent adds) */
+/* sum of the 16 lanes by a shuffle tree (4 steps, not 15 dependent adds) */
 static inline float hsum(v16 x) {
     x += __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7});
     x += __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11});
@@ -122,14 +122,6 @@ static inline float hsum(v16 x) {
 static inline v16 vmax(v16 a, v16 b) {
     vi16 gt = a > b;
     return (v16)(((vi16)a & gt) | ((vi16)b & ~gt));
-}
-
-static inline float hmax(v16 x) {
-    x = vmax(x, __builtin_shuffle(x, (vi16){8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13}));
-    x = vmax(x, __builtin_shuffle(x, (vi16){1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14}));
-    return x[0];
 }
 
 /* exp for x <= 0 (softmax after subtracting the maximum), vectorisable: Cephes' expf
@@ -557,17 +549,17 @@ int frame_attention(int bf, const void *qkv, long P, const float *const *pk, con
 }
 
 /* ---- Matrix kernels on packed weights: the MLP sub-layer with its residual update, and linear
- * layers; in bfloat16 on AVX512-BF16 builds (here) and in float32 everywhere (further down) ----
- * The MLP sub-layer in bfloat16:
- * y = x + gate * (W2 gelu(W1 h + b1) + b2) for rows of h (R, C) (LayerNorm'd and modulated),
- * x and y (R, C), all bfloat16; the gate per frame (N rows) at f * gstride; b1, b2 float32.
- * W1 (Hd, C) and W2 (C, Hd) come packed by kernels.py as bfloat16 pairs (K/2, O/16, 16, 2):
- * for input pair p, output vector j, 16 lanes of (W[o][2p], W[o][2p + 1]) — what AVX512-BF16's
- * vdpbf16ps multiplies with a broadcast pair of inputs, accumulating in float32. A tile of
- * MLP_ROWS rows goes through both layers with its hidden activations (rounded to bfloat16, as
- * torch stores them) in a stack scratch; nothing of size R x Hd is written. C and Hd are
- * multiples of 16 * MLP_OUT (kernels.py checks; the scratch is up to 128 KiB of the calling thread's
- * stack when one thread runs it). Without AVX512-BF16 at build time the bfloat16 calls return -1. */
+ * layers; in bfloat16 on AVX512-BF16 builds and in float32 everywhere ----
+ * The MLP sub-layer: y = x + gate * (W2 gelu(W1 h + b1) + b2) for rows of h (R, C) (LayerNorm'd
+ * and modulated), x and y (R, C), all bfloat16 or all float32; the gate per frame (N rows) at
+ * f * gstride; b1, b2 float32. W1 (Hd, C) and W2 (C, Hd) come packed by kernels.py: in bfloat16
+ * as pairs (K/2, O/16, 16, 2), for input pair p and output vector j 16 lanes of (W[o][2p],
+ * W[o][2p + 1]), what AVX512-BF16's vdpbf16ps multiplies with a broadcast pair of inputs,
+ * accumulating in float32; in float32 as (K, O/16, 16). A tile of MLP_ROWS rows goes through both
+ * layers with its hidden activations (in bfloat16 rounded as torch stores them) in a stack
+ * scratch; nothing of size R x Hd is written. C and Hd are multiples of 16 * MLP_OUT (kernels.py
+ * checks; the scratch is up to 128 KiB in bf16, 256 KiB in float32, of the calling thread's stack
+ * when one thread runs it). Without AVX512-BF16 at build time the bfloat16 calls return -1. */
 #define MLP_ROWS 8 /* rows per tile (8 x 2 accumulators: fastest here of 4-16 x 1-4) */
 #define MLP_OUT 2  /* output vectors per pass over the inputs */
 #ifdef __AVX512BF16__
@@ -598,7 +590,7 @@ static inline v16 vgelu_bf(v16 x) {
 /* acc[r][j] = sum over P input pairs of in[r][p] * w[p][j0 + j] for MLP_ROWS rows (rows past
  * `rows` repeat row 0: read, never written out) and MLP_OUT output vectors; in has ld pairs per
  * row, w has J output vectors per pair */
-INLINE void mlp_gemm(const bf16_pair *in, long ld, long rows, const bf16 *w, long P, long J, long j0, v16 *acc) {
+INLINE void gemm_bf16(const bf16_pair *in, long ld, long rows, const bf16 *w, long P, long J, long j0, v16 *acc) {
     for (long a = 0; a < MLP_ROWS * MLP_OUT; a++) acc[a] = (v16){0};
     for (long p = 0; p < P; p++) {
         vp16 wv[MLP_OUT];
@@ -613,9 +605,9 @@ INLINE void mlp_gemm(const bf16_pair *in, long ld, long rows, const bf16 *w, lon
 
 #endif
 
-/* The same two kernels in float32 (any vector ISA): weights packed (K, O/16, 16) floats, one
- * input broadcast per step and a fused multiply-add per output vector; the hidden activations
- * (float32, up to 8 x 8192: 256 KiB of stack) and the GELU in full precision (vgelu). MKL's
+/* The float32 product (any vector ISA): weights packed (K, O/16, 16) floats, one input
+ * broadcast per step and a fused multiply-add per output vector; the float32 MLP's GELU is the
+ * full-precision one (vgelu). MKL's
  * sgemm for these small-K shapes ran at ~35% of this CPU's float32 peak: the whole MLP of a
  * 300-candidate frame 1.6 vs 6.9 ms for torch's four operations (one core). */
 INLINE void gemm_f32(const float *in, long ld, long rows, const float *w, long K, long J, long j0, v16 *acc) {
@@ -637,7 +629,7 @@ INLINE void tile_product(int bf, const void *in, long ld, long rows, const void 
     (void)bf; /* only the bf16 builds have the bf16 product */
 #ifdef __AVX512BF16__
     if (bf) {
-        mlp_gemm((const bf16_pair *)in, ld / 2, rows, w, K / 2, J, j0, acc);
+        gemm_bf16((const bf16_pair *)in, ld / 2, rows, w, K / 2, J, j0, acc);
         return;
     }
 #endif
