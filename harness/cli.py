@@ -449,7 +449,9 @@ def distill_decoder_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """Distil a world model's decoder into a cheap sub-pixel one (TAESD-style) for fast pixels."""
+    from world_models.checkpoint import check_replaceable
     from world_models.distill import (
+        DECODER_FORMAT,
         DISTILLED_DIR,
         DistillConfig,
         distill_decoder,
@@ -460,10 +462,11 @@ def distill_decoder_cmd(
     cfg = DistillConfig(data=tuple(data), steps=steps, width=width, batch_size=batch_size, lr=lr,
                         max_frames=max_frames, seed=seed, threads=threads)
     world_model = load_world_model(wm, wm_checkpoint)
+    target = Path(out) if out else find_checkpoint(wm, wm_checkpoint) / DISTILLED_DIR
+    check_replaceable(target, DECODER_FORMAT)  # refused before distilling, not after
     show = _train_progress(progress)
     decoder, m = distill_decoder(world_model, cfg, (lambda i, n, num: show("decoder", i, n, num)) if show else None)
-    folder = save_distilled_decoder(decoder, world_model, out or find_checkpoint(wm, wm_checkpoint) / DISTILLED_DIR,
-                                    cfg, m)
+    folder = save_distilled_decoder(decoder, world_model, target, cfg, m)
     typer.echo(f"held-out ({m['val_frames']} frames): PSNR {m['val_psnr_vs_full']:.2f} dB against the full decoder; "
                f"against the real frames {m['val_psnr_vs_real']:.2f} dB (full decoder {m['full_psnr_vs_real']:.2f} dB)")
     typer.echo(f"64 frames decoded in {m['decode_64_s_distilled'] * 1000:.1f} ms vs {m['decode_64_s_full'] * 1000:.1f} ms "
@@ -482,13 +485,20 @@ def fit_proprio_cmd(
     seed: int = 0,
 ):
     """Fit a linear readout of the robot's proprioception from a world model's latents (CEM's proprio term)."""
+    from world_models.checkpoint import check_replaceable
     from world_models.named import find_checkpoint, load_world_model
-    from world_models.proprio import PROPRIO_DIR, fit_proprio_readout, readout_fingerprint
+    from world_models.proprio import (
+        PROPRIO_DIR,
+        PROPRIO_FORMAT,
+        fit_proprio_readout,
+        readout_fingerprint,
+    )
 
     world_model = load_world_model(wm, wm_checkpoint)
+    target = Path(out) if out else find_checkpoint(wm, wm_checkpoint) / PROPRIO_DIR
+    check_replaceable(target, PROPRIO_FORMAT)  # refused before fitting, not after
     readout, m = fit_proprio_readout(world_model, data, val_fraction=val_fraction, max_frames=max_frames, seed=seed)
-    folder = readout.save(out or find_checkpoint(wm, wm_checkpoint) / PROPRIO_DIR,
-                          readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))
+    folder = readout.save(target, readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))
     r2 = ", ".join("n/a" if v is None else f"{v:.3f}" for v in m["heldout_r2"])
     typer.echo(f"{m['family']} proprioception ({m['dims']} dims), held-out R^2 per dim: {r2} "
                f"({m['heldout_frames']} frames; ridge alpha {m['alpha']:.3g})")

@@ -196,6 +196,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     cfg = plan.config
     store = RunStore(plan.out)
     store.claim(plan.identity)
+    store.repair()
     done = {key_of(r) for r in store.load()}
     items = work_items(plan, done)
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,

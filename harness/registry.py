@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -105,6 +106,9 @@ class Registry(Generic[T]):
         return f"unknown {self.kind} {name!r}.{hint} Available: {shown or '(none)'}"
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _first_line(doc: str | None) -> str:
     return (doc or "").strip().splitlines()[0] if doc and doc.strip() else ""
 
@@ -146,8 +150,17 @@ def parse_spec(text: str, registry: Registry, *, example: str, skip: tuple[str, 
                 params[key.strip()] = yaml.safe_load(value.strip())
             except yaml.YAMLError:
                 params[key.strip()] = value.strip()
-    allowed = [p for p in inspect.signature(registry.get(name)).parameters if p not in skip]
+            if isinstance(params[key.strip()], str) and _NUMBER.fullmatch(value.strip()):
+                params[key.strip()] = float(value.strip())  # YAML 1.1 reads 1e-3 as text
+    signature = inspect.signature(registry.get(name)).parameters
+    allowed = [p for p in signature if p not in skip]
     for key in params:
         if key not in allowed:
             raise HarnessError(f"{what} {name!r} has no parameter {key!r}; its parameters: {', '.join(allowed) or '(none)'}")
+    bound = registry.entry(name).kwargs
+    missing = [p for p in allowed if p not in params and p not in bound and signature[p].default is inspect.Parameter.empty
+               and signature[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    if missing:
+        needed = ",".join(f"{p}=..." for p in missing)
+        raise HarnessError(f"{what} {name!r} needs {', '.join(missing)}: write e.g. {name}:{needed}")
     return name, params

@@ -1,8 +1,8 @@
 """The run folder: append-only episodes.jsonl, the run identity, atomic summaries.
 
 ``episodes.jsonl`` gets one JSON line per finished episode, flushed and fsynced at once, so a
-killed run loses only the episodes in flight. On reopening, a torn last line (kill -9 during a
-write) is cut off and the run resumes after the last complete record.
+killed run loses only the episodes in flight. Reading never writes; before a run appends, a torn
+last line (kill -9 during a write) is cut off and the run resumes after the last complete record.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from harness.errors import HarnessError
 EPISODES = "episodes.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
+RECORD_KEYS = ("policy", "backend", "env_id", "init_state", "outcome")
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -92,23 +93,54 @@ class RunStore:
 
     # records -------------------------------------------------------------------------
     def load(self) -> list[dict[str, Any]]:
-        """All complete records; repairs a torn last line left by a kill during a write."""
-        if not self.episodes_path.exists():
-            return []
-        raw = self.episodes_path.read_bytes()
-        good_end = raw.rfind(b"\n") + 1
-        if good_end < len(raw):  # torn tail: drop the partial record (it was in flight)
+        """All complete records, deduplicated. Reading never writes: a last line without its newline
+        is kept when it is a whole record and skipped when it is torn (a kill during a write, or a
+        live run's record half-written); ``repair`` settles it before a run appends."""
+        return dedupe(self._read()[0])
+
+    def repair(self) -> None:
+        """Before appending: cut a torn last line off; give a whole last record its newline."""
+        records, good_end, tail_whole = self._read()
+        size = self.episodes_path.stat().st_size if self.episodes_path.exists() else 0
+        if good_end == size:
+            return
+        if tail_whole:
+            with open(self.episodes_path, "ab") as f:
+                f.write(b"\n")
+        else:
             with open(self.episodes_path, "r+b") as f:
                 f.truncate(good_end)
-        records = []
-        for n, line in enumerate(raw[:good_end].splitlines(), 1):
-            if not line.strip():
-                continue
+
+    def _read(self) -> tuple[list[dict[str, Any]], int, bool]:
+        """(records, end of the last newline-terminated line, whether the unterminated tail is a
+        whole record)."""
+        if not self.episodes_path.exists():
+            return [], 0, False
+        raw = self.episodes_path.read_bytes()
+        good_end = raw.rfind(b"\n") + 1
+        records = [self._record(line, n) for n, line in enumerate(raw[:good_end].splitlines(), 1) if line.strip()]
+        tail, tail_whole = raw[good_end:], False
+        if tail.strip():
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise HarnessError(f"{self.episodes_path} line {n} is not JSON; the file was edited by hand: restore it or choose a new --out") from None
-        return dedupe(records)
+                last = json.loads(tail)
+                tail_whole = isinstance(last, dict) and all(k in last for k in RECORD_KEYS)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                pass
+            if tail_whole:
+                records.append(last)
+        return records, good_end, tail_whole
+
+    def _record(self, line: bytes, n: int) -> dict[str, Any]:
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise HarnessError(f"{self.episodes_path} line {n} is not JSON; the file was edited by hand: "
+                               "restore it or choose a new --out") from None
+        if not isinstance(record, dict) or any(k not in record for k in RECORD_KEYS):
+            raise HarnessError(f"{self.episodes_path} line {n} is not an episode record (it lacks "
+                               f"{', '.join(RECORD_KEYS)}); the file was edited by hand: restore it or choose "
+                               "a new --out")
+        return record
 
     def append(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True) + "\n"

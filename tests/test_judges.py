@@ -368,6 +368,12 @@ def test_train_judge_input_errors(tmp_path, minivae_folder):
     ]:
         with pytest.raises(HarnessError, match=message):
             JudgeTrainConfig(out=out, **kwargs)
+    run = tmp_path / "run"  # an eval run folder given as --out by mistake: refused before training
+    run.mkdir()
+    (run / "episodes.jsonl").write_text('{"policy": "p"}\n')
+    with pytest.raises(HarnessError, match="exists and is not a checkpoint folder, which saving would replace"):
+        JudgeTrainConfig(out=str(run), data=(data,), encoder="minivae")
+    assert [p.name for p in run.iterdir()] == ["episodes.jsonl"]
     with pytest.raises(HarnessError, match="no camera 'top'; its cameras: cam"):
         train_success_classifier(JudgeTrainConfig(data=(data,), out=out, encoder="minivae",
                                                   encoder_path=str(minivae_folder), camera="top", threads=1))

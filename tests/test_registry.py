@@ -60,3 +60,33 @@ def test_lazy_entries_do_not_import_simulators():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _spec_registry():
+    from harness.registry import parse_spec
+
+    reg = Registry("policy")
+
+    @reg.register("cem")
+    def cem(env_info, wm, temperature=1.0, samples=300):
+        return wm, temperature, samples
+
+    reg.register("bound", cem, kwargs={"wm": "tiny"})
+    return reg, parse_spec
+
+
+def test_spec_without_a_required_parameter_is_one_clear_line():
+    reg, parse_spec = _spec_registry()
+    with pytest.raises(HarnessError) as err:
+        parse_spec("cem:samples=10", reg, example="cem:wm=NAME", skip=("env_info",))
+    assert str(err.value) == "policy 'cem' needs wm: write e.g. cem:wm=..."
+    assert parse_spec("cem:wm=tiny", reg, example="x", skip=("env_info",)) == ("cem", {"wm": "tiny"})
+    assert parse_spec("bound", reg, example="x", skip=("env_info",)) == ("bound", {})  # bound by the registry
+
+
+def test_spec_reads_exponent_numbers_as_numbers():
+    reg, parse_spec = _spec_registry()
+    _, params = parse_spec("cem:wm=tiny,temperature=1e-1,samples=3", reg, example="x", skip=("env_info",))
+    assert params == {"wm": "tiny", "temperature": 0.1, "samples": 3}
+    _, params = parse_spec("cem:wm=1e3x", reg, example="x", skip=("env_info",))
+    assert params == {"wm": "1e3x"}

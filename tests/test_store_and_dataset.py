@@ -21,10 +21,42 @@ def test_torn_last_line_is_cut_and_run_resumes(tmp_path):
         store.append(_rec(i))
     with open(store.episodes_path, "a") as f:
         f.write('{"policy": "p", "backend": "si')  # killed mid-write
+    before = store.episodes_path.read_bytes()
     assert [r["init_state"] for r in store.load()] == [0, 1, 2]
+    assert store.episodes_path.read_bytes() == before  # reading (a report, a live run) never writes
+    store.repair()  # what a resuming run does before it appends
     store.append(_rec(3))
     lines = store.episodes_path.read_text().splitlines()
     assert [json.loads(x)["init_state"] for x in lines] == [0, 1, 2, 3]
+
+
+def test_a_whole_last_record_without_newline_is_kept(tmp_path):
+    store = RunStore(tmp_path)
+    store.claim({"a": 1})
+    for i in range(3):
+        store.append(_rec(i))
+    store.episodes_path.write_bytes(store.episodes_path.read_bytes().rstrip(b"\n"))  # e.g. saved by an editor
+    before = store.episodes_path.read_bytes()
+    assert [r["init_state"] for r in store.load()] == [0, 1, 2]
+    assert store.episodes_path.read_bytes() == before
+    store.repair()
+    assert store.episodes_path.read_bytes() == before + b"\n"
+    store.append(_rec(3))
+    assert [r["init_state"] for r in store.load()] == [0, 1, 2, 3]
+    store.repair()  # nothing to settle: a no-op
+    assert len(store.episodes_path.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '{"policy": "x"}', '"text"'])
+def test_a_line_that_is_json_but_not_a_record_is_one_clear_error(tmp_path, line):
+    store = RunStore(tmp_path)
+    store.append(_rec(0))
+    with open(store.episodes_path, "a") as f:
+        f.write(line + "\n")
+    before = store.episodes_path.read_bytes()
+    with pytest.raises(HarnessError, match="line 2 is not an episode record .*restore it or choose a new --out"):
+        store.load()
+    assert store.episodes_path.read_bytes() == before
 
 
 def test_claim_refuses_a_different_run_and_leaves_it_alone(tmp_path):

@@ -25,10 +25,16 @@ T = TypeVar("T")
 def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: dict[str, torch.Tensor],
                     extra_files: dict[str, Any] | None = None) -> Path:
     """Atomically (re)write ``folder``; ``extra_files`` are name -> object saved with torch.save
-    (optimizer state for resuming)."""
+    (optimizer state for resuming).
+
+    An existing ``folder`` is replaced only when it is empty or holds a checkpoint of the same
+    ``config["format"]``; anything else (a run folder, another kind of checkpoint) is refused in
+    one line and left untouched. Entries of the old folder that this save does not write (a world
+    model's ``judge/``, ``proprio/`` or ``distilled_decoder/`` add-ons) are carried over."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    check_replaceable(folder, config.get("format"))
     tmp = folder.with_name(folder.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -39,6 +45,10 @@ def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: 
         torch.save(obj, tmp / name)
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
+        written = {CONFIG, WEIGHTS, *(extra_files or {})}
+        for entry in folder.iterdir():
+            if entry.name not in written:
+                entry.rename(tmp / entry.name)
         if old.exists():
             shutil.rmtree(old)
         folder.rename(old)
@@ -46,6 +56,25 @@ def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: 
     if old.exists():
         shutil.rmtree(old)
     return folder
+
+
+def check_replaceable(folder: Path, fmt: Any) -> None:
+    """One line, and nothing touched, unless ``folder`` is absent, empty or a ``fmt`` checkpoint."""
+    if not folder.exists():
+        return
+    fix = "choose another output folder (--out) or remove it first"
+    if not folder.is_dir():
+        raise HarnessError(f"cannot save a {fmt} checkpoint to {folder}: it is a file; {fix}")
+    if not any(folder.iterdir()):
+        return
+    try:
+        got = json.loads((folder / CONFIG).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        got = None
+    if got != fmt:
+        what = f"a {got} checkpoint" if got else "not a checkpoint folder"
+        raise HarnessError(f"cannot save a {fmt} checkpoint to {folder}: the folder exists and is {what}, "
+                           f"which saving would replace; {fix}")
 
 
 def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str, hint: str = "",

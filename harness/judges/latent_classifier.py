@@ -232,9 +232,9 @@ class JudgeTrainConfig:
             raise HarnessError(f"--heldout must be a fraction in (0, 1), got {self.heldout!r}")
         if not self.lr > 0:
             raise HarnessError(f"--lr must be > 0, got {self.lr!r}")
-        out = Path(self.out)
-        if out.exists() and not out.is_dir():
-            raise HarnessError(f"--out {self.out} exists and is not a folder")
+        from world_models.checkpoint import check_replaceable
+
+        check_replaceable(Path(self.out), FORMAT)  # refused before training, not after
 
     def encoder_source(self) -> dict[str, Any]:
         if self.wm is not None:
