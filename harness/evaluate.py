@@ -64,7 +64,6 @@ class EvalPlan:
         return len(self.config.policies) * len(self.backends) * len(self.episodes)
 
 
-
 def inference_backend(config: EvalConfig) -> dict[str, str]:
     """For a run with a world model (``--wm`` or a CEM policy): what its DiT ran on, the fused
     CPU kernels or torch's operations (the same numbers to float rounding; world_models/kernels.py)."""
@@ -73,6 +72,7 @@ def inference_backend(config: EvalConfig) -> dict[str, str]:
     from world_models.kernels import describe
 
     return {"world_model_kernels": describe()}
+
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "x"
@@ -142,21 +142,10 @@ def episode_counts(config: EvalConfig, env_ids: list[str]) -> dict[str, int]:
 def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
     """Check the world model, its camera and the judge before anything runs; the judge spec to use."""
     from harness.matched import default_judge, validate_judge
-    from world_models.checkpoint import load_checkpoint
-    from world_models.named import find_checkpoint, read_config
-    from world_models.world_model import WM_FORMAT
+    from world_models.named import check_world_model
 
-    read_config(config.wm)  # an unknown name lists the known ones
-    checkpoint = find_checkpoint(config.wm, config.wm_checkpoint)
-    # an absent, torn or foreign checkpoint fails here in one line rather than in every episode
-    wm_config, _ = load_checkpoint(checkpoint, "world model", WM_FORMAT, f"Train it with `harness train-wm --wm "
-                                   f"{config.wm} --data DATASET` or pass --wm-checkpoint DIR.",
-                                   weights=False)  # the workers load the weights; here only check them
-    info = wm_config.get("info")
-    camera = info.get("camera") if isinstance(info, dict) else None
-    if not isinstance(camera, str):
-        raise HarnessError(f"world model checkpoint {checkpoint}/config.json names no camera (info.camera): restore "
-                           f"the original config.json or re-train it with `harness train-wm --wm {config.wm}`")
+    checkpoint, wm_config = check_world_model(config.wm, config.wm_checkpoint)  # the workers load the weights
+    camera = wm_config["info"]["camera"]
     for env_id, opts in resolved.items():
         if camera not in opts.cameras:
             raise HarnessError(f"world model {config.wm!r} models camera {camera!r}, which {env_id} does not render "
@@ -169,7 +158,7 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
     if judge is None:
         raise HarnessError(f"world model {config.wm!r} has no success judge of its own ({checkpoint}/judge): pass "
                            f"--judge SPEC (see `harness list judges`), or train one with `harness train-judge`")
-    validate_judge(judge)
+    validate_judge(judge, wm_config.get("encoder"))
     return judge
 
 

@@ -60,19 +60,26 @@ def default_judge(checkpoint: Path) -> str | None:
     return f"latent_classifier:path={folder}" if (folder / "config.json").exists() else None
 
 
-def validate_judge(spec: str) -> None:
-    """Fail before anything runs when the judge spec names no judge or a parameter it lacks."""
+def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None) -> None:
+    """Fail before anything runs when the judge spec cannot judge a world-model rollout: an unknown
+    name or parameter, the oracle, missing weights, a consensus without two raters, or a latent
+    classifier trained on another encoder than ``encoder_spec`` (the world model's)."""
+    import inspect
+
     from harness.judges import JUDGES, parse_judge_spec
 
     parsed = parse_judge_spec(spec)  # unknown names and parameters fail here
-    name = parsed.name
-    check = getattr(JUDGES.get(name), "check", None)
-    if check is not None:  # a judge cheap to load is loaded now: a broken one fails before anything runs
-        check(**parsed.params)
-    if name == "oracle":
+    if parsed.name == "oracle":
         raise HarnessError("--judge oracle reads the simulator's own success flags and cannot judge a world-model "
                            "rollout: choose latent_classifier:path=DIR, vlm:path=DIR or consensus:... "
                            "(see `harness list judges`)")
+    judge = JUDGES.get(parsed.name)
+    check = getattr(judge, "check", None)
+    if check is not None:  # options, weights found, cheap ones loaded: a broken judge fails before anything runs
+        context = {"encoder_spec": encoder_spec} if "encoder_spec" in inspect.signature(check).parameters else {}
+        check(**parsed.params, **context)
+    for rater in getattr(judge, "rater_specs", lambda **_: [])(**parsed.params):
+        validate_judge(rater, encoder_spec)
 
 
 @dataclass

@@ -33,7 +33,9 @@ has it (the expert's goal state, a dataset episode's final state), else read fro
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -78,21 +80,32 @@ class CEMConfig:
             raise HarnessError(f"CEM objective={self.objective!r}: use l1 or l2")
         if self.goal_frames not in ("last", "all"):
             raise HarnessError(f"CEM goal_frames={self.goal_frames!r}: use last or all")
-        if not 0.0 <= float(self.momentum) < 1.0:
-            raise HarnessError(f"CEM momentum={self.momentum!r} must be in [0, 1)")
+        _check_number("momentum", self.momentum, 0.0, 1.0, high_open=True)
         check_precision(self.precision, "CEM precision")
         if self.pick not in PICKS:
             raise HarnessError(f"CEM pick={self.pick!r}: use {' or '.join(PICKS)}")
         if not isinstance(self.hold, bool):
             raise HarnessError(f"CEM hold={self.hold!r} must be true or false")
-        if not (isinstance(self.temperature, (int, float)) and not isinstance(self.temperature, bool)
-                and 0.0 <= float(self.temperature) <= 10.0):
-            raise HarnessError(f"CEM temperature={self.temperature!r} must be a number in [0, 10]")
-        if not float(self.init_std) > 0:
-            raise HarnessError(f"CEM init_std={self.init_std!r} must be > 0")
-        if not (isinstance(self.proprio, (int, float)) and not isinstance(self.proprio, bool)
-                and 0.0 <= float(self.proprio) <= 100.0):
-            raise HarnessError(f"CEM proprio={self.proprio!r} must be a number in [0, 100] (0: no proprio term)")
+        _check_number("temperature", self.temperature, 0.0, 10.0)
+        _check_number("init_std", self.init_std, 0.0, math.inf, low_open=True)
+        _check_number("min_std", self.min_std, 0.0, math.inf)
+        _check_number("proprio", self.proprio, 0.0, 100.0, note=" (0: no proprio term)")
+        s = self.sampler_steps
+        if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 1000):
+            raise HarnessError(f"CEM sampler_steps={s!r} must be an integer in [1, 1000] (or left out: the world "
+                               "model's own)")
+
+
+def _check_number(name: str, v: Any, lo: float, hi: float, low_open: bool = False, high_open: bool = False,
+                  note: str = "") -> None:
+    ok = (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+          and (lo < v if low_open else lo <= v) and (v < hi if high_open else v <= hi))
+    if not ok:
+        if hi == math.inf:
+            where = f"> {lo:g}" if low_open else f">= {lo:g}"
+        else:
+            where = f"in {'(' if low_open else '['}{lo:g}, {hi:g}{')' if high_open else ']'}"
+        raise HarnessError(f"CEM {name}={v!r} must be a number {where}{note}")
 
 
 CEM_PRESETS: dict[str, CEMConfig] = {
@@ -235,10 +248,15 @@ class CEMPolicy:
                                            pick=pick, temperature=temperature, proprio=proprio).items()
                      if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
-        from world_models.named import find_checkpoint, read_config
+        from world_models.named import check_world_model
 
-        read_config(wm)
-        folder = find_checkpoint(wm, checkpoint)  # fails here, before any simulator starts, when absent
+        folder, wm_config = check_world_model(wm, checkpoint, flag="cem:...,checkpoint=DIR")  # before any simulator starts
+        camera = wm_config["info"]["camera"]
+        if camera not in env_info.cameras:
+            raise HarnessError(f"cem: world model {wm!r} sees camera {camera!r}, which this run does not render "
+                               f"({', '.join(env_info.cameras) or 'none'}): add --camera {camera}")
+        if goal_data is not None and not Path(goal_data).is_file():
+            raise HarnessError(f"cem goal_data={goal_data}: no such file; pass a dataset from `harness collect`")
         if self.config.proprio > 0:
             from world_models.proprio import check_readout
 

@@ -151,6 +151,14 @@ def test_presets_and_bad_configs():
         with pytest.raises(HarnessError, match="temperature"):
             CEMConfig(temperature=bad)
     assert CEM_PRESETS["cpu"].hold and not CEM_PRESETS["dino_wm"].hold
+    for name, bad, message in [("momentum", "abc", "must be a number in [0, 1)"), ("momentum", 1.0, "in [0, 1)"),
+                               ("init_std", 0.0, "must be a number > 0"), ("init_std", float("nan"), "> 0"),
+                               ("min_std", -0.1, "must be a number >= 0"), ("proprio", "x", "in [0, 100]"),
+                               ("sampler_steps", "abc", "an integer in [1, 1000]"), ("sampler_steps", 0, "[1, 1000]")]:
+        with pytest.raises(HarnessError) as err:
+            CEMConfig(**{name: bad})
+        assert str(err.value).startswith(f"CEM {name}={bad!r} ") and message in str(err.value)
+    assert CEMConfig(sampler_steps=None, momentum=0.5, init_std=2, min_std=0).momentum == 0.5
 
 
 def test_bfloat16_planning_runs_the_world_model_in_bfloat16():
@@ -182,6 +190,12 @@ def test_policy_spec_errors_before_anything_runs():
         make_policy("cem:wm=minivae_dit_tiny,preset=fast", info)
     with pytest.raises(HarnessError, match="goal_data"):
         make_policy("cem:wm=minivae_dit_tiny,goal=data", info)
+    with pytest.raises(HarnessError, match="goal_data=/no/such.h5: no such file"):
+        make_policy("cem:wm=minivae_dit_tiny,goal=data,goal_data=/no/such.h5", info)
+    with pytest.raises(HarnessError, match=r"/no/such/dir is not a folder\. .*or pass cem:\.\.\.,checkpoint=DIR"):
+        make_policy("cem:wm=minivae_dit_tiny,checkpoint=/no/such/dir", info)
+    with pytest.raises(HarnessError, match="sees camera 'corner2', which this run does not render"):
+        make_policy("cem:wm=minivae_dit_tiny", EnvInfo.from_env_id("metaworld/reach-v3", cameras=("corner",)))
 
 
 def test_planning_error_recovers_recorded_actions_on_a_known_world_model():

@@ -54,6 +54,28 @@ def find_checkpoint(name: str, checkpoint: str | os.PathLike | None = None) -> P
     return default_checkpoint(name)
 
 
+def check_world_model(name: str, checkpoint: str | os.PathLike | None = None,
+                      flag: str = "--wm-checkpoint DIR") -> tuple[Path, dict[str, Any]]:
+    """(checkpoint folder, its config) without loading the weights: an unknown name, or an absent,
+    torn or foreign checkpoint, fails here in one line rather than in every episode."""
+    from harness.errors import require_module
+
+    require_module("torch", "PyTorch (world models)", "models")
+    require_module("safetensors", "safetensors (world-model checkpoints)", "models")
+    from .checkpoint import load_checkpoint
+    from .world_model import WM_FORMAT
+
+    read_config(name)  # an unknown name lists the known ones
+    folder = find_checkpoint(name, checkpoint)
+    config, _ = load_checkpoint(folder, "world model", WM_FORMAT, f"Train it with `harness train-wm --wm {name} "
+                                f"--data DATASET` or pass {flag}.", weights=False)
+    info = config.get("info")
+    if not isinstance(info, dict) or not isinstance(info.get("camera"), str):
+        raise HarnessError(f"world model checkpoint {folder}/config.json names no camera (info.camera): restore "
+                           f"the original config.json or re-train it with `harness train-wm --wm {name}`")
+    return folder, config
+
+
 def load_world_model(name: str, checkpoint: str | os.PathLike | None = None):
     """The named world model, ready to ``encode``/``predict``/``decode``."""
     from .world_model import WorldModel

@@ -26,6 +26,12 @@ SEPARATOR = "+"
 VOTES = ("mean", "majority")
 
 
+def _check_count(n: int) -> None:
+    if n < 2:
+        raise HarnessError(f"consensus needs at least 2 raters, got {n}; separate rater specs with '{SEPARATOR}', "
+                           f"e.g. judges=vlm:path=A{SEPARATOR}vlm:path=B")
+
+
 class ConsensusJudge:
     spec_tail = "judges"  # parse_judge_spec: `judges=` takes the rest of the spec
 
@@ -37,23 +43,35 @@ class ConsensusJudge:
         self.vote = vote
         self.threshold = check_threshold(threshold, "consensus")
         if isinstance(judges, str):
-            specs = [s.strip() for s in judges.split(SEPARATOR)]
-            if not all(specs):
-                raise HarnessError(f"consensus: empty rater in judges={judges!r}; separate rater specs with "
-                                   f"'{SEPARATOR}', e.g. judges=vlm:path=A{SEPARATOR}vlm:path=B")
             context = {} if encoder is None else {"encoder": encoder}
-            self.raters = [make_judge(s, **context) for s in specs]
+            self.raters = [make_judge(s, **context) for s in self.rater_specs(judges)]
         else:
             self.raters = list(judges)
-        if len(self.raters) < 2:
-            raise HarnessError(f"consensus needs at least 2 raters, got {len(self.raters)}; separate rater specs "
-                               f"with '{SEPARATOR}'")
+            _check_count(len(self.raters))
         self.labels = [getattr(r, "label", type(r).__name__) for r in self.raters]
         self.needs_latents = any(r.needs_latents for r in self.raters)
         self.needs_success = any(r.needs_success for r in self.raters)
         self.history: list[list[bool]] = []  # per episode judged: each rater's verdict
         self.scores: list[list[float]] = []
         self.label = "consensus"
+
+    @staticmethod
+    def rater_specs(judges: str, **_: Any) -> list[str]:
+        """The raters' specs in ``judges=``: at least two, none empty (checked before a run starts)."""
+        specs = [s.strip() for s in str(judges).split(SEPARATOR)]
+        if not all(specs):
+            raise HarnessError(f"consensus: empty rater in judges={judges!r}; separate rater specs with "
+                               f"'{SEPARATOR}', e.g. judges=vlm:path=A{SEPARATOR}vlm:path=B")
+        _check_count(len(specs))
+        return specs
+
+    @classmethod
+    def check(cls, judges: str, vote: str = "mean", threshold: float = 0.5, **_: Any) -> None:
+        """Its own options, before a run starts (each rater is checked by the caller)."""
+        if vote not in VOTES:
+            raise HarnessError(f"consensus: vote must be one of {', '.join(VOTES)}, got {vote!r}")
+        check_threshold(threshold, "consensus")
+        cls.rater_specs(judges)
 
     def score(self, frames: np.ndarray, instruction: str, latents: np.ndarray | None = None, *,
               success: Sequence[bool] | None = None) -> float:

@@ -54,6 +54,13 @@ def encoder_identity(encoder: Any) -> dict[str, Any]:
             "tokens": int(encoder.num_tokens), "dim": int(encoder.dim), "grid": [int(g) for g in encoder.grid]}
 
 
+def _settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """An encoder spec without where its weights were read from (the same weights may sit at two
+    paths; the weights themselves are compared by hash when the encoder loads)."""
+    params = spec.get("params") if isinstance(spec.get("params"), dict) else {}
+    return {"name": spec.get("name"), "params": {k: v for k, v in params.items() if k != "path"}}
+
+
 def _describe(identity: dict[str, Any]) -> str:
     return f"{identity['name']} ({identity['tokens']} tokens x {identity['dim']} dims, weights {identity['weights_sha256'][:12]})"
 
@@ -152,9 +159,16 @@ class LatentClassifierJudge:
         self._torch = torch
 
     @classmethod
-    def check(cls, path: str, window: int | None = None, threshold: float | None = None, **_: Any) -> None:
-        """Load the classifier (a small MLP) to refuse a missing or broken one before a run starts."""
-        cls(path, window, threshold)
+    def check(cls, path: str, window: int | None = None, threshold: float | None = None,
+              encoder_spec: dict[str, Any] | None = None, **_: Any) -> None:
+        """Load the classifier (a small MLP) to refuse a missing or broken one before a run starts,
+        and one trained on another kind of encoder than ``encoder_spec`` (the world model's; the
+        exact weights are compared when the encoder loads)."""
+        judge = cls(path, window, threshold)
+        if encoder_spec is not None and _settings(encoder_spec) != _settings(judge.identity["spec"]):
+            raise HarnessError(f"success classifier {judge.path} was trained on latents of {_describe(judge.identity)}; "
+                               f"this world model's encoder is {encoder_spec.get('name')!r} with other settings. Train "
+                               f"a classifier for it: `harness train-judge --wm NAME --data D.h5 --out DIR`")
 
     def check_encoder(self, encoder: Any) -> None:
         """Refuse an encoder other than the one the classifier was trained on."""

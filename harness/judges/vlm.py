@@ -93,6 +93,20 @@ def _missing(path: str, err: Exception) -> HarnessError:
     return HarnessError(f"VLM judge weights {where}: {how}")
 
 
+def _check_options(frames: Any, samples: Any, vote: Any, threshold: Any, dtype: Any, max_pixels: Any) -> None:
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise HarnessError(f"vlm: frames must be an integer >= 1, got {frames!r}")
+    if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
+        raise HarnessError(f"vlm: samples must be an integer >= 1, got {samples!r}")
+    if vote not in VOTES:
+        raise HarnessError(f"vlm: vote must be one of {', '.join(VOTES)}, got {vote!r}")
+    if dtype not in DTYPES:
+        raise HarnessError(f"vlm: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 28 * 28):
+        raise HarnessError(f"vlm: max_pixels must be an integer >= 784, got {max_pixels!r}")
+    check_threshold(threshold, "vlm")
+
+
 class VLMBackend:
     """A loaded model + its input preparation; shared by judges with the same path/device/dtype."""
 
@@ -203,21 +217,33 @@ class VLMJudge:
 
     def __init__(self, path: str = DEFAULT_PATH, frames: int = 8, samples: int = 3, vote: str = "majority",
                  threshold: float = 0.5, device: str = "cpu", dtype: str = "float32", max_pixels: int | None = None):
-        if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
-            raise HarnessError(f"vlm: frames must be an integer >= 1, got {frames!r}")
-        if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
-            raise HarnessError(f"vlm: samples must be an integer >= 1, got {samples!r}")
-        if vote not in VOTES:
-            raise HarnessError(f"vlm: vote must be one of {', '.join(VOTES)}, got {vote!r}")
-        if dtype not in DTYPES:
-            raise HarnessError(f"vlm: dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        if max_pixels is not None and (not isinstance(max_pixels, int) or max_pixels < 28 * 28):
-            raise HarnessError(f"vlm: max_pixels must be an integer >= 784, got {max_pixels!r}")
+        _check_options(frames, samples, vote, threshold, dtype, max_pixels)
         self.path, self.frames, self.samples, self.vote = str(path), frames, samples, vote
         self.threshold = check_threshold(threshold, "vlm")
         self.backend = load_backend(self.path, str(device), dtype, max_pixels)
         self.label = f"vlm:path={self.path}"
         self.last: dict[str, Any] = {}
+
+    @classmethod
+    def check(cls, path: str = DEFAULT_PATH, frames: int = 8, samples: int = 3, vote: str = "majority",
+              threshold: float = 0.5, dtype: str = "float32", max_pixels: int | None = None, **_: Any) -> None:
+        """The options, and the model's config found offline (its weights are not read), before a
+        run starts: a missing checkpoint is one line saying how to provide it."""
+        _check_options(frames, samples, vote, threshold, dtype, max_pixels)
+        require_module("transformers", "transformers (VLM judge)", "models")
+        from transformers import AutoConfig
+        from transformers.utils import logging as hf_logging
+
+        path = str(path)
+        local = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+        old = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            AutoConfig.from_pretrained(local, local_files_only=True)
+        except (OSError, ValueError) as err:
+            raise _missing(path, err) from err
+        finally:
+            hf_logging.set_verbosity(old)
 
     def score(self, frames: np.ndarray, instruction: str, latents: np.ndarray | None = None, *,
               success: Sequence[bool] | None = None) -> float:
