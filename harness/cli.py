@@ -313,7 +313,7 @@ def plan_error_cmd(
     import json
 
     from harness.planning_error import planning_error
-    from harness.store import atomic_write_json
+    from harness.store import atomic_write_json, check_output_file
     from policies.cem import CEM_PRESETS
     from world_models import load_world_model
     from world_models.data import check_dataset, load_episodes
@@ -322,6 +322,8 @@ def plan_error_cmd(
         raise HarnessError(f"--preset {preset!r} is unknown; available: {', '.join(CEM_PRESETS)}")
     if pairs < 1:
         raise HarnessError(f"--pairs {pairs} must be >= 1")
+    if out:
+        check_output_file(Path(out))  # before the planning, not after
     model = load_world_model(wm, wm_checkpoint)
     camera = check_dataset(data, model.info.get("camera"))
     eps = load_episodes(data, camera, model.image_size, action_dim=model.env_action_dim)

@@ -17,13 +17,42 @@ def load_results(run: Path) -> dict[str, Any]:
     path = run / RESULTS
     if path.exists():
         try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise HarnessError(f"{path} is not valid JSON ({exc.msg}); delete it and re-run the eval to rebuild it") from None
+            results = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HarnessError(f"{path} is not valid JSON ({getattr(exc, 'msg', exc)}); delete it and re-run the "
+                               "eval to rebuild it") from None
+        problem = _layout_problem(results)
+        if problem:
+            raise HarnessError(f"{path} is not a harness results file ({problem}); delete it and re-run the eval "
+                               "with the same arguments to rebuild it from episodes.jsonl")
+        return results
     store = RunStore(run)
     if not store.episodes_path.exists():
         raise HarnessError(f"{run} is not a run folder (no {RESULTS} or episodes.jsonl): pass the --out of an eval")
     return {"results": summarize(store.load()), "complete": None}
+
+
+BLOCK_KEYS = ("success_rate", "ci95", "valid", "errors", "mean_length")
+
+
+def _layout_problem(results: Any) -> str | None:
+    """What keeps ``results`` from being a summary this module can print; None when it can."""
+    if not isinstance(results, dict) or not isinstance(results.get("results"), dict):
+        return "no 'results' mapping at the top"
+    for policy, backends in results["results"].items():
+        if not isinstance(backends, dict):
+            return f"results[{policy!r}] is not a mapping of backends"
+        for backend, block in backends.items():
+            where = f"results[{policy!r}][{backend!r}]"
+            if not isinstance(block, dict) or not isinstance(block.get("tasks"), dict) \
+                    or not isinstance(block.get("overall"), dict):
+                return f"{where} lacks 'tasks' or 'overall'"
+            for name, b in [*block["tasks"].items(), ("overall", block["overall"])]:
+                if not isinstance(b, dict) or any(k not in b for k in BLOCK_KEYS):
+                    return f"{where} {name!r} lacks one of {', '.join(BLOCK_KEYS)}"
+    if not isinstance(results.get("comparison") or {}, dict):
+        return "'comparison' is not a mapping"
+    return None
 
 
 def _pct(x: float | None) -> str:

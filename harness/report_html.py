@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.store import atomic_write_text
+from harness.store import atomic_write_text, check_writable
 
 INLINE_VIDEOS = 6  # per run; more are linked, so the page stays a few MB
 MAX_INLINE_VIDEO_BYTES = 3_000_000
@@ -270,8 +270,12 @@ def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]
     for run in map(Path, runs):
         probe_file = run / "probe.json"
         if probe_file.exists() and not (run / "episodes.jsonl").exists():
-            probe = json.loads(probe_file.read_text())
-            table = probe_table(probe)
+            try:
+                probe = json.loads(probe_file.read_text())
+                table = probe_table(probe)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise HarnessError(f"{probe_file} is not a probe result written by `harness probe` "
+                                   f"({type(exc).__name__}: {str(exc)[:80]}); re-run the probe into a new --out") from None
             md_parts.append(f"# Probe: {run}\n\n" + "\n".join(table) + "\n")
             body.append(f"<h2>Action probe: {html.escape(str(run))}</h2>" + _md_to_html_table(table) +
                         "<div class='plots'>" + "".join(probe_plots(probe)) + "</div>")
@@ -302,7 +306,7 @@ def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]
             section.append("<h3>Videos (simulator | world model)</h3>" + "".join(videos))
         body.append("\n".join(section))
     md_path, html_path = out / "report.md", out / "report.html"
-    out.mkdir(parents=True, exist_ok=True)
+    check_writable(out)
     atomic_write_text(md_path, "\n".join(md_parts))
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>wm-harness report</title><style>{CSS}</style>"
             f"</head><body><h1>wm-harness report</h1>{''.join(body)}</body></html>")

@@ -52,6 +52,19 @@ def check_writable(out: Path) -> None:
         raise HarnessError(f"cannot write to output folder {str(out)!r} ({exc.strerror or exc}): choose a writable --out") from None
 
 
+def check_output_file(path: Path, flag: str = "--out") -> None:
+    """Fail early, with one line, if the file ``path`` could not be written (a folder is there, or
+    its folder cannot be created or written), before any work is done for it."""
+    path = Path(path)
+    if path.is_dir():
+        raise HarnessError(f"{flag} {path} is a folder; give a file path, e.g. {path / 'result.json'}")
+    try:
+        check_writable(path.parent)
+    except HarnessError:
+        raise HarnessError(f"cannot write {flag} {path}: its folder {path.parent} cannot be created or written; "
+                           "choose a writable path") from None
+
+
 class RunStore:
     def __init__(self, out: Path):
         self.out = Path(out)
@@ -64,8 +77,11 @@ class RunStore:
         if path.exists():
             try:
                 existing = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise HarnessError(f"{path} is unreadable ({exc}); it is not a harness run folder: choose another --out") from None
+            if not isinstance(existing, dict):
+                raise HarnessError(f"{path} holds a JSON {type(existing).__name__}, not a run's settings; it is not a "
+                                   "harness run folder: choose another --out")
             if "checkpoints" not in existing:  # a run begun before fingerprints were recorded
                 identity = {k: v for k, v in identity.items() if k != "checkpoints"}
             if existing != identity:

@@ -32,3 +32,71 @@ def test_report_renders_a_probe_folder(tmp_path):
 def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
     r = run_cli("report", str(tmp_path))
     assert r.returncode == 2 and "not a run folder" in r.stderr
+
+
+def _run_folder(path):
+    """A finished two-episode run, as `harness eval` leaves it."""
+    from harness.store import RunStore
+    from harness.summary import summarize
+
+    store = RunStore(path)
+    store.claim({"env": "e"})
+    records = [{"policy": "p", "backend": "sim", "env_id": "e", "init_state": i, "outcome": o, "success": o == "success",
+                "success_step": 3 if o == "success" else None, "length": 5, "ret": 0.0} for i, o in
+               enumerate(["success", "failure"])]
+    for r in records:
+        store.append(r)
+    (path / "results.json").write_text(json.dumps({"results": summarize(records)}))
+    return path
+
+
+def test_damaged_run_files_are_one_line_and_left_alone(tmp_path):
+    import pytest
+
+    from harness.errors import HarnessError
+    from harness.report_html import write_report
+    from harness.store import RunStore
+
+    run = _run_folder(tmp_path / "run")
+    md, _ = write_report([run])
+    assert "| p | sim | e | 50.0% |" in md.read_text()
+    for name, text, message in [
+        ("results.json", '{"a": 1}', "is not a harness results file \\(no 'results' mapping at the top\\)"),
+        ("results.json", "[]", "no 'results' mapping"),
+        ("results.json", '{"results": {"p": {"sim": {"tasks": {}}}}}', "lacks 'tasks' or 'overall'"),
+    ]:
+        damaged = _run_folder(tmp_path / f"d{len(name)}{len(text)}")
+        (damaged / name).write_text(text)
+        before = {p.name: p.read_bytes() for p in damaged.iterdir()}
+        with pytest.raises(HarnessError, match=message):
+            write_report([damaged])
+        assert {p.name: p.read_bytes() for p in damaged.iterdir()} == before
+    (run / "run.json").write_text("[1, 2]")
+    with pytest.raises(HarnessError, match="holds a JSON list, not a run's settings"):
+        RunStore(run).check({"env": "e"})
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    (probe / "probe.json").write_text("{not json")
+    with pytest.raises(HarnessError, match="is not a probe result written by `harness probe`"):
+        write_report([probe])
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    with pytest.raises(HarnessError, match="cannot write to output folder"):
+        write_report([_run_folder(tmp_path / "ok")], out=blocker)
+    assert blocker.read_text() == "keep"
+
+
+def test_output_files_that_cannot_be_written_are_refused_first(tmp_path):
+    import pytest
+
+    from harness.errors import HarnessError
+    from harness.store import check_output_file
+
+    with pytest.raises(HarnessError, match=f"--out {tmp_path} is a folder; give a file path"):
+        check_output_file(tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(HarnessError, match="cannot write --out .*: its folder .* cannot be created"):
+        check_output_file(tmp_path / "file" / "x.json")
+    check_output_file(tmp_path / "new" / "x.json")
+    r = run_cli("plan-error", "--data", str(tmp_path / "none.h5"), "--wm", "minivae_dit_tiny", "--out", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is a folder" in r.stderr, r.stderr

@@ -18,6 +18,7 @@ import numpy as np
 
 from harness.agreement import accuracy, cohen_kappa, confusion, precision_recall
 from harness.errors import HarnessError
+from harness.store import atomic_write_text, check_output_file
 
 from . import make_judge, parse_judge_spec, verdict
 from .latent_classifier import iter_rollouts
@@ -41,6 +42,7 @@ def run_judge_eval(judge: str, data: Sequence[str], out: str | None = None, wm: 
     if wm_checkpoint is not None and wm is None:
         raise HarnessError("--wm-checkpoint needs --wm NAME")
     out_path = Path(out) if out else default_out(spec.text)
+    check_output_file(out_path)  # before the judging, not after
 
     world_model = None
     context: dict[str, Any] = {}
@@ -83,8 +85,7 @@ def run_judge_eval(judge: str, data: Sequence[str], out: str | None = None, wm: 
     }
     if hasattr(j, "rater_agreement"):
         result["rater_agreement"] = j.rater_agreement()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=2))
+    atomic_write_text(out_path, json.dumps(result, indent=2))
     result["out"] = str(out_path)
     return result
 
