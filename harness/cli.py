@@ -322,6 +322,8 @@ def plan_error_cmd(
         raise HarnessError(f"--preset {preset!r} is unknown; available: {', '.join(CEM_PRESETS)}")
     if pairs < 1:
         raise HarnessError(f"--pairs {pairs} must be >= 1")
+    if episodes is not None and episodes < 1:
+        raise HarnessError(f"--episodes {episodes} must be >= 1 (leave it out for all episodes)")
     if out:
         check_output_file(Path(out))  # before the planning, not after
     model = load_world_model(wm, wm_checkpoint)

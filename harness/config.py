@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,10 @@ class EvalConfig:
     ray_address: str | None = None  # with executor "ray": "auto", "HOST:PORT" or None for a local cluster
 
     def __post_init__(self):
-        if not isinstance(self.env, str) or not self.env.strip():
+        if not isinstance(self.env, str):
+            raise HarnessError(f"--env {_show(self.env)} must be text: one env id or set, e.g. 'metaworld/reach-v3' "
+                               "(see `harness list envs`)")
+        if not self.env.strip():
             raise HarnessError("--env is empty: name an env id or set, e.g. 'metaworld/reach-v3' (see `harness list envs`)")
         if not self.policies:
             raise HarnessError("no --policy given: name at least one, e.g. 'scripted' (see `harness list policies`)")
@@ -136,6 +139,11 @@ def yaml_fields(cls: type, path: str | Path, overrides: dict[str, Any]) -> dict[
 
 def construct(cls: type, path: str | Path, data: dict[str, Any]) -> Any:
     """``cls(**data)``, a wrong type or a missing field becoming one line naming the file."""
+    missing = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+               and f.name not in data]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise HarnessError(f"{path}: missing key(s) {', '.join(missing)}: add them to the file or pass {flags}")
     try:
         return cls(**data)
     except TypeError as exc:

@@ -183,17 +183,18 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     """Run what is not yet in the run folder; returns the summary written to results.json.
     Ctrl-C stops after saving every finished episode and the summary (``interrupted``)."""
     cfg = plan.config
-    store = RunStore(plan.out)
-    store.claim(plan.identity)
-    store.repair()
-    done = {key_of(r) for r in store.load()}
-    items = work_items(plan, done)
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
                            video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge,
                            wm_batch=cfg.wm_batch, wm_precision=cfg.wm_precision, wm_decoder=cfg.wm_decoder,
                            threads=cfg.threads)
     options = {"address": cfg.ray_address} if cfg.ray_address is not None else {}
+    # first: a missing Ray or an unreachable cluster fails before the run folder is written
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers, **options)
+    store = RunStore(plan.out)
+    store.claim(plan.identity)
+    store.repair()
+    done = {key_of(r) for r in store.load()}
+    items = work_items(plan, done)
     start = time.perf_counter()
     finished = len(done)
     interrupted = False

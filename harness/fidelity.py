@@ -47,6 +47,8 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
         raise HarnessError(f"--horizon must be >= 1, got {horizon}")
     if episodes is not None and episodes < 1:
         raise HarnessError(f"--episodes must be >= 1, got {episodes}")
+    if videos < 0:
+        raise HarnessError(f"--videos must be >= 0 (0: none), got {videos}")
     check_decoder(decoder)
     model = _resolve_wm(wm, checkpoint)
     if decoder == "distilled":

@@ -89,8 +89,9 @@ class ProbeConfig:
                 raise HarnessError(f"dataset {path} does not exist: write one with `harness collect --env ... --out {path}`")
         uses_wm = self.wm is not None or self.wm_checkpoint is not None
         if (self.encoder is None) == (not uses_wm):
-            raise HarnessError("pass either --encoder NAME (frozen encoder latents) or --wm NAME / --wm-checkpoint DIR "
-                               "(a world model's latents), not both")
+            which = "both were given" if uses_wm else "neither was given"
+            raise HarnessError("pass one of --encoder NAME (frozen encoder latents) or --wm NAME / --wm-checkpoint DIR "
+                               f"(a world model's latents); {which}")
         if self.generated and not uses_wm:
             raise HarnessError("--generated probes a world model's predicted latents: pass --wm NAME as well")
         if uses_wm and self.layers:

@@ -52,6 +52,11 @@ def check_writable(out: Path) -> None:
         raise HarnessError(f"cannot write to output folder {str(out)!r} ({exc.strerror or exc}): choose a writable --out") from None
 
 
+def _short(value: Any, width: int = 40) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def check_output_file(path: Path, flag: str = "--out") -> None:
     """Fail early, with one line, if the file ``path`` could not be written (a folder is there, or
     its folder cannot be created or written), before any work is done for it."""
@@ -93,8 +98,9 @@ class RunStore:
                         f"{self.out} holds a run made with other weights ({', '.join(changed)} changed since it "
                         "began: re-trained or replaced); choose a new --out to evaluate these weights, or restore "
                         "the old ones to resume")
+                shown = "; ".join(f"{k}: {_short(existing.get(k))} there, {_short(identity.get(k))} now" for k in diff)
                 raise HarnessError(
-                    f"{self.out} holds a different run (differs in: {', '.join(diff)}); "
+                    f"{self.out} holds a different run (differs in: {shown}); "
                     "re-run with the same arguments to resume, or choose a new --out"
                 )
             return True

@@ -64,7 +64,7 @@ def test_claim_refuses_a_different_run_and_leaves_it_alone(tmp_path):
     store.claim({"episodes": 5, "seed": 0})
     store.append(_rec(0))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    with pytest.raises(HarnessError, match="differs in: episodes"):
+    with pytest.raises(HarnessError, match="differs in: episodes: 5 there, 6 now\\)"):
         RunStore(tmp_path).claim({"episodes": 6, "seed": 0})
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
     RunStore(tmp_path).claim({"episodes": 5, "seed": 0})  # the same run resumes

@@ -88,7 +88,8 @@ def load_checkpoint(folder: str | os.PathLike, what: str, fmt: str, hint: str = 
     folder = Path(folder)
     fix = f" {hint}" if hint else ""
     if not folder.is_dir():
-        raise HarnessError(f"{what} checkpoint not found: {folder} is not a folder.{fix}")
+        where = "" if folder.is_absolute() else f" (a relative path, read from the current directory {Path.cwd()})"
+        raise HarnessError(f"{what} checkpoint not found: {folder} is not a folder{where}.{fix}")
     missing = [n for n in (CONFIG, WEIGHTS) if not (folder / n).is_file()]
     if missing:
         raise HarnessError(f"{what} checkpoint {folder} lacks {', '.join(missing)}: it is incomplete "
