@@ -461,12 +461,12 @@ def distill_decoder_cmd(
         distill_decoder,
         save_distilled_decoder,
     )
-    from world_models.named import find_checkpoint, load_world_model
+    from world_models.named import addon_folder, load_world_model
 
     cfg = DistillConfig(data=tuple(data), steps=steps, width=width, batch_size=batch_size, lr=lr,
                         max_frames=max_frames, seed=seed, threads=threads)
     world_model = load_world_model(wm, wm_checkpoint)
-    target = Path(out) if out else find_checkpoint(wm, wm_checkpoint) / DISTILLED_DIR
+    target = addon_folder(wm, wm_checkpoint, out, DISTILLED_DIR)
     check_replaceable(target, DECODER_FORMAT)  # refused before distilling, not after
     show = _train_progress(progress)
     decoder, m = distill_decoder(world_model, cfg, (lambda i, n, num: show("decoder", i, n, num)) if show else None)
@@ -490,7 +490,7 @@ def fit_proprio_cmd(
 ):
     """Fit a linear readout of the robot's proprioception from a world model's latents (CEM's proprio term)."""
     from world_models.checkpoint import check_replaceable
-    from world_models.named import find_checkpoint, load_world_model
+    from world_models.named import addon_folder, load_world_model
     from world_models.proprio import (
         PROPRIO_DIR,
         PROPRIO_FORMAT,
@@ -499,7 +499,7 @@ def fit_proprio_cmd(
     )
 
     world_model = load_world_model(wm, wm_checkpoint)
-    target = Path(out) if out else find_checkpoint(wm, wm_checkpoint) / PROPRIO_DIR
+    target = addon_folder(wm, wm_checkpoint, out, PROPRIO_DIR)
     check_replaceable(target, PROPRIO_FORMAT)  # refused before fitting, not after
     readout, m = fit_proprio_readout(world_model, data, val_fraction=val_fraction, max_frames=max_frames, seed=seed)
     folder = readout.save(target, readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))

@@ -191,25 +191,27 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     # first: a missing Ray or an unreachable cluster fails before the run folder is written
     executor = EXECUTORS.build(cfg.executor, settings=settings, workers=cfg.workers, **options)
     store = RunStore(plan.out)
-    store.claim(plan.identity)
-    store.repair()
-    done = {key_of(r) for r in store.load()}
-    items = work_items(plan, done)
-    start = time.perf_counter()
-    finished = len(done)
-    interrupted = False
-    try:
-        for record in executor.map(items):
-            if record.get("video"):
-                record["video"] = str(Path(record["video"]).relative_to(plan.out))
-            store.append(record)
-            finished += 1
-            if on_record:
-                on_record(record, finished, plan.total)
-    except KeyboardInterrupt:
-        interrupted = True
-        log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished, plan.total)
-    return write_summary(plan, store, time.perf_counter() - start, interrupted)
+    with store.lock():  # one writer per run folder: a second eval into it is refused, not interleaved
+        store.claim(plan.identity)
+        store.repair()
+        done = {key_of(r) for r in store.load()}
+        items = work_items(plan, done)
+        start = time.perf_counter()
+        finished = len(done)
+        interrupted = False
+        try:
+            for record in executor.map(items):
+                if record.get("video"):
+                    record["video"] = str(Path(record["video"]).relative_to(plan.out))
+                store.append(record)
+                finished += 1
+                if on_record:
+                    on_record(record, finished, plan.total)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished,
+                        plan.total)
+        return write_summary(plan, store, time.perf_counter() - start, interrupted)
 
 
 def calvin_summary(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from harness.errors import HarnessError
 EPISODES = "episodes.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
+LOCK = ".lock"
 RECORD_KEYS = ("policy", "backend", "env_id", "init_state", "outcome")
 
 
@@ -107,6 +110,26 @@ class RunStore:
         if self.episodes_path.exists():
             raise HarnessError(f"{self.out} has {EPISODES} but no {RUN}; it is not a harness run folder: choose another --out")
         return False
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run folder for one writer (an advisory lock on ``.lock``, released when the
+        process ends, however it ends); a second writer gets one line instead of interleaving."""
+        import fcntl
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        f = open(self.out / LOCK, "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise HarnessError(f"another `harness eval` is writing to {self.out}: wait for it to finish (re-running "
+                               "the same command then resumes) or choose another --out") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
 
     def claim(self, identity: dict[str, Any]) -> None:
         """Record what this run is; refuse to mix a different run into an existing folder."""

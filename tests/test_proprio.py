@@ -135,6 +135,21 @@ def test_cli_fit_proprio(saved_wm, states_h5):
     assert config["family"] == "metaworld" and config["dims"] == 4
 
 
+def test_add_ons_go_into_the_shipped_checkpoint_only_when_it_is_named(tmp_path, monkeypatch):
+    from world_models.named import SHIPPED_DIR, addon_folder
+
+    monkeypatch.setenv("WM_HARNESS_HOME", str(tmp_path))  # no user checkpoint: the shipped one is found
+    with pytest.raises(HarnessError, match="is the one shipped in the repository .*would replace the shipped one"):
+        addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR)
+    named = addon_folder("minivae_dit_tiny", str(SHIPPED_DIR / "minivae_dit_tiny"), None, PROPRIO_DIR)
+    assert named == SHIPPED_DIR / "minivae_dit_tiny" / PROPRIO_DIR  # on purpose, as build_embedded.sh does
+    assert addon_folder("minivae_dit_tiny", None, tmp_path / "mine", PROPRIO_DIR) == tmp_path / "mine"
+    own = tmp_path / "checkpoints" / "minivae_dit_tiny"
+    own.mkdir(parents=True)
+    (own / "config.json").write_text("{}")  # a user copy is found first, and is theirs to write into
+    assert addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR) == own / PROPRIO_DIR
+
+
 def test_cem_policy_refuses_a_missing_or_foreign_family_readout_at_construction(saved_wm, states_h5):
     from policies import EnvInfo, make_policy
 

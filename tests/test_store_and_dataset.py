@@ -113,3 +113,13 @@ def test_dataset_writer_leaves_nothing_on_error(tmp_path):
         with DatasetWriter(path):
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_writer_per_run_folder(tmp_path):
+    store = RunStore(tmp_path)
+    with store.lock():
+        with pytest.raises(HarnessError, match="another `harness eval` is writing to .*choose another --out"):
+            with RunStore(tmp_path).lock():
+                pass
+    with RunStore(tmp_path).lock():  # released when the first writer is done
+        pass
