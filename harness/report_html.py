@@ -63,7 +63,8 @@ def success_bars(results: dict[str, Any]) -> str:
                   ha="right")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("success rate (95% CI)")
-    ax.legend(fontsize=8)
+    if backends:  # an empty run (no episode yet) has nothing to label
+        ax.legend(fontsize=8)
     return _png(fig)
 
 
