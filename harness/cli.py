@@ -463,11 +463,11 @@ def distill_decoder_cmd(
     )
     from world_models.named import addon_folder, load_world_model
 
+    target = addon_folder(wm, wm_checkpoint, out, DISTILLED_DIR)
+    check_replaceable(target, DECODER_FORMAT)  # refused before distilling, not after
     cfg = DistillConfig(data=tuple(data), steps=steps, width=width, batch_size=batch_size, lr=lr,
                         max_frames=max_frames, seed=seed, threads=threads)
     world_model = load_world_model(wm, wm_checkpoint)
-    target = addon_folder(wm, wm_checkpoint, out, DISTILLED_DIR)
-    check_replaceable(target, DECODER_FORMAT)  # refused before distilling, not after
     show = _train_progress(progress)
     decoder, m = distill_decoder(world_model, cfg, (lambda i, n, num: show("decoder", i, n, num)) if show else None)
     folder = save_distilled_decoder(decoder, world_model, target, cfg, m)
@@ -498,9 +498,9 @@ def fit_proprio_cmd(
         readout_fingerprint,
     )
 
-    world_model = load_world_model(wm, wm_checkpoint)
     target = addon_folder(wm, wm_checkpoint, out, PROPRIO_DIR)
     check_replaceable(target, PROPRIO_FORMAT)  # refused before fitting, not after
+    world_model = load_world_model(wm, wm_checkpoint)
     readout, m = fit_proprio_readout(world_model, data, val_fraction=val_fraction, max_frames=max_frames, seed=seed)
     folder = readout.save(target, readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))
     r2 = ", ".join("n/a" if v is None else f"{v:.3f}" for v in m["heldout_r2"])

@@ -8,6 +8,7 @@ last line (kill -9 during a write) is cut off and the run resumes after the last
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from typing import Any
 from harness.episodes import record_key
 from harness.errors import HarnessError
 
+log = logging.getLogger(__name__)
+
 EPISODES = "episodes.jsonl"
 RUN = "run.json"
 RESULTS = "results.json"
@@ -25,10 +28,17 @@ LOCK = ".lock"
 RECORD_KEYS = ("policy", "backend", "env_id", "init_state", "outcome")
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; an ordinary file is readable by others
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -55,9 +65,28 @@ def check_writable(out: Path) -> None:
         raise HarnessError(f"cannot write to output folder {str(out)!r} ({exc.strerror or exc}): choose a writable --out") from None
 
 
-def _short(value: Any, width: int = 40) -> str:
+def _short(value: Any, width: int = 60) -> str:
+    """JSON of ``value``, its middle left out when long (paths differ at their ends)."""
     text = json.dumps(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if len(text) <= width:
+        return text
+    head = (width - 3) // 3
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
+
+
+def _change(before: Any, now: Any) -> str:
+    """How a setting of a run differs from this command's, short enough for one line: the items
+    removed and added for a list, the keys that differ for a mapping."""
+    if isinstance(before, list) and isinstance(now, list):
+        removed, added = [x for x in before if x not in now], [x for x in now if x not in before]
+        if not removed and not added:
+            return "the same items in another order"
+        return ", ".join(part for part in (f"{_short(removed)} there only" if removed else "",
+                                           f"{_short(added)} now only" if added else "") if part)
+    if isinstance(before, dict) and isinstance(now, dict):
+        keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        return ", ".join(f"{k} {_short(before.get(k), 30)} there, {_short(now.get(k), 30)} now" for k in keys)
+    return f"{_short(before)} there, {_short(now)} now"
 
 
 def check_output_file(path: Path, flag: str = "--out") -> None:
@@ -101,7 +130,7 @@ class RunStore:
                         f"{self.out} holds a run made with other weights ({', '.join(changed)} changed since it "
                         "began: re-trained or replaced); choose a new --out to evaluate these weights, or restore "
                         "the old ones to resume")
-                shown = "; ".join(f"{k}: {_short(existing.get(k))} there, {_short(identity.get(k))} now" for k in diff)
+                shown = "; ".join(f"{k}: {_change(existing.get(k), identity.get(k))}" for k in diff)
                 raise HarnessError(
                     f"{self.out} holds a different run (differs in: {shown}); "
                     "re-run with the same arguments to resume, or choose a new --out"
@@ -121,14 +150,20 @@ class RunStore:
         f = open(self.out / LOCK, "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
         except BlockingIOError:
             f.close()
             raise HarnessError(f"another `harness eval` is writing to {self.out}: wait for it to finish (re-running "
                                "the same command then resumes) or choose another --out") from None
+        except OSError as exc:  # a filesystem without flock (some NFS or Lustre mounts): run unguarded
+            log.warning("cannot lock %s (%s): run only one eval into this folder at a time", self.out,
+                        exc.strerror or exc)
+            locked = False
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            if locked:
+                fcntl.flock(f, fcntl.LOCK_UN)
             f.close()
 
     def claim(self, identity: dict[str, Any]) -> None:

@@ -255,14 +255,14 @@ class CEMPolicy:
         if camera not in env_info.cameras:
             raise HarnessError(f"cem: world model {wm!r} sees camera {camera!r}, which this run does not render "
                                f"({', '.join(env_info.cameras) or 'none'}): add --camera {camera}")
-        if goal_data is not None and not Path(goal_data).is_file():
+        if goal_data is not None and not Path(str(goal_data)).is_file():
             raise HarnessError(f"cem goal_data={goal_data}: no such file; pass a dataset from `harness collect`")
         if self.config.proprio > 0:
             from world_models.proprio import check_readout
 
             check_readout(folder, wm, env_info.family)
         self.env_info, self.wm_name, self.checkpoint = env_info, wm, checkpoint
-        self.goal, self.goal_data = goal, goal_data
+        self.goal, self.goal_data = goal, None if goal_data is None else str(goal_data)
         self._wm = None
         self._goals: dict[int, Any] = {}
         self._goal_proprio: dict[int, np.ndarray | None] = {}

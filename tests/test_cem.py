@@ -192,6 +192,8 @@ def test_policy_spec_errors_before_anything_runs():
         make_policy("cem:wm=minivae_dit_tiny,goal=data", info)
     with pytest.raises(HarnessError, match="goal_data=/no/such.h5: no such file"):
         make_policy("cem:wm=minivae_dit_tiny,goal=data,goal_data=/no/such.h5", info)
+    with pytest.raises(HarnessError, match="goal_data=2024: no such file"):  # YAML reads it as a number
+        make_policy("cem:wm=minivae_dit_tiny,goal=data,goal_data=2024", info)
     with pytest.raises(HarnessError, match=r"/no/such/dir is not a folder\. .*or pass cem:\.\.\.,checkpoint=DIR"):
         make_policy("cem:wm=minivae_dit_tiny,checkpoint=/no/such/dir", info)
     with pytest.raises(HarnessError, match="sees camera 'corner2', which this run does not render"):

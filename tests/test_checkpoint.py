@@ -58,3 +58,51 @@ def test_a_file_is_refused(tmp_path):
     with pytest.raises(HarnessError, match="it is a file"):
         _save(tmp_path / "f", 1)
     assert (tmp_path / "f").read_text() == "keep"
+
+
+def test_a_save_killed_between_its_renames_loses_no_add_on(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from world_models.checkpoint import settle
+
+    folder = tmp_path / "wm"
+    _save(folder, 1)
+    (folder / "judge").mkdir()
+    (folder / "judge" / "config.json").write_text("{}")
+    real_rename = Path.rename
+
+    def dies_on_the_second_rename(self, target):
+        if self.name == "wm.partial":
+            raise KeyboardInterrupt  # killed after the old folder moved aside, before the new one moved in
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", dies_on_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        _save(folder, 2)
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert not folder.exists() and (tmp_path / "wm.old" / "judge" / "config.json").is_file()
+    settle(folder)  # what the next save does first: the old checkpoint comes back whole
+    assert load_checkpoint(folder, "test", "fmt/1")[0]["v"] == 1 and (folder / "judge").is_dir()
+    _save(folder, 3)
+    assert load_checkpoint(folder, "test", "fmt/1")[0]["v"] == 3
+    assert (folder / "judge" / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wm"]
+
+
+def test_a_save_killed_before_moving_the_add_ons_is_finished_by_settle(tmp_path):
+    import shutil
+
+    from world_models.checkpoint import settle
+
+    folder = tmp_path / "wm"
+    _save(folder, 1)
+    (folder / "judge").mkdir()
+    (folder / "train_state.pt").write_text("stale")  # a file the new save did not write is not carried
+    new = tmp_path / "new"
+    _save(new, 2)
+    folder.rename(tmp_path / "wm.old")  # the state after both renames, before the add-ons moved
+    shutil.move(str(new), str(folder))
+    settle(folder)
+    assert load_checkpoint(folder, "test", "fmt/1")[0]["v"] == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "judge", "model.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wm"]

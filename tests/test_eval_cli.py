@@ -172,6 +172,27 @@ def test_bad_input_never_touches_an_existing_run(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+def test_a_live_run_folder_is_refused_and_a_torn_tail_is_cut_on_resume(tmp_path):
+    from harness.store import RunStore
+
+    out = tmp_path / "run"
+    args = ("eval", "--env", "metaworld/reach-v3", "--episodes", "2", "--out", str(out), "--video", "none",
+            "--no-progress", "--camera", "none")
+    assert run_cli(*args).returncode == 0
+    log = out / "episodes.jsonl"
+    full = log.read_bytes()
+    with RunStore(out).lock():  # another eval is writing there
+        proc = run_cli(*args)
+    last = proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and last.startswith("error: another `harness eval` is writing"), proc.stderr
+    assert log.read_bytes() == full
+    lines = full.splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]) + lines[-1][:25])  # killed while writing the last record
+    assert run_cli(*args).returncode == 0  # resumes: the torn line is cut, the episode re-run
+    assert outcomes(read_jsonl(log)) == outcomes([json.loads(x) for x in lines])
+    assert len(log.read_bytes().splitlines()) == 2
+
+
 def test_missing_extra_is_one_line(tmp_path):
     """With Meta-World hidden from the import system, eval names the extra to install."""
     code = ("import sys, importlib.util as u; real = u.find_spec; "

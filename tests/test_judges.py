@@ -196,33 +196,49 @@ def test_vlm_judge_errors(tmp_path, tiny_vlm):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such file" in r.stderr
 
 
-@requires_transformers
-def test_judges_that_cannot_judge_a_world_model_rollout_fail_before_the_run(tmp_path, tiny_vlm):
+def _minivae_spec():
+    return json.loads((ROOT / "checkpoints" / "minivae_dit_tiny" / "config.json").read_text())["encoder"]
+
+
+def test_judges_that_cannot_judge_a_world_model_rollout_fail_before_the_run():
     from harness.matched import validate_judge
 
     shipped = ROOT / "checkpoints"
-    minivae = json.loads((shipped / "minivae_dit_tiny" / "config.json").read_text())["encoder"]
-    missing = tmp_path / "no_such_model"
+    minivae = _minivae_spec()
     for spec, message in [
         ("oracle", "--judge oracle reads the simulator's own success flags"),
         ("consensus:judges=oracle", "consensus needs at least 2 raters, got 1"),
-        (f"consensus:judges=oracle+vlm:path={tiny_vlm}", "--judge oracle reads"),
-        (f"consensus:judges=vlm:path={tiny_vlm}+nobody", "unknown judge 'nobody'"),
-        (f"consensus:vote=loudest,judges=vlm:path={tiny_vlm}+vlm:path={tiny_vlm}", "vote must be one of"),
-        (f"vlm:path={missing}", f"not found at '{missing}'"),
-        (f"consensus:judges=vlm:path={tiny_vlm}+vlm:path={missing}", f"not found at '{missing}'"),
-        (f"vlm:path={tiny_vlm},frames=0", "frames must be"),
+        ("consensus:judges=oracle+latent_classifier:path=X", "--judge oracle reads"),
+        ("consensus:judges=nobody+latent_classifier:path=X", "unknown judge 'nobody'"),
+        ("consensus:vote=loudest,judges=oracle+oracle", "vote must be one of"),
         ("latent_classifier", "judge 'latent_classifier' needs path"),
         (f"latent_classifier:path={shipped / 'minijepa_dit_tiny' / 'judge'}",
          "was trained on latents of minijepa .*this world model's encoder is 'minivae'"),
     ]:
         with pytest.raises(HarnessError, match=message):
             validate_judge(spec, minivae)
-    validate_judge(f"latent_classifier:path={shipped / 'minivae_dit_tiny' / 'judge'}", minivae)
-    validate_judge(f"consensus:judges=vlm:path={tiny_vlm}+latent_classifier:path={shipped / 'minivae_dit_tiny' / 'judge'}",
-                   minivae)
+    judge = f"latent_classifier:path={shipped / 'minivae_dit_tiny' / 'judge'}"
+    validate_judge(judge, minivae)
+    validate_judge(f"consensus:judges={judge}+{judge}", minivae)
     moved = {**minivae, "params": {**minivae["params"], "path": "/elsewhere"}}  # only where weights sat differs
-    validate_judge(f"latent_classifier:path={shipped / 'minivae_dit_tiny' / 'judge'}", moved)
+    validate_judge(judge, moved)
+
+
+@requires_transformers
+def test_a_vlm_judge_without_weights_fails_before_the_run(tmp_path, tiny_vlm):
+    from harness.matched import validate_judge
+
+    missing = tmp_path / "no_such_model"
+    for spec, message in [
+        (f"vlm:path={missing}", f"not found at '{missing}'"),
+        (f"consensus:judges=vlm:path={tiny_vlm}+vlm:path={missing}", f"not found at '{missing}'"),
+        (f"consensus:judges=oracle+vlm:path={tiny_vlm}", "--judge oracle reads"),
+        (f"vlm:path={tiny_vlm},frames=0", "frames must be"),
+    ]:
+        with pytest.raises(HarnessError, match=message):
+            validate_judge(spec, _minivae_spec())
+    validate_judge(f"consensus:judges=vlm:path={tiny_vlm}+latent_classifier:path="
+                   f"{ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec())
 
 
 # --- the latent classifier on synthetic rollouts ------------------------------------------------

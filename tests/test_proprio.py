@@ -148,6 +148,10 @@ def test_add_ons_go_into_the_shipped_checkpoint_only_when_it_is_named(tmp_path, 
     own.mkdir(parents=True)
     (own / "config.json").write_text("{}")  # a user copy is found first, and is theirs to write into
     assert addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR) == own / PROPRIO_DIR
+    monkeypatch.setenv("WM_HARNESS_HOME", str(tmp_path / "empty"))  # the shipped one is found again
+    for command in ("fit-proprio", "distill-decoder"):  # both commands ask before any work
+        r = run_cli(command, "--wm", "minivae_dit_tiny", "--data", str(tmp_path / "none.h5"))
+        assert r.returncode == 2 and "is the one shipped in the repository" in r.stderr, r.stderr
 
 
 def test_cem_policy_refuses_a_missing_or_foreign_family_readout_at_construction(saved_wm, states_h5):

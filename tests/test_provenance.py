@@ -104,8 +104,8 @@ def test_resume_refuses_other_weights_and_accepts_older_run_folders(tmp_path):
     assert store.check(ident) is True
     with pytest.raises(HarnessError, match=r"other weights \(path=P changed since it began"):
         store.check({**ident, "checkpoints": {"path=P": "bbbb"}})
-    with pytest.raises(HarnessError, match=r'differs in: checkpoints: .* there, .* now; policies: \["bc:path=P"\] there, '
-                                           r'\["bc:path=Q"\] now\)'):  # more than the weights differ
+    with pytest.raises(HarnessError, match=r'differs in: checkpoints: path=P "aaaa" there, null now, path=Q null there, '
+                                           r'"cccc" now; policies: \["bc:path=P"\] there only, \["bc:path=Q"\] now only\)'):
         store.check({**ident, "policies": ["bc:path=Q"], "checkpoints": {"path=Q": "cccc"}})
     # a folder from before fingerprints were recorded resumes as it did
     old = RunStore(tmp_path / "old")

@@ -115,6 +115,20 @@ def test_dataset_writer_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_resume_with_other_settings_says_what_differs():
+    from harness.store import _change
+
+    long_a = "bc:path=/data/checkpoints/policies/bc_metaworld/run3/step_000250"
+    long_b = long_a.replace("000250", "000150")
+    # a long path keeps its end, where such paths differ
+    assert _change(["scripted", long_a], ["scripted", long_b]) == (
+        '["bc:path=/data/che...licies/bc_metaworld/run3/step_000250"] there only, '
+        '["bc:path=/data/che...licies/bc_metaworld/run3/step_000150"] now only')
+    assert _change([1, 2], [2, 1]) == "the same items in another order"
+    assert _change({"a": 1, "b": 2}, {"a": 1, "b": 3}) == "b 2 there, 3 now"
+    assert _change(5, 6) == "5 there, 6 now"
+
+
 def test_one_writer_per_run_folder(tmp_path):
     store = RunStore(tmp_path)
     with store.lock():
@@ -123,3 +137,28 @@ def test_one_writer_per_run_folder(tmp_path):
                 pass
     with RunStore(tmp_path).lock():  # released when the first writer is done
         pass
+
+
+def test_a_filesystem_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with RunStore(tmp_path).lock():
+        pass
+    assert "cannot lock" in caplog.text and "No locks available" in caplog.text
+
+
+def test_atomic_files_are_ordinary_files(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "r.json", {})
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "r.json").stat().st_mode) == 0o644  # not mkstemp's 0600

@@ -29,33 +29,46 @@ def save_checkpoint(folder: str | os.PathLike, config: dict[str, Any], tensors: 
 
     An existing ``folder`` is replaced only when it is empty or holds a checkpoint of the same
     ``config["format"]``; anything else (a run folder, another kind of checkpoint) is refused in
-    one line and left untouched. Entries of the old folder that this save does not write (a world
-    model's ``judge/``, ``proprio/`` or ``distilled_decoder/`` add-ons) are carried over."""
+    one line and left untouched. Sub-folders of the old folder that this save does not write (a
+    world model's ``judge/``, ``proprio/`` or ``distilled_decoder/`` add-ons) are carried over; they
+    never leave the old folder until the new one is in place, so a save killed at any point loses
+    none of them (the next save, or ``settle``, finishes the move)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
-    check_replaceable(folder, config.get("format"))
     tmp = folder.with_name(folder.name + ".partial")
-    if tmp.exists():
+    old = folder.with_name(folder.name + ".old")
+    settle(folder)  # what an interrupted save left
+    check_replaceable(folder, config.get("format"))
+    if tmp.exists():  # only ever this save's own files
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS))
     (tmp / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     for name, obj in (extra_files or {}).items():
         torch.save(obj, tmp / name)
-    old = folder.with_name(folder.name + ".old")
     if folder.exists():
-        written = {CONFIG, WEIGHTS, *(extra_files or {})}
-        for entry in folder.iterdir():
-            if entry.name not in written:
-                entry.rename(tmp / entry.name)
-        if old.exists():
-            shutil.rmtree(old)
         folder.rename(old)
     tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
+    settle(folder)
     return folder
+
+
+def settle(folder: str | os.PathLike) -> None:
+    """Finish a checkpoint swap that ``save_checkpoint`` began: the old folder's sub-folders that
+    the new one lacks (add-ons) move into it and the old folder goes; with no new folder (a save
+    killed between its two renames) the old one comes back whole."""
+    folder = Path(folder)
+    old = folder.with_name(folder.name + ".old")
+    if not old.is_dir():
+        return
+    if not folder.exists():
+        old.rename(folder)
+        return
+    for entry in old.iterdir():
+        if entry.is_dir() and not (folder / entry.name).exists():
+            entry.rename(folder / entry.name)
+    shutil.rmtree(old)
 
 
 def check_replaceable(folder: Path, fmt: Any) -> None:
