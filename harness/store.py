@@ -180,7 +180,7 @@ class RunStore:
 
     def repair(self) -> None:
         """Before appending: cut a torn last line off; give a whole last record its newline."""
-        records, good_end, tail_whole = self._read()
+        _, good_end, tail_whole = self._read()
         size = self.episodes_path.stat().st_size if self.episodes_path.exists() else 0
         if good_end == size:
             return
