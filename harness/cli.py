@@ -453,7 +453,6 @@ def distill_decoder_cmd(
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
     """Distil a world model's decoder into a cheap sub-pixel one (TAESD-style) for fast pixels."""
-    from world_models.checkpoint import check_replaceable
     from world_models.distill import (
         DECODER_FORMAT,
         DISTILLED_DIR,
@@ -463,8 +462,7 @@ def distill_decoder_cmd(
     )
     from world_models.named import addon_folder, load_world_model
 
-    target = addon_folder(wm, wm_checkpoint, out, DISTILLED_DIR)
-    check_replaceable(target, DECODER_FORMAT)  # refused before distilling, not after
+    target = addon_folder(wm, wm_checkpoint, out, DISTILLED_DIR, DECODER_FORMAT)  # refused before distilling
     cfg = DistillConfig(data=tuple(data), steps=steps, width=width, batch_size=batch_size, lr=lr,
                         max_frames=max_frames, seed=seed, threads=threads)
     world_model = load_world_model(wm, wm_checkpoint)
@@ -489,7 +487,6 @@ def fit_proprio_cmd(
     seed: int = 0,
 ):
     """Fit a linear readout of the robot's proprioception from a world model's latents (CEM's proprio term)."""
-    from world_models.checkpoint import check_replaceable
     from world_models.named import addon_folder, load_world_model
     from world_models.proprio import (
         PROPRIO_DIR,
@@ -498,8 +495,7 @@ def fit_proprio_cmd(
         readout_fingerprint,
     )
 
-    target = addon_folder(wm, wm_checkpoint, out, PROPRIO_DIR)
-    check_replaceable(target, PROPRIO_FORMAT)  # refused before fitting, not after
+    target = addon_folder(wm, wm_checkpoint, out, PROPRIO_DIR, PROPRIO_FORMAT)  # refused before fitting
     world_model = load_world_model(wm, wm_checkpoint)
     readout, m = fit_proprio_readout(world_model, data, val_fraction=val_fraction, max_frames=max_frames, seed=seed)
     folder = readout.save(target, readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))

@@ -20,6 +20,7 @@ from harness.errors import HarnessError  # noqa: E402
 from policies.cem import CEMConfig, cem_plan  # noqa: E402
 from world_models.proprio import (  # noqa: E402
     PROPRIO_DIR,
+    PROPRIO_FORMAT,
     ProprioReadout,
     fit_proprio_readout,
     pooled_features,
@@ -140,14 +141,15 @@ def test_add_ons_go_into_the_shipped_checkpoint_only_when_it_is_named(tmp_path, 
 
     monkeypatch.setenv("WM_HARNESS_HOME", str(tmp_path))  # no user checkpoint: the shipped one is found
     with pytest.raises(HarnessError, match="is the one shipped in the repository .*would replace the shipped one"):
-        addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR)
-    named = addon_folder("minivae_dit_tiny", str(SHIPPED_DIR / "minivae_dit_tiny"), None, PROPRIO_DIR)
+        addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR, PROPRIO_FORMAT)
+    named = addon_folder("minivae_dit_tiny", str(SHIPPED_DIR / "minivae_dit_tiny"), None, PROPRIO_DIR,
+                         PROPRIO_FORMAT)
     assert named == SHIPPED_DIR / "minivae_dit_tiny" / PROPRIO_DIR  # on purpose, as build_embedded.sh does
-    assert addon_folder("minivae_dit_tiny", None, tmp_path / "mine", PROPRIO_DIR) == tmp_path / "mine"
+    assert addon_folder("minivae_dit_tiny", None, tmp_path / "mine", PROPRIO_DIR, PROPRIO_FORMAT) == tmp_path / "mine"
     own = tmp_path / "checkpoints" / "minivae_dit_tiny"
     own.mkdir(parents=True)
     (own / "config.json").write_text("{}")  # a user copy is found first, and is theirs to write into
-    assert addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR) == own / PROPRIO_DIR
+    assert addon_folder("minivae_dit_tiny", None, None, PROPRIO_DIR, PROPRIO_FORMAT) == own / PROPRIO_DIR
     monkeypatch.setenv("WM_HARNESS_HOME", str(tmp_path / "empty"))  # the shipped one is found again
     for command in ("fit-proprio", "distill-decoder"):  # both commands ask before any work
         r = run_cli(command, "--wm", "minivae_dit_tiny", "--data", str(tmp_path / "none.h5"))

@@ -76,19 +76,27 @@ def check_world_model(name: str, checkpoint: str | os.PathLike | None = None,
     return folder, config
 
 
-def addon_folder(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathLike | None, sub: str) -> Path:
-    """Where an add-on of a world model (``sub``: its distilled decoder, proprioception readout) is
-    written: ``out``, else inside the model's checkpoint. The checkpoint shipped in the repository
-    is written into only when named with ``checkpoint`` (on purpose, as scripts/build_embedded.sh
-    does), never found by default."""
+def addon_folder(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathLike | None, sub: str,
+                 fmt: str) -> Path:
+    """Where an add-on of a world model (``sub``: its distilled decoder, proprioception readout;
+    ``fmt``: its checkpoint format) is to be written: ``out``, else inside the model's checkpoint.
+    Refused in one line, before any work, when saving there would replace something else
+    (``check_replaceable``), or would write into the checkpoint shipped in the repository without
+    it being named with ``checkpoint`` (on purpose, as scripts/build_embedded.sh does)."""
+    from .checkpoint import check_replaceable
+
     if out is not None:
-        return Path(out)
-    folder = find_checkpoint(name, checkpoint)
-    if checkpoint is None and folder.resolve().is_relative_to(SHIPPED_DIR.resolve()):
-        raise HarnessError(f"world model {name!r} is the one shipped in the repository ({folder}); writing {sub}/ "
-                           f"there would replace the shipped one: copy the folder to {default_checkpoint(name)} "
-                           f"(found first), pass --out DIR, or --wm-checkpoint {folder} to replace it on purpose")
-    return folder / sub
+        target = Path(out)
+    else:
+        folder = find_checkpoint(name, checkpoint)
+        if checkpoint is None and folder.resolve().is_relative_to(SHIPPED_DIR.resolve()):
+            raise HarnessError(f"world model {name!r} is the one shipped in the repository ({folder}); writing "
+                               f"{sub}/ there would replace the shipped one: copy the folder to "
+                               f"{default_checkpoint(name)} (found first), pass --out DIR, or --wm-checkpoint "
+                               f"{folder} to replace it on purpose")
+        target = folder / sub
+    check_replaceable(target, fmt)
+    return target
 
 
 def load_world_model(name: str, checkpoint: str | os.PathLike | None = None):
