@@ -158,7 +158,13 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
     if judge is None:
         raise HarnessError(f"world model {config.wm!r} has no success judge of its own ({checkpoint}/judge): pass "
                            f"--judge SPEC (see `harness list judges`), or train one with `harness train-judge`")
-    validate_judge(judge, wm_config.get("encoder"))
+    encoder = None
+    if wm_config.get("encoder_weights") == "embedded" and "latent_classifier" in judge:
+        from world_models.named import load_world_model
+
+        # an encoder trained here is small: its weights are compared now, not in every episode
+        encoder = load_world_model(config.wm, config.wm_checkpoint).encoder
+    validate_judge(judge, wm_config.get("encoder"), encoder)
     return judge
 
 

@@ -60,10 +60,11 @@ def default_judge(checkpoint: Path) -> str | None:
     return f"latent_classifier:path={folder}" if (folder / "config.json").exists() else None
 
 
-def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None) -> None:
+def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None, encoder: Any = None) -> None:
     """Fail before anything runs when the judge spec cannot judge a world-model rollout: an unknown
     name or parameter, the oracle, missing weights, a consensus without two raters, or a latent
-    classifier trained on another encoder than ``encoder_spec`` (the world model's)."""
+    classifier trained on another encoder than ``encoder_spec`` (the world model's; with
+    ``encoder``, its very weights)."""
     import inspect
 
     from harness.judges import JUDGES, parse_judge_spec
@@ -76,10 +77,11 @@ def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None) -> Non
     judge = JUDGES.get(parsed.name)
     check = getattr(judge, "check", None)
     if check is not None:  # options, weights found, cheap ones loaded: a broken judge fails before anything runs
-        context = {"encoder_spec": encoder_spec} if "encoder_spec" in inspect.signature(check).parameters else {}
+        accepted = inspect.signature(check).parameters
+        context = {k: v for k, v in (("encoder_spec", encoder_spec), ("encoder", encoder)) if k in accepted}
         check(**parsed.params, **context)
     for rater in getattr(judge, "rater_specs", lambda **_: [])(**parsed.params):
-        validate_judge(rater, encoder_spec)
+        validate_judge(rater, encoder_spec, encoder)
 
 
 @dataclass

@@ -201,6 +201,7 @@ def _minivae_spec():
 
 
 def test_judges_that_cannot_judge_a_world_model_rollout_fail_before_the_run():
+    pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')  # loads classifiers
     from harness.matched import validate_judge
 
     shipped = ROOT / "checkpoints"
@@ -222,6 +223,30 @@ def test_judges_that_cannot_judge_a_world_model_rollout_fail_before_the_run():
     validate_judge(f"consensus:judges={judge}+{judge}", minivae)
     moved = {**minivae, "params": {**minivae["params"], "path": "/elsewhere"}}  # only where weights sat differs
     validate_judge(judge, moved)
+
+
+def test_a_classifier_for_other_encoder_weights_fails_before_the_run(tmp_path):
+    import shutil
+
+    pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')
+
+    from harness.matched import validate_judge
+    from world_models.named import load_world_model
+
+    other = tmp_path / "judge"  # the same kind of encoder, other weights (e.g. a re-trained one)
+    shutil.copytree(ROOT / "checkpoints" / "minivae_dit_tiny" / "judge", other)
+    config = json.loads((other / "config.json").read_text())
+    config["encoder"]["identity"]["weights_sha256"] = "0" * 64
+    (other / "config.json").write_text(json.dumps(config))
+    encoder = load_world_model("minivae_dit_tiny").encoder
+    validate_judge(f"latent_classifier:path={other}", _minivae_spec())  # the settings alone agree
+    with pytest.raises(HarnessError, match="weights 000000000000\\); these latents come from minivae .*weights 13ac338c21fc"):
+        validate_judge(f"latent_classifier:path={other}", _minivae_spec(), encoder)
+    with pytest.raises(HarnessError, match="these latents come from"):
+        validate_judge(f"consensus:judges=latent_classifier:path={other}+latent_classifier:path="
+                       f"{ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec(), encoder)
+    validate_judge(f"latent_classifier:path={ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec(),
+                   encoder)
 
 
 @requires_transformers
