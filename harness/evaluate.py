@@ -158,13 +158,16 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
     if judge is None:
         raise HarnessError(f"world model {config.wm!r} has no success judge of its own ({checkpoint}/judge): pass "
                            f"--judge SPEC (see `harness list judges`), or train one with `harness train-judge`")
-    encoder = None
-    if wm_config.get("encoder_weights") == "embedded" and "latent_classifier" in judge:
+    load_encoder = None
+    if wm_config.get("encoder_weights") == "embedded":  # trained here, small: compare its weights now
+        import functools
+
         from world_models.named import load_world_model
 
-        # an encoder trained here is small: its weights are compared now, not in every episode
-        encoder = load_world_model(config.wm, config.wm_checkpoint).encoder
-    validate_judge(judge, wm_config.get("encoder"), encoder)
+        @functools.cache
+        def load_encoder():  # loaded only if a judge compares weights (a latent classifier), once
+            return load_world_model(config.wm, config.wm_checkpoint).encoder
+    validate_judge(judge, wm_config.get("encoder"), load_encoder)
     return judge
 
 
@@ -199,8 +202,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     store = RunStore(plan.out)
     with store.lock():  # one writer per run folder: a second eval into it is refused, not interleaved
         store.claim(plan.identity)
-        store.repair()
-        done = {key_of(r) for r in store.load()}
+        done = {key_of(r) for r in store.repair()}
         items = work_items(plan, done)
         start = time.perf_counter()
         finished = len(done)

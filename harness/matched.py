@@ -18,6 +18,7 @@ model's latent and the encoding of the simulator's frame at the same control ste
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,12 @@ def default_judge(checkpoint: Path) -> str | None:
     return f"latent_classifier:path={folder}" if (folder / "config.json").exists() else None
 
 
-def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None, encoder: Any = None) -> None:
+def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None,
+                   load_encoder: Callable[[], Any] | None = None) -> None:
     """Fail before anything runs when the judge spec cannot judge a world-model rollout: an unknown
     name or parameter, the oracle, missing weights, a consensus without two raters, or a latent
     classifier trained on another encoder than ``encoder_spec`` (the world model's; with
-    ``encoder``, its very weights)."""
+    ``load_encoder``, which gives that encoder, its very weights)."""
     import inspect
 
     from harness.judges import JUDGES, parse_judge_spec
@@ -78,10 +80,10 @@ def validate_judge(spec: str, encoder_spec: dict[str, Any] | None = None, encode
     check = getattr(judge, "check", None)
     if check is not None:  # options, weights found, cheap ones loaded: a broken judge fails before anything runs
         accepted = inspect.signature(check).parameters
-        context = {k: v for k, v in (("encoder_spec", encoder_spec), ("encoder", encoder)) if k in accepted}
+        context = {k: v for k, v in (("encoder_spec", encoder_spec), ("load_encoder", load_encoder)) if k in accepted}
         check(**parsed.params, **context)
     for rater in getattr(judge, "rater_specs", lambda **_: [])(**parsed.params):
-        validate_judge(rater, encoder_spec, encoder)
+        validate_judge(rater, encoder_spec, load_encoder)
 
 
 @dataclass

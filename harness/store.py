@@ -178,24 +178,24 @@ class RunStore:
         live run's record half-written); ``repair`` settles it before a run appends."""
         return dedupe(self._read()[0])
 
-    def repair(self) -> None:
-        """Before appending: cut a torn last line off; give a whole last record its newline."""
-        _, good_end, tail_whole = self._read()
-        size = self.episodes_path.stat().st_size if self.episodes_path.exists() else 0
-        if good_end == size:
-            return
-        if tail_whole:
-            with open(self.episodes_path, "ab") as f:
-                f.write(b"\n")
-        else:
-            with open(self.episodes_path, "r+b") as f:
-                f.truncate(good_end)
+    def repair(self) -> list[dict[str, Any]]:
+        """Before appending: cut a torn last line off; give a whole last record its newline.
+        Returns what ``load`` would (the file is read once)."""
+        records, good_end, size, tail_whole = self._read()
+        if good_end < size:
+            if tail_whole:
+                with open(self.episodes_path, "ab") as f:
+                    f.write(b"\n")
+            else:
+                with open(self.episodes_path, "r+b") as f:
+                    f.truncate(good_end)
+        return dedupe(records)
 
-    def _read(self) -> tuple[list[dict[str, Any]], int, bool]:
-        """(records, end of the last newline-terminated line, whether the unterminated tail is a
-        whole record)."""
+    def _read(self) -> tuple[list[dict[str, Any]], int, int, bool]:
+        """(records, end of the last newline-terminated line, size of the file, whether the
+        unterminated tail is a whole record)."""
         if not self.episodes_path.exists():
-            return [], 0, False
+            return [], 0, 0, False
         raw = self.episodes_path.read_bytes()
         good_end = raw.rfind(b"\n") + 1
         records = [self._record(line, n) for n, line in enumerate(raw[:good_end].splitlines(), 1) if line.strip()]
@@ -208,7 +208,7 @@ class RunStore:
                 pass
             if tail_whole:
                 records.append(last)
-        return records, good_end, tail_whole
+        return records, good_end, len(raw), tail_whole
 
     def _record(self, line: bytes, n: int) -> dict[str, Any]:
         try:

@@ -230,6 +230,7 @@ class CEMPolicy:
                  momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
                  precision: str | None = None, hold: bool | None = None, pick: str | None = None,
                  temperature: float | None = None, proprio: float | None = None):
+        goal_data = None if goal_data is None else str(goal_data)  # YAML may read a bare name as a number
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
         if preset not in CEM_PRESETS:
@@ -255,14 +256,14 @@ class CEMPolicy:
         if camera not in env_info.cameras:
             raise HarnessError(f"cem: world model {wm!r} sees camera {camera!r}, which this run does not render "
                                f"({', '.join(env_info.cameras) or 'none'}): add --camera {camera}")
-        if goal_data is not None and not Path(str(goal_data)).is_file():
+        if goal_data is not None and not Path(goal_data).is_file():
             raise HarnessError(f"cem goal_data={goal_data}: no such file; pass a dataset from `harness collect`")
         if self.config.proprio > 0:
             from world_models.proprio import check_readout
 
             check_readout(folder, wm, env_info.family)
         self.env_info, self.wm_name, self.checkpoint = env_info, wm, checkpoint
-        self.goal, self.goal_data = goal, None if goal_data is None else str(goal_data)
+        self.goal, self.goal_data = goal, goal_data
         self._wm = None
         self._goals: dict[int, Any] = {}
         self._goal_proprio: dict[int, np.ndarray | None] = {}
@@ -275,11 +276,7 @@ class CEMPolicy:
             from world_models import load_world_model
 
             self._wm = load_world_model(self.wm_name, self.checkpoint)
-            self._wm.eval()
-            camera = self._wm.info.get("camera")
-            if camera not in self.env_info.cameras:
-                raise HarnessError(f"cem: world model {self.wm_name!r} sees camera {camera!r}, which this run does "
-                                   f"not render ({', '.join(self.env_info.cameras) or 'none'}): add --camera {camera}")
+            self._wm.eval()  # its camera was checked at construction, from the same config
             if self._wm.env_action_dim != self.env_info.action_space.shape[0]:
                 raise HarnessError(f"cem: world model {self.wm_name!r} takes {self._wm.env_action_dim}-D actions; "
                                    f"{self.env_info.env_id} has {self.env_info.action_space.shape[0]}-D")

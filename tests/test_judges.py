@@ -241,12 +241,12 @@ def test_a_classifier_for_other_encoder_weights_fails_before_the_run(tmp_path):
     encoder = load_world_model("minivae_dit_tiny").encoder
     validate_judge(f"latent_classifier:path={other}", _minivae_spec())  # the settings alone agree
     with pytest.raises(HarnessError, match="weights 000000000000\\); these latents come from minivae .*weights 13ac338c21fc"):
-        validate_judge(f"latent_classifier:path={other}", _minivae_spec(), encoder)
+        validate_judge(f"latent_classifier:path={other}", _minivae_spec(), lambda: encoder)
     with pytest.raises(HarnessError, match="these latents come from"):
         validate_judge(f"consensus:judges=latent_classifier:path={other}+latent_classifier:path="
-                       f"{ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec(), encoder)
+                       f"{ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec(), lambda: encoder)
     validate_judge(f"latent_classifier:path={ROOT / 'checkpoints' / 'minivae_dit_tiny' / 'judge'}", _minivae_spec(),
-                   encoder)
+                   lambda: encoder)
 
 
 @requires_transformers

@@ -26,6 +26,12 @@ SEPARATOR = "+"
 VOTES = ("mean", "majority")
 
 
+def _check_vote(vote: Any) -> str:
+    if vote not in VOTES:
+        raise HarnessError(f"consensus: vote must be one of {', '.join(VOTES)}, got {vote!r}")
+    return vote
+
+
 def _check_count(n: int) -> None:
     if n < 2:
         raise HarnessError(f"consensus needs at least 2 raters, got {n}; separate rater specs with '{SEPARATOR}', "
@@ -38,10 +44,7 @@ class ConsensusJudge:
     def __init__(self, judges: str | Sequence[Any], vote: str = "mean", threshold: float = 0.5, encoder: Any = None):
         from . import make_judge
 
-        if vote not in VOTES:
-            raise HarnessError(f"consensus: vote must be one of {', '.join(VOTES)}, got {vote!r}")
-        self.vote = vote
-        self.threshold = check_threshold(threshold, "consensus")
+        self.vote, self.threshold = _check_vote(vote), check_threshold(threshold, "consensus")
         if isinstance(judges, str):
             context = {} if encoder is None else {"encoder": encoder}
             self.raters = [make_judge(s, **context) for s in self.rater_specs(judges)]
@@ -68,8 +71,7 @@ class ConsensusJudge:
     @classmethod
     def check(cls, judges: str, vote: str = "mean", threshold: float = 0.5, **_: Any) -> None:
         """Its own options, before a run starts (each rater is checked by the caller)."""
-        if vote not in VOTES:
-            raise HarnessError(f"consensus: vote must be one of {', '.join(VOTES)}, got {vote!r}")
+        _check_vote(vote)
         check_threshold(threshold, "consensus")
         cls.rater_specs(judges)
 

@@ -160,15 +160,19 @@ class LatentClassifierJudge:
 
     @classmethod
     def check(cls, path: str, window: int | None = None, threshold: float | None = None,
-              encoder_spec: dict[str, Any] | None = None, encoder: Any = None, **_: Any) -> None:
+              encoder_spec: dict[str, Any] | None = None, load_encoder: Callable[[], Any] | None = None,
+              **_: Any) -> None:
         """Load the classifier (a small MLP) to refuse a missing or broken one before a run starts,
         and one trained on another kind of encoder than ``encoder_spec`` (the world model's), or on
-        other weights than ``encoder``'s when the caller has the encoder at hand."""
-        judge = cls(path, window, threshold, encoder=encoder)
+        other weights than those of the encoder ``load_encoder`` gives (when the caller can load it
+        cheaply)."""
+        judge = cls(path, window, threshold)
         if encoder_spec is not None and _settings(encoder_spec) != _settings(judge.identity["spec"]):
             raise HarnessError(f"success classifier {judge.path} was trained on latents of {_describe(judge.identity)}; "
                                f"this world model's encoder is {encoder_spec.get('name')!r} with other settings. Train "
                                f"a classifier for it: `harness train-judge --wm NAME --data D.h5 --out DIR`")
+        if load_encoder is not None:
+            judge.check_encoder(load_encoder())
 
     def check_encoder(self, encoder: Any) -> None:
         """Refuse an encoder other than the one the classifier was trained on."""

@@ -107,24 +107,32 @@ def _check_options(frames: Any, samples: Any, vote: Any, threshold: Any, dtype: 
     check_threshold(threshold, "vlm")
 
 
+def _find_config(path: str) -> tuple[str, Any]:
+    """(where the model loads from: a local folder or the repo id, its config), read offline
+    without the weights; a missing checkpoint is one line saying how to provide it."""
+    from transformers import AutoConfig
+
+    local = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
+    try:
+        return local, AutoConfig.from_pretrained(local, local_files_only=True)
+    except (OSError, ValueError) as err:
+        raise _missing(path, err) from err
+
+
 class VLMBackend:
     """A loaded model + its input preparation; shared by judges with the same path/device/dtype."""
 
     def __init__(self, path: str, device: str = "cpu", dtype: str = "float32", max_pixels: int | None = None):
         require_module("transformers", "transformers (VLM judge)", "models")
         import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText
+        from transformers import AutoModelForImageTextToText
         from transformers.utils import logging as hf_logging
 
         self.path, self.device = path, torch.device(device)
-        local = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
         old = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            try:
-                config = AutoConfig.from_pretrained(local, local_files_only=True)
-            except (OSError, ValueError) as err:
-                raise _missing(path, err) from err
+            local, config = _find_config(path)
             self.family = config.model_type
             if self.family in QWEN_FAMILY:
                 from transformers import AutoTokenizer
@@ -231,17 +239,12 @@ class VLMJudge:
         run starts: a missing checkpoint is one line saying how to provide it."""
         _check_options(frames, samples, vote, threshold, dtype, max_pixels)
         require_module("transformers", "transformers (VLM judge)", "models")
-        from transformers import AutoConfig
         from transformers.utils import logging as hf_logging
 
-        path = str(path)
-        local = str(Path(path).expanduser()) if Path(path).expanduser().exists() else path
         old = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:
-            AutoConfig.from_pretrained(local, local_files_only=True)
-        except (OSError, ValueError) as err:
-            raise _missing(path, err) from err
+            _find_config(str(path))
         finally:
             hf_logging.set_verbosity(old)
 
