@@ -4,15 +4,15 @@
    scored one world-model call each (a per-candidate loop). Acceptance: >= 20x.
 2. Plan time per MPC step for the presets (cpu, vjepa2_ac, dino_wm), with the embedded tiny
    world-model shape (minivae 64 px -> 16 tokens x 16 dims, DiT tiny, frameskip 4).
-3. (run_all) world_models/kernels.py's fused CPU kernels vs torch's operations, at batch 1 and
-   for the batched call in float32 and bfloat16 (``kernels_effect``), and the allocator setting's
+3. (run_all) a plan with the world model as the harness loads it (world_models/inference.py's
+   measured stand-ins) vs torch's own modules (``default_vs_torch``), and the allocator setting's
    effect.
 
     python benchmarks/bench_cem.py [--threads 1] [--samples 300] [--full] [--embedded]
 
 ``--full`` also times a whole dino_wm plan (30 iterations). Weights are random (speed does not
 depend on them) unless ``--embedded`` (the shipped minivae_dit_tiny). ``benchmarks/run_all.py``
-imports ``batched_vs_loop``, ``plan_time``, ``kernels_effect`` and ``allocator_effect`` from here.
+imports ``batched_vs_loop``, ``plan_time``, ``default_vs_torch`` and ``allocator_effect`` from here.
 """
 
 from __future__ import annotations
@@ -98,40 +98,32 @@ def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> 
             "iterations": cfg.iterations, "samples": cfg.samples, "horizon": cfg.horizon}
 
 
-def kernels_effect(wm, context, samples: int = 300, horizon: int = 5, sampler_steps: int = 2,
-                   rounds: int = 2) -> dict[str, float]:
-    """Seconds of one candidate's rollout (batch 1, float32: the per-candidate loop's call) and of
-    the batched call of ``samples`` candidates in float32 and in bfloat16, with world_models/kernels.py's fused CPU
-    kernels and with torch's operations (``WM_HARNESS_KERNELS=0``, read at each call), alternating
-    ``rounds`` times, best of each. ``available``: whether the kernels were built here at all."""
+def default_vs_torch(folder, context, goal, preset: str = "cpu", rounds: int = 3,
+                     iterations: int | None = None) -> dict:
+    """Seconds of one ``cem_plan`` (``preset``) with the world model as the harness loads it
+    (``prepare_for_inference``: stand-ins only where they measured faster here) and with torch's
+    own modules throughout (``WM_HARNESS_INFERENCE=torch``), alternating ``rounds`` times, best
+    of each. Returns ``default_s``, ``torch_s`` and the default path's record."""
     import os
 
-    import torch
-    from bench_world_model import best_of
+    from world_models.inference import ENV_SWITCH
+    from world_models.world_model import WorldModel
 
-    from world_models import kernels
-
-    cand = torch.rand(samples, horizon, wm.action_dim, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    calls = {"batch1": lambda: wm.predict(context, cand[:1], steps=sampler_steps, temperature=0.0),
-             "batched_f32": lambda: wm.predict(context, cand, steps=sampler_steps, temperature=0.0),
-             "batched_bf16": lambda: wm.predict(context, cand, steps=sampler_steps, temperature=0.0,
-                                                dtype=torch.bfloat16)}
-    best: dict[str, float] = {}
-    before = os.environ.get(kernels.ENV_SWITCH)
+    default = WorldModel.load(folder)
+    before = os.environ.get(ENV_SWITCH)
+    os.environ[ENV_SWITCH] = "torch"
     try:
-        for _ in range(rounds):
-            for switch in ("1", "0"):
-                os.environ[kernels.ENV_SWITCH] = switch
-                for name, fn in calls.items():
-                    key = f"{name}_{'kernels' if switch == '1' else 'torch'}"
-                    t = best_of(fn, 10 if name == "batch1" else 2)
-                    best[key] = min(best.get(key, t), t)
+        plain = WorldModel.load(folder)
     finally:
         if before is None:
-            os.environ.pop(kernels.ENV_SWITCH, None)
+            os.environ.pop(ENV_SWITCH)
         else:
-            os.environ[kernels.ENV_SWITCH] = before
-    return {**best, "available": kernels.library() is not None}
+            os.environ[ENV_SWITCH] = before
+    best = {"default_s": float("inf"), "torch_s": float("inf")}
+    for _ in range(rounds):
+        for key, wm in (("default_s", default), ("torch_s", plain)):
+            best[key] = min(best[key], plan_time(wm, context, goal, preset, iterations)["plan_s"])
+    return {**best, "record": default.inference}
 
 
 def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) -> dict[str, float]:

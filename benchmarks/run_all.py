@@ -207,7 +207,7 @@ def loop_times_note(r: dict, samples: int) -> str:
 
 def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     import torch
-    from bench_cem import allocator_effect, batched_vs_loop, kernels_effect, plan_time
+    from bench_cem import allocator_effect, batched_vs_loop, default_vs_torch, plan_time
     from bench_world_model import embedded_world_model, sim_steps_per_s
 
     wm = state.get("wm") or embedded_world_model()
@@ -244,14 +244,10 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
             rows.append(Row(f"CEM batched call ({label}) with harness.allocator.keep_freed_memory vs glibc defaults",
                             S / a[f"{label}_keep"], "cand/s", S / a[f"{label}_default"],
                             note="child processes, alternating, best of each"))
-    k = kernels_effect(wm, ctx, S, 5, rounds=min(2, sizes.rounds))
-    if k["available"]:
-        rows.append(Row("world-model rollout, 1 candidate x horizon 5 (the loop's call): fused CPU kernels vs torch ops",
-                        1 / k["batch1_kernels"], "cand/s", 1 / k["batch1_torch"],
-                        note="world_models/kernels.py; WM_HARNESS_KERNELS=0 for the baseline, alternating"))
-        for label, key in (("float32", "batched_f32"), ("bfloat16", "batched_bf16")):
-            rows.append(Row(f"CEM batched call ({S} candidates, {label}): fused CPU kernels vs torch ops",
-                            S / k[f"{key}_kernels"], "cand/s", S / k[f"{key}_torch"], note="as above"))
+    d = default_vs_torch(wm.folder, ctx, goal, "cpu", rounds=max(2, sizes.rounds))
+    rows.append(Row("CEM plan, preset cpu: the harness's inference path vs torch's own modules",
+                    1 / d["default_s"], "plans/s", 1 / d["torch_s"], (">=", 1.0),
+                    note=f"{d['record']['path']}: {d['record']['why']}; alternating, best of each"))
     threads, default = state.get("threads", 1), state.get("default_threads")
     if default and default != threads:
         # the whole machine, as `harness eval --workers 1` runs CEM (torch's default threads): the
@@ -335,7 +331,18 @@ def machine_line() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    return f"CPU: {model}, {cores} cores usable; load average {load}"
+    return f"CPU: {model}, {cores} cores usable, vector flags: {cpu_flags()}; load average {load}"
+
+
+def cpu_flags() -> str:
+    """The CPU's vector extensions that decide which code is fast here (AVX2/FMA, AVX512, AMX)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = sorted(f for f in set(flags) if f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")))
+    return " ".join(wanted) or "none of avx/avx2/fma/avx512/amx"
 
 
 def run(sections: tuple[str, ...], sizes: Sizes, threads: int, log=print, state: dict | None = None) -> list[Row]:

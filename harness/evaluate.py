@@ -65,13 +65,14 @@ class EvalPlan:
 
 
 def inference_backend(config: EvalConfig) -> dict[str, str]:
-    """For a run with a world model (``--wm`` or a CEM policy): what its DiT ran on, the fused
-    CPU kernels or torch's operations (the same numbers to float rounding; world_models/kernels.py)."""
+    """For a run with a world model (``--wm`` or a CEM policy): how its networks run on this
+    machine (world_models/inference.py: torch's modules, with a stand-in only where it measured
+    faster here; the same numbers to float rounding)."""
     if not (config.wm or any(str(p).split(":", 1)[0] == "cem" for p in config.policies)):
         return {}
-    from world_models.kernels import describe
+    from world_models.inference import describe
 
-    return {"world_model_kernels": describe()}
+    return {"world_model_inference": describe()}
 
 
 def slug(text: str) -> str:

@@ -121,3 +121,26 @@ def test_allocator_effect_runs_both_settings_in_child_processes():
 def test_loop_times_note_gives_each_precision_at_its_fastest_thread_count():
     r = {"loop_s_by_config": {(1, "float32"): 3.0, (2, "float32"): 2.4, (1, "bfloat16"): 3.6, (2, "bfloat16"): 4.0}}
     assert run_all.loop_times_note(r, 300) == "float32 8.0 ms, bfloat16 12.0 ms"
+
+
+def test_default_path_vs_torch_modules_times_both_and_records_the_choice(one_thread):
+    import torch
+    from bench_cem import default_vs_torch
+    from bench_world_model import embedded_world_model
+
+    wm = embedded_world_model()
+    N, D = wm.encoder.num_tokens, wm.encoder.dim
+    r = default_vs_torch(wm.folder, torch.zeros(1, 2, N, D), torch.zeros(N, D), "cpu", rounds=1, iterations=1)
+    assert r["default_s"] > 0 and r["torch_s"] > 0
+    gelu = r["record"]["stand_ins"]["gelu"]  # measured on this CPU, and the choice follows the numbers
+    assert gelu["use"] == (gelu["stand_in_ms"] < gelu["torch_ms"]) and gelu["swapped"] == (4 if gelu["use"] else 0)
+
+
+def test_machine_line_names_the_cpu_and_its_vector_flags():
+    line = run_all.machine_line()
+    assert line.startswith("CPU: ") and "vector flags: " in line
+    flags = run_all.cpu_flags().split()
+    cpuinfo = open("/proc/cpuinfo").read() if sys.platform.startswith("linux") else ""
+    if " avx2" in cpuinfo:
+        assert "avx2" in flags
+    assert all(f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")) for f in flags)

@@ -127,7 +127,7 @@ def test_a_run_records_its_weights_and_refuses_to_mix_in_others(tmp_path):
     key = f"path={actions}"
     results = json.loads((out / "results.json").read_text())
     assert results["checkpoints"] == {key: fingerprint(actions)}
-    assert "world_model_kernels" not in results  # no world model in this run
+    assert "world_model_inference" not in results  # no world model in this run
     assert json.loads((out / "run.json").read_text())["checkpoints"] == {key: fingerprint(actions)}
     # leave the second episode to be run again, as after a kill
     lines = (out / "episodes.jsonl").read_text().splitlines(keepends=True)

@@ -32,6 +32,7 @@ from .distill import DECODERS
 from .dit import DiT, DiTConfig
 from .encoders import Encoder, build_encoder, is_trained_here
 from .flow_matching import SAMPLERS, resolve_shift, sample
+from .inference import prepare_for_inference
 from .pixel_decoder import PixelDecoder
 
 WM_FORMAT = "wm-harness-wm/1"
@@ -86,6 +87,7 @@ class WorldModel(nn.Module):
         self.folder: Path | None = None  # the checkpoint folder it was loaded from
         self.distilled: PixelDecoder | None = None  # the cheap decoder, loaded on first use (distill.py)
         self.proprio = None  # the proprioception readout, loaded on first use (proprio.py)
+        self.inference: dict[str, Any] = {"path": "torch modules", "why": "not prepared for inference"}
         self.eval()
         self.requires_grad_(False)
 
@@ -142,9 +144,8 @@ class WorldModel(nn.Module):
 
     def transition_as(self, dtype: torch.dtype | None) -> DiT:
         """The transition model in ``dtype``: itself for float32, else a copy made on first use
-        and kept (the model is frozen). In bfloat16 a 300-candidate CEM call ran 1.6-2.0x faster here
-        (its matmuls ~4x, on a CPU with native bf16; the temporal attention runs in float32 and
-        the other elementwise work barely speeds up)."""
+        and kept (the model is frozen). bfloat16 pays only on CPUs with native bf16 dot products
+        (AVX512-BF16, AMX); elsewhere its matmuls are slower than float32's."""
         return self._in("transition", dtype)
 
     def _in(self, part: str, dtype: torch.dtype | None) -> nn.Module:
@@ -314,4 +315,5 @@ class WorldModel(nn.Module):
         wm = cls(encoder, transition, decoder, tensors["latent_mean"], tensors["latent_std"], sampler,
                  config.get("info", {}), tensors.get("delta_mean"), tensors.get("delta_std"))
         wm.folder = Path(folder)
+        wm.inference = prepare_for_inference(wm.transition)
         return wm
