@@ -324,7 +324,7 @@ def read_installed_tasks() -> dict[str, tuple[tuple[str, str], ...]]:
     import contextlib
     import io
 
-    from envs.libero import import_libero
+    from envs.libero_import import import_libero
 
     benchmark = import_libero().benchmark
     out = {}

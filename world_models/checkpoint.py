@@ -18,6 +18,7 @@ import torch
 from harness.errors import HarnessError
 
 CONFIG = "config.json"
+WM_FORMAT = "wm-harness-wm/1"  # a world model checkpoint (world_model.py writes it)
 WEIGHTS = "model.safetensors"
 T = TypeVar("T")
 

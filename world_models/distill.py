@@ -62,8 +62,7 @@ def teacher_fingerprint(world_model) -> str:
 def check_distilled(checkpoint: str | os.PathLike, name: str) -> None:
     """Before an eval runs: ``<checkpoint>/distilled_decoder`` exists, is whole and was distilled
     from this checkpoint's decoder (one line otherwise)."""
-    from .checkpoint import load_checkpoint
-    from .world_model import WM_FORMAT
+    from .checkpoint import WM_FORMAT, load_checkpoint
 
     folder = Path(checkpoint) / DISTILLED_DIR
     hint = _hint(name, folder)

@@ -62,8 +62,7 @@ def check_world_model(name: str, checkpoint: str | os.PathLike | None = None,
 
     require_module("torch", "PyTorch (world models)", "models")
     require_module("safetensors", "safetensors (world-model checkpoints)", "models")
-    from .checkpoint import load_checkpoint
-    from .world_model import WM_FORMAT
+    from .checkpoint import WM_FORMAT, load_checkpoint
 
     read_config(name)  # an unknown name lists the known ones
     folder = find_checkpoint(name, checkpoint)

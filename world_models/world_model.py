@@ -27,15 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint, load_state, save_checkpoint
+from .checkpoint import WM_FORMAT, load_checkpoint, load_state, save_checkpoint
 from .distill import DECODERS
 from .dit import DiT, DiTConfig
 from .encoders import Encoder, build_encoder, is_trained_here
 from .flow_matching import SAMPLERS, resolve_shift, sample
 from .inference import prepare_for_inference
 from .pixel_decoder import PixelDecoder
-
-WM_FORMAT = "wm-harness-wm/1"
 
 
 @dataclass
