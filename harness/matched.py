@@ -18,7 +18,7 @@ model's latent and the encoding of the simulator's frame at the same control ste
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,7 @@ class WorldModelTask:
 
 @dataclass(eq=False)
 class _Row:
+    index: int  # the task's place in the batch
     task: WorldModelTask
     policy: Any
     budget: int
@@ -115,26 +116,39 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
                              stop_on_success: bool = True,
                              precision: str = "float32",
                              decoder: str = "full") -> list[WorldModelResult | BaseException]:
+    """The results of ``stream_world_model_episodes``, in the order of ``tasks``."""
+    out: list[WorldModelResult | BaseException | None] = [None] * len(tasks)
+    for i, result in stream_world_model_episodes(world_model, tasks, policy_for, camera=camera, judge=judge,
+                                                 stop_on_success=stop_on_success, precision=precision,
+                                                 decoder=decoder):
+        out[i] = result
+    return out
+
+
+def stream_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_for, *, camera: str, judge=None,
+                                stop_on_success: bool = True, precision: str = "float32",
+                                decoder: str = "full") -> Iterator[tuple[int, WorldModelResult | BaseException]]:
     """Run the world-model episodes of ``tasks`` together: one batched world-model call per
     control step for all the episodes still running, and one ``act_batch`` call per batch-capable
-    policy (``policies.base.acts_in_batch``).
+    policy (``policies.base.acts_in_batch``). Yields ``(index into tasks, result)`` the moment
+    each episode ends, while the others go on, so a caller can save it at once.
 
     Each episode starts from its simulator episode's reset frame, with its own seed and its own
     noise stream, so its outcome does not depend on the batch it runs in. Closed-loop episodes
     run up to ``episode.max_steps`` steps and stop when an online judge (``online = True``) says
     success; open-loop episodes replay the simulator's actions. ``policy_for(spec, env_id, slot)``
     gives the policy instance for slot ``slot`` of a batch. A policy exception, a bad or
-    non-finite action, or a non-finite prediction ends that episode only: its entry in the
-    returned list is the exception; the others are ``WorldModelResult``s. ``precision``
-    bfloat16 runs the transition network and the pixel decoder in bf16 (``--wm-precision``);
-    ``decoder`` "distilled" shows the predictions through the distilled decoder (``--wm-decoder``)."""
+    non-finite action, or a non-finite prediction ends that episode only: its result is the
+    exception; the others are ``WorldModelResult``s. ``precision`` bfloat16 runs the transition
+    network and the pixel decoder in bf16 (``--wm-precision``); ``decoder`` "distilled" shows the
+    predictions through the distilled decoder (``--wm-decoder``)."""
     from policies.base import acts_in_batch
     from world_models.env import LatentRollout
     from world_models.precision import torch_dtype
 
     start = time.perf_counter()
     if not tasks:
-        return []
+        return
     size = tasks[0].sim_observations[0]["pixels"][camera].shape[0]
     dtype = torch_dtype(precision)
     rollout = LatentRollout(world_model, size, decode_dtype=dtype, predict_dtype=dtype, decoder=decoder)
@@ -142,18 +156,25 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
     online = judge is not None and getattr(judge, "online", False) and stop_on_success
     shape = (world_model.env_action_dim,)
 
+    def ended(rows: list[_Row]) -> Iterator[tuple[int, WorldModelResult | BaseException]]:
+        for r in rows:
+            if r.error is not None:
+                yield r.index, r.error
+            else:  # the batch's wall time so far, shared out: the episodes ran together
+                yield r.index, _result(world_model, r, judge, camera, every, (time.perf_counter() - start) / len(tasks))
+
     rows: list[_Row] = []
     groups: dict[tuple[str, str], list[_Row]] = {}  # rows acted for by one batch-capable instance
     for slot, task in enumerate(tasks):
         ep = task.episode
         policy = policy_for(task.policy, ep.env_id, 0) if task.closed_loop else None
         if policy is not None and acts_in_batch(policy):
-            groups.setdefault((task.policy, ep.env_id), []).append(_Row(task, policy, ep.max_steps))
+            groups.setdefault((task.policy, ep.env_id), []).append(_Row(slot, task, policy, ep.max_steps))
             rows.append(groups[(task.policy, ep.env_id)][-1])
             continue
         if policy is not None:
             policy = policy_for(task.policy, ep.env_id, slot)
-        rows.append(_Row(task, policy, ep.max_steps if task.closed_loop else len(task.sim_actions)))
+        rows.append(_Row(slot, task, policy, ep.max_steps if task.closed_loop else len(task.sim_actions)))
 
     context = np.stack([t.sim_observations[0]["pixels"][camera] for t in tasks])[:, None]  # (B, 1, S, S, 3)
     pixels, z = rollout.reset(context, [t.episode.seed for t in tasks])
@@ -175,7 +196,8 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
             for r in group:
                 r.error = exc
 
-    active = _drop(rollout, groups, rows, lambda r: r.error is not None or r.budget <= 0)
+    active, done = _drop(rollout, groups, rows, lambda r: r.error is not None or r.budget <= 0)
+    yield from ended(done)
     t = 0
     while active:
         actions: dict[int, np.ndarray] = {}
@@ -203,7 +225,8 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
         for r in active:
             if r.error is None:
                 r.error = _check_action(actions[id(r)], shape, t)
-        active = _drop(rollout, groups, active, lambda r: r.error is not None)
+        active, done = _drop(rollout, groups, active, lambda r: r.error is not None)
+        yield from ended(done)
         if not active:
             break
         pixels, z = rollout.step(np.stack([actions[id(r)] for r in active]))
@@ -222,17 +245,8 @@ def run_world_model_episodes(world_model, tasks: list[WorldModelTask], policy_fo
                     r.done = True
             if t >= r.budget:
                 r.done = True
-        active = _drop(rollout, groups, active, lambda r: r.error is not None or r.done)
-
-    elapsed = time.perf_counter() - start
-    out: list[WorldModelResult | BaseException] = []
-    for r in rows:
-        if r.error is not None:
-            out.append(r.error)
-            continue
-        # the batch's wall time shared out: the episodes ran together
-        out.append(_result(world_model, r, judge, camera, every, elapsed / len(rows)))
-    return out
+        active, done = _drop(rollout, groups, active, lambda r: r.error is not None or r.done)
+        yield from ended(done)
 
 
 def _obs(row: _Row, camera: str) -> dict[str, Any]:
@@ -261,8 +275,9 @@ def _select(groups: dict[tuple[str, str], list[_Row]], going: list[_Row]) -> Non
             groups[key] = [group[i] for i in keep]
 
 
-def _drop(rollout, groups, active: list[_Row], ends) -> list[_Row]:
-    """The rows of ``active`` that go on; the rollout and the batch policies follow."""
+def _drop(rollout, groups, active: list[_Row], ends) -> tuple[list[_Row], list[_Row]]:
+    """The rows of ``active`` that go on, and those that end now; the rollout and the batch
+    policies follow."""
     for r in active:
         if ends(r):
             r.done = True
@@ -271,7 +286,7 @@ def _drop(rollout, groups, active: list[_Row], ends) -> list[_Row]:
         if going:
             rollout.keep([i for i, r in enumerate(active) if not r.done])
         _select(groups, going)
-    return going
+    return going, [r for r in active if r.done]
 
 
 def _result(world_model, row: _Row, judge, camera: str, every: int, rollout_s: float) -> WorldModelResult:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,9 @@ from harness.episodes import Episode, WorkItem
 
 log = logging.getLogger(__name__)
 
-# Record fields that vary between identical runs (timing, where files went).
-NONDETERMINISTIC_FIELDS = ("wall_s", "rollout_s", "steps_per_s", "video", "worker")
+# Record fields that vary between identical runs (timing, where files went, what each process
+# measured as its faster inference path).
+NONDETERMINISTIC_FIELDS = ("wall_s", "rollout_s", "steps_per_s", "video", "worker", "wm_inference")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,17 @@ class EpisodeResult:
     @property
     def frames(self) -> list[dict[str, np.ndarray]]:
         return [o["pixels"] for o in self.observations]
+
+
+@dataclass
+class _Mirror:
+    """A matched item's world-model episode to come: the simulator episode it mirrors, and its
+    task (None when preparing it failed with ``error``)."""
+
+    item: WorkItem
+    sim: EpisodeResult
+    task: Any  # harness.matched.WorldModelTask
+    error: BaseException | None = None
 
 
 def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_trajectory: bool) -> EpisodeResult:
@@ -168,107 +181,117 @@ class EpisodeWorker:
 
     def run(self, item: WorkItem) -> list[dict[str, Any]]:
         """The records of ``item``: one per backend in ``item.backends``."""
-        return self.run_batch([item])
+        return list(self.run_batch([item]))
 
-    def run_batch(self, items: list[WorkItem]) -> list[dict[str, Any]]:
-        """The records of ``items``, one per backend of each. Each simulator episode runs in turn;
-        then the world-model episodes of all of them run together, one batched world-model call
-        per step (executors hand a worker up to ``settings.wm_batch`` items at once)."""
-        out: list[dict[str, dict[str, Any]]] = []  # per item: backend -> record
-        sims: list[EpisodeResult | None] = []
+    def run_batch(self, items: list[WorkItem]) -> Iterator[dict[str, Any]]:
+        """The records of ``items``, one per backend of each, each yielded the moment its episode
+        ends, so that a worker that dies loses only the episodes in flight. Each simulator episode
+        runs in turn; then the world-model episodes of all of them run together, one batched
+        world-model call per step (executors hand a worker up to ``settings.wm_batch`` items at
+        once). A matched item's video shows both rollouts: it is written when its world-model
+        episode ends, and the world-model record names it."""
+        mirrors: list[_Mirror] = []
         for item in items:
             ep = item.episode
             start = time.perf_counter()
+            matched = item.world_model is not None
             try:
-                sim = self.run_one(ep, item.policy,
-                                   keep_trajectory=item.video_path is not None or item.world_model is not None)
+                sim = self.run_one(ep, item.policy, keep_trajectory=item.video_path is not None or matched)
             except Exception as exc:  # one bad episode must not end the run
                 log.warning("episode %s failed: %s", item.keys, exc)
                 self.close()  # the simulator may be in a bad state: rebuild it for the next episode
-                out.append(dict(zip(item.backends, failed_records([item], exc, start))))
-                sims.append(None)
+                yield from failed_records([item], exc, start)
                 continue
-            base = {"policy": item.policy, **ep.to_dict()}
-            out.append({"sim": {**base, "backend": "sim", **_outcome(sim, time.perf_counter() - start)}})
-            sims.append(sim)
-        matched = [i for i, item in enumerate(items) if item.world_model is not None and sims[i] is not None]
-        wm_results: dict[int, Any] = {}
-        if matched:
-            wm_results = self._run_in_world_model([items[i] for i in matched], [sims[i] for i in matched])
-            wm_results = dict(zip(matched, wm_results))
-        records = []
-        for i, item in enumerate(items):
-            if i in wm_results:
-                out[i].update(self._wm_record(item, sims[i], out[i]["sim"], *wm_results[i]))
-            recs = [out[i][b] for b in item.backends]
-            wm = wm_results.get(i, (None,))[0]
-            if item.video_path and sims[i] is not None:
-                wm_ok = wm is None or (not isinstance(wm, BaseException) and wm.success)
-                if not (sims[i].success and wm_ok) or not item.video_only_on_failure:
-                    video = self._write_video(item, sims[i], None if isinstance(wm, BaseException) else wm)
-                    for r in recs:
-                        r["video"] = video
-            records.extend(recs)
-        return records
+            record = {"policy": item.policy, **ep.to_dict(), "backend": "sim",
+                      **_outcome(sim, time.perf_counter() - start), **self._planner_inference(item.policy, ep.env_id)}
+            if matched:
+                mirrors.append(self._mirror(item, sim, record))
+            elif item.video_path and (not sim.success or not item.video_only_on_failure):
+                record["video"] = self._write_video(item, sim)
+            if "sim" in item.backends:
+                yield record
+        if mirrors:
+            yield from self._run_in_world_model(mirrors)
 
-    def _wm_record(self, item: WorkItem, sim: EpisodeResult, sim_record: dict[str, Any], result,
-                   judged_sim) -> dict[str, dict[str, Any]]:
-        """The world-model record of ``item`` (and the judge's verdict on its simulator record)."""
-        backend = f"wm:{item.world_model}"
-        base = {"policy": item.policy, **item.episode.to_dict()}
-        if isinstance(result, BaseException):
-            log.warning("world-model episode %s failed: %s", item.keys, result)
-            return {backend: _error_record(base, backend, result, time.perf_counter())}
-        if judged_sim is not None:
-            sim_record.update(judge_score=round(judged_sim[0], 6), judge_success=judged_sim[1])
-        return {backend: {**base, "backend": backend, **_outcome(result, result.rollout_s),
-                          "mode": result.mode, "judge": self.settings.judge,
-                          "judge_score": None if result.judge_score is None else round(result.judge_score, 6),
-                          "sim_success": sim.success, "latent_divergence": result.latent_divergence}}
+    def _planner_inference(self, spec: str, env_id: str) -> dict[str, Any]:
+        """For a policy that plans in a world model (CEM): what that model ran on."""
+        return _inference(getattr(self._policy_for(spec, env_id), "world_model", None))
 
-    def _run_in_world_model(self, items: list[WorkItem], sims: list[EpisodeResult]) -> list[tuple[Any, Any]]:
-        """Per item: (WorldModelResult or the exception that ended it, the judge's (score, verdict)
-        on the simulator rollout or None)."""
+    def _mirror(self, item: WorkItem, sim: EpisodeResult, sim_record: dict[str, Any]) -> _Mirror:
+        """The world-model episode that mirrors ``sim``. The judge's verdict on the simulator
+        rollout goes into ``sim_record``: the same judge on the real rollout, so that its own
+        error can be told apart from the world model's."""
         from harness.judges.base import verdict
-        from harness.matched import WorldModelTask, run_world_model_episodes
+        from harness.matched import WorldModelTask
         from policies.base import observes
 
+        ep = item.episode
         try:
             wm, judge = self.world_model()
-        except Exception as exc:  # e.g. a checkpoint that went bad after planning
-            return [(exc, None)] * len(items)
-        camera = wm.info["camera"]
-        out: list[tuple[Any, Any]] = [(None, None)] * len(items)
-        tasks, where = [], []
-        for i, (item, sim) in enumerate(zip(items, sims)):
-            ep = item.episode
-            try:
-                frames = np.stack([o["pixels"][camera] for o in sim.observations])
-                sim_latents = None
-                if getattr(judge, "needs_latents", False):  # encoded once: for the judge and the divergence
-                    import torch
+            frames = np.stack([o["pixels"][wm.info["camera"]] for o in sim.observations])
+            sim_latents = None
+            if getattr(judge, "needs_latents", False):  # encoded once: for the judge and the divergence
+                import torch
 
-                    with torch.no_grad():
-                        sim_latents = wm.encode(frames[None])[0].numpy()
-                closed_loop = "state" not in observes(self._policy_for(item.policy, ep.env_id))
-                # the same judge on the real rollout: its own error, apart from the world model's
-                judged = None if judge is None else verdict(judge, frames, ep.instruction, sim_latents)
-            except Exception as exc:
-                out[i] = (exc, None)
-                continue
-            out[i] = (None, judged)
-            tasks.append(WorldModelTask(ep, item.policy, sim.observations, sim.actions, closed_loop, sim_latents))
-            where.append(i)
-        try:
-            results = run_world_model_episodes(wm, tasks, self._policy_for, camera=camera, judge=judge,
-                                               stop_on_success=self.settings.stop_on_success,
-                                               precision=self.settings.wm_precision,
-                                               decoder=self.settings.wm_decoder)
-        except Exception as exc:  # the batch itself failed (e.g. the model raised): all its episodes
-            results = [exc] * len(tasks)
-        for i, result in zip(where, results):
-            out[i] = (result, out[i][1])
-        return out
+                with torch.no_grad():
+                    sim_latents = wm.encode(frames[None])[0].numpy()
+            closed_loop = "state" not in observes(self._policy_for(item.policy, ep.env_id))
+            if judge is not None and "sim" in item.backends:
+                score, ok = verdict(judge, frames, ep.instruction, sim_latents)
+                sim_record.update(judge_score=round(score, 6), judge_success=ok)
+        except Exception as exc:  # e.g. a checkpoint that went bad after planning
+            return _Mirror(item, sim, None, exc)
+        return _Mirror(item, sim, WorldModelTask(ep, item.policy, sim.observations, sim.actions, closed_loop,
+                                                 sim_latents))
+
+    def _run_in_world_model(self, mirrors: list[_Mirror]) -> Iterator[dict[str, Any]]:
+        """The world-model record of each of ``mirrors``, yielded as its episode ends (the
+        episodes run together)."""
+        from harness.matched import stream_world_model_episodes
+
+        for m in mirrors:
+            if m.task is None:
+                yield self._wm_record(m, m.error)
+        ready = [m for m in mirrors if m.task is not None]
+        if not ready:
+            return
+        wm, judge = self.world_model()  # loaded by _mirror
+        episodes = stream_world_model_episodes(wm, [m.task for m in ready], self._policy_for, camera=wm.info["camera"],
+                                               judge=judge, stop_on_success=self.settings.stop_on_success,
+                                               precision=self.settings.wm_precision, decoder=self.settings.wm_decoder)
+        running = set(range(len(ready)))
+        while True:
+            try:
+                i, result = next(episodes)
+            except StopIteration:
+                return
+            except Exception as exc:  # the batch itself failed (e.g. the model raised): the episodes still in it
+                for i in sorted(running):
+                    yield self._wm_record(ready[i], exc)
+                return
+            running.discard(i)
+            yield self._wm_record(ready[i], result)
+
+    def _wm_record(self, mirror: _Mirror, result) -> dict[str, Any]:
+        """The world-model record of ``mirror`` from its WorldModelResult, or from the exception
+        that ended it; with the video of both rollouts when the item has one."""
+        item, sim = mirror.item, mirror.sim
+        backend = f"wm:{item.world_model}"
+        base = {"policy": item.policy, **item.episode.to_dict()}
+        failed = isinstance(result, BaseException)
+        if failed:
+            log.warning("world-model episode %s failed: %s", item.keys, result)
+            record = _error_record(base, backend, result, time.perf_counter())
+        else:
+            record = {**base, "backend": backend, **_outcome(result, result.rollout_s),
+                      "mode": result.mode, "judge": self.settings.judge,
+                      "judge_score": None if result.judge_score is None else round(result.judge_score, 6),
+                      "sim_success": sim.success, "latent_divergence": result.latent_divergence,
+                      **_inference(self._wm)}
+        both_succeeded = sim.success and not failed and result.success
+        if item.video_path and (not both_succeeded or not item.video_only_on_failure):
+            record["video"] = self._write_video(item, sim, None if failed else result)
+        return record
 
     def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
         from harness.video import annotate, compose_frame, side_by_side, write_video
@@ -301,6 +324,13 @@ class EpisodeWorker:
             except Exception:  # a broken simulator may fail to close; it is dropped anyway
                 pass
         self._env, self._env_id = None, None
+
+
+def _inference(world_model) -> dict[str, Any]:
+    """The record field saying what ``world_model`` ran on (``WorldModel.inference``, decided where
+    it was loaded), or none."""
+    record = getattr(world_model, "inference", None)
+    return {"wm_inference": record} if isinstance(record, dict) else {}
 
 
 def _outcome(result, wall: float) -> dict[str, Any]:
