@@ -3,16 +3,18 @@
 Each actor owns one ``EpisodeWorker`` (its own simulator, policies and world model), so an
 actor produces exactly the records a local worker process would; world-model episodes are
 batched per actor through the chunks of ``chunked``. The driver sends each actor one chunk at a
-time (``IN_FLIGHT_PER_ACTOR``) and yields records as chunks finish, so the caller appends them to
-``episodes.jsonl`` the moment they arrive.
+time, as a streaming generator call: each record comes back the moment its episode ends, and the
+caller appends it to ``episodes.jsonl`` at once, whatever the chunk size.
 
 An actor that dies (its process killed, a simulator segfault, its node lost) is replaced and
-the chunk it was running is retried once; a second death turns that chunk into ``error``
-records. One chunk per actor keeps that attribution certain: with a second chunk queued, an actor
-killed just after finishing one can lose that chunk's result on the way to the driver, and the
-driver could then not tell the finished chunk from the one that killed it (seen under load: the
-killer ran again uncharged and an innocent chunk was recorded as an error). The driver's round
-trip between chunks costs milliseconds against episodes of seconds.
+the items of its chunk whose records had not arrived are retried once; a second death turns them
+into ``error`` records. One chunk per actor keeps that attribution certain: with a second chunk
+queued, the driver could not tell which of the two killed the actor. The driver's round trip
+between chunks costs milliseconds against episodes of seconds.
+
+Stopping (Ctrl-C, SIGTERM, the caller stops reading): the run's actors are killed at once, in
+the middle of their episodes, which are re-run on resume; a local cluster this executor started
+is shut down. Ray ends a driver's actors by itself when the driver dies.
 
 Workers import this project: on a local cluster they run in the driver's environment; on a
 remote cluster every node needs the project installed (``pip install -e ".[distributed,...]"``)
@@ -25,7 +27,9 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import signal
 import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -34,12 +38,12 @@ from typing import Any
 
 from harness.episodes import WorkItem
 from harness.errors import HarnessError, require_module
-from harness.executors import MAX_ATTEMPTS, chunk_size, chunked, died_records
+from harness.executors import MAX_ATTEMPTS, chunk_size, chunked, died_records, unfinished
 from harness.runner import EpisodeWorker, RunSettings, failed_records
+from harness.store import key_of
 
 log = logging.getLogger(__name__)
 
-IN_FLIGHT_PER_ACTOR = 1  # one chunk per actor: a death is charged to the chunk that caused it (see above)
 CONNECT_TIMEOUT_S = 5.0  # for the reachability check of --ray-address HOST:PORT
 WAIT_S = 1.0  # ray.wait in slices, so Ctrl-C reaches the driver promptly
 FIX = ("start a cluster with `ray start --head` and pass --ray-address HEAD_IP:6379, use "
@@ -61,11 +65,28 @@ class EpisodeActor:
     def pid(self) -> int:
         return os.getpid()
 
-    def run_batch(self, chunk: list[WorkItem]) -> list[dict[str, Any]]:
-        records = self.worker.run_batch(chunk)
-        for record in records:
+    def run_batch(self, chunk: list[WorkItem]) -> Iterator[dict[str, Any]]:
+        """The records of ``chunk``, each as its episode ends."""
+        for record in self.worker.run_batch(chunk):
             record["worker"] = self.name
-        return records
+            yield record
+
+    def stream(self, chunk: list[WorkItem]) -> Iterator[dict[str, Any]]:
+        """What the driver calls: ``run_batch``'s records, each sent to the driver as it is
+        yielded. Ray streams only from a generator function; ``run_batch`` may be overridden by
+        any function that returns records."""
+        yield from self.run_batch(chunk)
+
+
+@dataclass
+class _Task:
+    """A chunk running on an actor: its stream of records, and the keys of those that arrived."""
+
+    chunk: list[WorkItem]
+    attempt: int
+    submitted: float
+    records: Any  # the ObjectRefGenerator of the actor's ``stream`` call
+    arrived: set = field(default_factory=set)
 
 
 @dataclass
@@ -73,15 +94,7 @@ class _Actor:
     name: str
     handle: Any
     pid_ref: Any  # the actor's first call: resolves once the actor process is up
-    in_flight: deque = field(default_factory=deque)  # its chunks' object refs, in submission order
-
-
-@dataclass
-class _Task:
-    chunk: list[WorkItem]
-    attempt: int
-    actor: _Actor
-    submitted: float
+    task: _Task | None = None
 
 
 def host_port(address: str) -> tuple[str, int] | None:
@@ -160,6 +173,7 @@ class RayExecutor:
             # Ray runs workers at nice 15 by default; on a machine shared with other work that
             # halves their CPU share against --workers N processes (measured: docs/distributed.md)
             os.environ.setdefault("RAY_worker_niceness", "0")
+        on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
             ray.init(address=self.address or "local", **options)
         except ConnectionError as exc:
@@ -167,6 +181,10 @@ class RayExecutor:
                     "~/.ray/auth_token exists) also needs RAY_AUTH_MODE=token and its token in "
                     "~/.ray/auth_token or RAY_AUTH_TOKEN" if "RAY_AUTH_MODE" not in os.environ else "")
             raise HarnessError(f"cannot connect to a Ray cluster at {self.address} ({_first_line(exc)}): {FIX}{auth}") from None
+        if threading.current_thread() is threading.main_thread():
+            # ray.init makes SIGTERM exit at once (sys.exit); the caller's own handling (the CLI's:
+            # stop as on Ctrl-C, save the summary) stays
+            signal.signal(signal.SIGTERM, on_sigterm)
         total = ray.cluster_resources().get("CPU", 0)
         if total < self.workers:
             log.warning("the Ray cluster has %g CPUs for %d workers: %d actor(s) wait for a free CPU",
@@ -182,74 +200,47 @@ class RayExecutor:
         return _Actor(name, handle, handle.pid.remote())
 
     def _run(self, ray, chunks: Iterator[list[WorkItem]]) -> Iterator[dict[str, Any]]:
-        from ray.exceptions import GetTimeoutError, RayActorError, RayError
+        from ray.exceptions import RayActorError, RayError
 
-        todo: deque[tuple[list[WorkItem], int]] = deque()  # retried and resubmitted chunks go first
-        tasks: dict[Any, _Task] = {}
+        todo: deque[tuple[list[WorkItem], int]] = deque()  # retried chunks go first
 
-        def next_task() -> tuple[list[WorkItem], int] | None:
-            if todo:
-                return todo.popleft()
-            chunk = next(chunks, None)
-            return None if chunk is None else (chunk, 1)
+        def give(actor: _Actor) -> None:
+            """Start the actor on the next chunk, if any is left."""
+            chunk, attempt = todo.popleft() if todo else (next(chunks, None), 1)
+            actor.task = None if chunk is None else _Task(chunk, attempt, time.perf_counter(),
+                                                          actor.handle.stream.remote(chunk))
 
-        def fill(actor: _Actor, depth: int = IN_FLIGHT_PER_ACTOR) -> None:
-            while len(actor.in_flight) < depth:
-                task = next_task()
-                if task is None:
-                    return
-                ref = actor.handle.run_batch.remote(task[0])
-                actor.in_flight.append(ref)
-                tasks[ref] = _Task(task[0], task[1], actor, time.perf_counter())
-
-        def replace(dead: _Actor, exc: BaseException) -> list[dict[str, Any]]:
-            """Replace a dead actor; retry the chunk it was running (resubmit any queued behind
-            it, were IN_FLIGHT_PER_ACTOR raised) and keep what it finished before dying."""
-            self._actors[self._actors.index(dead)] = fresh = self._spawn(ray)
+        def replace(dead: _Actor, exc: BaseException) -> Iterator[dict[str, Any]]:
+            """Replace a dead actor and retry the items of its chunk whose records did not
+            arrive, once; after a second death they become error records."""
+            task, fresh = dead.task, self._spawn(ray)
+            self._actors[self._actors.index(dead)] = fresh
             _kill(ray, dead)
             reason = f"Ray actor {dead.name} died ({_first_line(exc)})"
-            out: list[dict[str, Any]] = []
-            retry: list[tuple[list[WorkItem], int]] = []
-            charged = False
-            for ref in dead.in_flight:
-                task = tasks.pop(ref)
-                try:
-                    out.extend(ray.get(ref, timeout=0))  # finished before the death
-                    continue
-                except (RayActorError, GetTimeoutError):  # died with it, or not settled yet
-                    pass
-                except RayError as err:  # finished with an error of its own
-                    out.extend(failed_records(task.chunk, err, task.submitted))
-                    continue
-                if charged:  # only queued: it never started
-                    retry.append((task.chunk, task.attempt))
-                elif task.attempt < MAX_ATTEMPTS:
-                    charged = True
-                    log.warning("%s; retrying its %d episode(s) on %s", reason, len(task.chunk), fresh.name)
-                    retry.append((task.chunk, task.attempt + 1))
-                else:
-                    charged = True
-                    log.warning("%s again; recording its %d episode(s) as errors", reason, len(task.chunk))
-                    out.extend(died_records(task.chunk, reason, task.submitted))
-            dead.in_flight.clear()
-            todo.extendleft(reversed(retry))
-            fill(fresh)
-            return out
+            rest = unfinished(task.chunk, task.arrived)
+            if rest and task.attempt < MAX_ATTEMPTS:
+                log.warning("%s; retrying its %d episode(s) on %s", reason, len(rest), fresh.name)
+                todo.appendleft((rest, task.attempt + 1))
+            elif rest:
+                log.warning("%s again; recording its %d episode(s) as errors", reason, len(rest))
+                yield from died_records(rest, reason, task.submitted)
+            give(fresh)
 
         self._actors = [self._spawn(ray) for _ in range(self.workers)]
         try:
-            for depth in range(1, IN_FLIGHT_PER_ACTOR + 1):  # round-robin: every actor gets work first
-                for actor in self._actors:
-                    fill(actor, depth)
-            while tasks:
-                ready, _ = ray.wait(list(tasks), num_returns=1, timeout=WAIT_S)
-                for ref in ready:
-                    task = tasks.get(ref)
-                    if task is None:  # already settled with its dead actor
-                        continue
-                    actor = task.actor
+            for actor in self._actors:
+                give(actor)
+            while any(a.task is not None for a in self._actors):
+                running = {a.task.records: a for a in self._actors if a.task is not None}
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_S)
+                for stream in ready:
+                    actor = running[stream]
+                    task = actor.task
                     try:
-                        records = ray.get(ref)
+                        record = ray.get(next(stream))
+                    except StopIteration:  # the chunk is done
+                        give(actor)
+                        continue
                     except RayActorError as exc:
                         if exc.actor_init_failed:  # it would fail on every replacement too
                             raise HarnessError(f"a Ray actor could not start ({_last_line(exc)}): every node needs "
@@ -258,17 +249,12 @@ class RayExecutor:
                         yield from replace(actor, exc)
                         continue
                     except RayError as exc:  # the call itself raised (run_batch never raises for an episode)
-                        records = failed_records(task.chunk, exc, task.submitted)
-                    del tasks[ref]
-                    actor.in_flight.remove(ref)
-                    fill(actor)
-                    yield from records
-        finally:  # done, Ctrl-C, or the caller stopped early: in-flight work is cancelled
-            for ref in tasks:
-                try:
-                    ray.cancel(ref)
-                except Exception:  # the actor may be gone already
-                    pass
+                        yield from failed_records(unfinished(task.chunk, task.arrived), exc, task.submitted)
+                        give(actor)
+                        continue
+                    task.arrived.add(key_of(record))
+                    yield record
+        finally:  # done, Ctrl-C, or the caller stopped early: the actors go, with the episodes they were in
             for actor in self._actors:
                 _kill(ray, actor)
             self._actors = []
