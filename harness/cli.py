@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -71,6 +73,39 @@ def _progress(enabled: bool, total: int, label: str):
     return bar, task
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGINT or SIGTERM: a run stops as on Ctrl-C; the exit status is 128 + the signal's number
+    (130, 143), as a shell reports a process ended by it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.exit_code = 128 + signum
+
+
+@contextmanager
+def _stop_on_signals():
+    """Within: SIGINT and SIGTERM raise ``Stopped`` in the main thread, once; a second signal
+    while the run stops is ignored, so that writing the summary is not cut short (stopping takes
+    seconds). Yields the list that receives the signal's number. A signal this process was
+    started with ignored (a background job's SIGINT) stays ignored."""
+    stopped_by: list[int] = []
+
+    def stop(signum, frame):
+        if not stopped_by:
+            stopped_by.append(signum)
+            raise Stopped(signum)
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, stop)
+    try:
+        yield stopped_by
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 @app.command("eval")
 def eval_cmd(
     env: Annotated[str | None, typer.Option("--env", "-e", help="env id, set, or comma list (see `harness list`)")] = None,
@@ -131,16 +166,22 @@ def eval_cmd(
 
     if bar is not None:
         bar.start()
+    resume = "interrupted: finished episodes are saved; re-run the same command to resume"
     try:
-        summary = run_eval(plan, on_record)
+        with _stop_on_signals() as stopped_by:
+            summary = run_eval(plan, on_record, notify=lambda line: typer.echo(line, err=True))
+    except Stopped as exc:  # outside the episode loop (starting, or writing the summary)
+        typer.echo(resume, err=True)
+        raise typer.Exit(exc.exit_code) from None
     finally:
         if bar is not None:
             bar.stop()
     typer.echo(markdown(summary))
     typer.echo(f"\nresults: {plan.out / 'results.json'}")
     if summary["interrupted"]:
-        typer.echo("interrupted: finished episodes are saved; re-run the same command to resume", err=True)
-        raise typer.Exit(130)
+        typer.echo(resume, err=True)
+        raise typer.Exit(128 + (stopped_by[0] if stopped_by else signal.SIGINT))
+
 
 
 @app.command("collect")

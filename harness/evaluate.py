@@ -10,6 +10,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,15 +65,15 @@ class EvalPlan:
         return len(self.config.policies) * len(self.backends) * len(self.episodes)
 
 
-def inference_backend(config: EvalConfig) -> dict[str, str]:
-    """For a run with a world model (``--wm`` or a CEM policy): how its networks run on this
-    machine (world_models/inference.py: torch's modules, with a stand-in only where it measured
-    faster here; the same numbers to float rounding)."""
-    if not (config.wm or any(str(p).split(":", 1)[0] == "cem" for p in config.policies)):
-        return {}
-    from world_models.inference import describe
-
-    return {"world_model_inference": describe()}
+def inference_paths(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the world models of the recorded episodes ran on (``wm_inference``: the path each
+    worker process chose where it loaded the model, and why), each distinct record with the number
+    of episodes it served; nothing for a run without a world model (``--wm`` or a CEM policy)."""
+    seen: dict[str, list] = {}
+    for r in records:
+        if r.get("wm_inference"):
+            seen.setdefault(json.dumps(r["wm_inference"], sort_keys=True), [r["wm_inference"], 0])[1] += 1
+    return {"world_model_inference": [{**rec, "episodes": n} for rec, n in seen.values()]} if seen else {}
 
 
 def slug(text: str) -> str:
@@ -189,9 +190,12 @@ def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:
     return items
 
 
-def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, Any]:
+def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], None] | None = None,
+             notify: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run what is not yet in the run folder; returns the summary written to results.json.
-    Ctrl-C stops after saving every finished episode and the summary (``interrupted``)."""
+    Ctrl-C (KeyboardInterrupt) stops after saving every finished episode and the summary
+    (``interrupted``); episodes in flight are dropped and run again on resume. A run with nothing
+    left to do says so (``notify``) and keeps what its summary measured when the episodes ran."""
     cfg = plan.config
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
                            video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge,
@@ -205,22 +209,36 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
         store.claim(plan.identity)
         done = {key_of(r) for r in store.repair()}
         items = work_items(plan, done)
+        if not items:
+            notify(f"nothing left to do: all {plan.total} episodes are recorded in {plan.out}")
+            return write_summary(plan, store, None, False, kept=ran_with(store.previous_summary()))
         start = time.perf_counter()
         finished = len(done)
         interrupted = False
         try:
-            for record in executor.map(items):
-                if record.get("video"):
-                    record["video"] = str(Path(record["video"]).relative_to(plan.out))
-                store.append(record)
-                finished += 1
-                if on_record:
-                    on_record(record, finished, plan.total)
+            with closing(executor.map(items)) as records:  # closed at once on Ctrl-C: workers stop
+                for record in records:
+                    if record.get("video"):
+                        record["video"] = str(Path(record["video"]).relative_to(plan.out))
+                    store.append(record)
+                    finished += 1
+                    if on_record:
+                        on_record(record, finished, plan.total)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished,
                         plan.total)
         return write_summary(plan, store, time.perf_counter() - start, interrupted)
+
+
+# what a summary measured while its episodes ran: a resume that runs nothing keeps them (also the
+# inference record of summaries written before the records carried theirs, and its older name)
+RAN_WITH = ("harness", "versions", "git", "wall_time_s", "world_model_inference", "world_model_kernels")
+
+
+def ran_with(previous: dict[str, Any] | None) -> dict[str, Any]:
+    """The fields of ``previous`` (the run's last summary) that describe how its episodes ran."""
+    return {k: previous[k] for k in RAN_WITH if k in previous} if previous else {}
 
 
 def calvin_summary(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -243,7 +261,10 @@ def calvin_summary(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, A
     return out
 
 
-def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: bool) -> dict[str, Any]:
+def write_summary(plan: EvalPlan, store: RunStore, wall: float | None, interrupted: bool,
+                  kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Summarise the run folder's records into results.json. ``wall``: this invocation's time, None
+    when unknown; ``kept``: fields of an earlier summary that stand for this one (``ran_with``)."""
     records = store.load()
     steps = sum(r["length"] for r in records)
     episode_time = sum(r.get("wall_s", 0.0) for r in records)
@@ -263,13 +284,14 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float, interrupted: boo
         "versions": package_versions(),
         "git": git_commit(),
         "checkpoints": plan.checkpoints,
-        **inference_backend(plan.config),
-        "wall_time_s": round(wall, 3),
+        **inference_paths(records),
+        "wall_time_s": None if wall is None else round(wall, 3),
         "episode_time_s": round(episode_time, 3),
         "steps": steps,
         "steps_per_s": round(steps / rollout_time, 2) if rollout_time > 0 else None,  # as in each block
         "results": summarize(records),
     }
+    summary.update(kept or {})
     families = {env_meta(e)["family"] for e in plan.env_ids}
     if "calvin" in families:
         summary.update(calvin_summary(plan, records))

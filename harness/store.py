@@ -171,6 +171,15 @@ class RunStore:
         if not self.check(identity):
             atomic_write_json(self.out / RUN, identity)
 
+    def previous_summary(self) -> dict[str, Any] | None:
+        """results.json as the run's last invocation left it; None when absent or unreadable
+        (the run writes a new one)."""
+        try:
+            summary = json.loads((self.out / RESULTS).read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return summary if isinstance(summary, dict) else None
+
     # records -------------------------------------------------------------------------
     def load(self) -> list[dict[str, Any]]:
         """All complete records, deduplicated. Reading never writes: a last line without its newline
