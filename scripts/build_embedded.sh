@@ -9,11 +9,11 @@
 # the same weights. Outputs (about 19 MB, safetensors + JSON) go to checkpoints/ in the repository;
 # the bulky intermediates (datasets, latent caches) to $WORK.
 #
-# Time measured on the 2-core CI-like machine while other jobs shared it (load ~6-10): data
-# ~25 min, encoders ~25 min, judges ~2 min, BC ~10 min. World models (8000 steps each since
-# session 5): minivae_dit_tiny 11 min and minijepa_dit_tiny 16 min (with its pixel decoder), the
-# two side by side on the 2 cores; each judge 1-1.5 min (it replays its 180 episodes in the model).
-# On an idle machine roughly half of the rest.
+# Time on a 2-core x86_64 CPU while other jobs shared it (load ~6-10): data ~25 min, encoders
+# ~25 min, judges ~2 min, BC ~10 min. World models (8000 steps each): minivae_dit_tiny 11 min and
+# minijepa_dit_tiny 16 min (with its pixel decoder), the two side by side on the 2 cores; each
+# judge 1-1.5 min (it replays its 180 episodes in the model). On an idle machine roughly half of
+# the rest.
 #
 #   bash scripts/build_embedded.sh            # everything
 #   STEPS=wm,judge bash scripts/build_embedded.sh   # only some stages (data,encoders,wm,bc,judge,distill,proprio)
@@ -74,9 +74,9 @@ if has judge; then
   $H collect --env metaworld -p bc:path=$OUT/policies/bc_metaworld/step_000250 \
     -p bc:path=$OUT/policies/bc_metaworld/step_000050 -p random --episodes 4 --first-init-state 1000 \
     --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --out "$POL_DATA" --overwrite --no-progress
-  # steps per judge: 1500 made the minivae judge stricter and better (held-out 0.87 -> 0.91; on the
-  # simulator's rollouts of the embedded run 57% -> 75%, docs/judges.md); the minijepa judge did
-  # not gain (0.71 -> 0.69) and keeps 300
+  # steps per judge: 1500 make the minivae judge stricter and better than 300 (held-out 0.91 vs
+  # 0.87; on the simulator's rollouts of the embedded run 75% vs 57%, docs/judges.md); the
+  # minijepa judge does not gain (0.69 vs 0.71) and trains 300
   for spec in minivae_dit_tiny:1500 minijepa_dit_tiny:300; do
     wm=${spec%%:*}
     rm -rf "$OUT/$wm/judge"
@@ -89,7 +89,7 @@ if has judge; then
 fi
 if has distill; then
   # width 32: 35.7 dB PSNR against minivae's own decoder on held-out frames, 0.6 dB below it
-  # against the real frames, 37x cheaper to run (docs/world_models.md); 4-5 min each here
+  # against the real frames (docs/world_models.md); 4-5 min each on the 2-core machine above
   for wm in minivae_dit_tiny minijepa_dit_tiny; do
     $H distill-decoder --wm "$wm" --wm-checkpoint "$OUT/$wm" --data "$DATA" --width 32 --steps 4000 --threads 1 \
       --no-progress
