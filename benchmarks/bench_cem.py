@@ -132,7 +132,7 @@ def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) ->
     import torch
     from bench_world_model import best_of, random_world_model
 
-    from harness.allocator import keep_freed_memory
+    from harness.run.allocator import keep_freed_memory
 
     applied = keep_freed_memory() if keep else False
     torch.set_num_threads(threads)
@@ -146,7 +146,7 @@ def allocator_child(keep: bool, samples: int, threads: int, repeats: int = 3) ->
 
 
 def allocator_effect(samples: int = 300, threads: int = 1, rounds: int = 2) -> dict[str, float]:
-    """The batched call's seconds in child processes with ``harness.allocator.keep_freed_memory``
+    """The batched call's seconds in child processes with ``harness.run.allocator.keep_freed_memory``
     and with glibc's defaults (the setting only takes effect process-wide), alternating,
     best of ``rounds`` each. Returns ``{float32,bfloat16}_{keep,default}`` seconds and ``applied``."""
     import json
@@ -188,7 +188,7 @@ def main() -> None:
     import torch
     from bench_world_model import embedded_world_model, random_world_model
 
-    from harness.allocator import keep_freed_memory
+    from harness.run.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the harness CLI does
 

@@ -56,7 +56,7 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(HERE))
     from bench_overhead import in_process_eval
 
-    from harness.allocator import keep_freed_memory
+    from harness.run.allocator import keep_freed_memory
 
     keep_freed_memory()  # as `harness eval` does
     torch.set_num_threads(args.threads)

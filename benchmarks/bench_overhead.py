@@ -1,6 +1,6 @@
 """The harness's own overhead over a bare ``env.reset(); loop: policy.act + env.step`` loop.
 
-1. ``harness.runner.run_episode`` vs the bare loop, with the same env object, policy and number
+1. ``harness.run.runner.run_episode`` vs the bare loop, with the same env object, policy and number
    of steps (no early stop on success, no trajectory kept: ``--video none``). Target: <= 10%.
 2. The whole in-process evaluation (``plan_eval`` + ``run_eval``: validation, env and policy
    construction, one JSONL append + fsync per episode, the summary with versions and git hash)
@@ -49,7 +49,7 @@ def bare_episode(env, policy, episode) -> int:
 
 
 def _episodes(env_id: str, n: int, steps: int, seed: int = 0):
-    from harness.episodes import build_episodes
+    from harness.run.episodes import build_episodes
 
     return build_episodes([env_id], n, seed, {env_id: steps})
 
@@ -59,7 +59,7 @@ def runner_vs_bare(steps: int = 150, repeats: int = 3, env_id: str = ENV_ID, pol
     """Seconds per step of ``run_episode`` and of the bare loop on one episode of ``steps`` steps
     (median of ``repeats`` alternating runs), and the overhead ``runner / bare - 1``."""
     from envs import make_env
-    from harness.runner import run_episode
+    from harness.run.runner import run_episode
     from policies import EnvInfo, make_policy
 
     (episode,) = _episodes(env_id, 1, steps)
@@ -85,7 +85,7 @@ def runner_vs_bare(steps: int = 150, repeats: int = 3, env_id: str = ENV_ID, pol
 
 def _eval_config(out: Path, episodes: int, steps: int, env_id: str, policy: str, cameras, image_size,
                  wm: str | None = None):
-    from harness.config import EvalConfig
+    from harness.run.config import EvalConfig
 
     return EvalConfig(env=env_id, policies=(policy,), episodes=episodes, max_steps=steps, cameras=cameras,
                       image_size=image_size, stop_on_success=False, video="none", workers=1, out=str(out), wm=wm)
@@ -95,7 +95,7 @@ def in_process_eval(out: Path, episodes: int, steps: int, env_id: str = ENV_ID, 
                     cameras: tuple[str, ...] = CAMERAS, image_size: int = IMAGE_SIZE, wm: str | None = None):
     """``harness eval`` in this process (``plan_eval`` + ``run_eval``, one worker, no video);
     returns the summary."""
-    from harness.evaluate import plan_eval, run_eval
+    from harness.run.evaluate import plan_eval, run_eval
 
     return run_eval(plan_eval(_eval_config(out, episodes, steps, env_id, policy, cameras, image_size, wm)))
 

@@ -39,8 +39,8 @@ def reset_frames(n: int, size: int = 64) -> list:
 def tasks_for(frames: list, policies: list[str], steps: int) -> list:
     import numpy as np
 
-    from harness.episodes import build_episodes
-    from harness.matched import WorldModelTask
+    from harness.run.episodes import build_episodes
+    from harness.run.matched import WorldModelTask
 
     eps = build_episodes(["metaworld/reach-v3"], len(frames), 0, {"metaworld/reach-v3": steps})
     return [WorldModelTask(ep, policies[i % len(policies)], [{"pixels": {"corner2": f}}], [np.zeros(4, np.float32)],
@@ -48,7 +48,7 @@ def tasks_for(frames: list, policies: list[str], steps: int) -> list:
 
 
 def episodes_per_s(world_model, judge, tasks: list, batch: int) -> float:
-    from harness.matched import run_world_model_episodes
+    from harness.run.matched import run_world_model_episodes
     from policies import EnvInfo, make_policy
 
     cache: dict = {}

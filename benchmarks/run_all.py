@@ -1,19 +1,23 @@
 """Every benchmark in one run, one table of ratios measured side by side.
 
-    .venv/bin/python benchmarks/run_all.py [--quick] [--threads 1] [--only wm,cem,overhead,workers,memory]
+    .venv/bin/python benchmarks/run_all.py [--quick] [--threads 1] [--only wm,cem,overhead,workers,memory,peer]
+                                           [--peer-python /path/to/venv/bin/python]
                                            [--json results.json] [--profile]
 
 Rows (docs/benchmarks.md says what each one measures):
 
 - Meta-World simulator steps/s (one 128 px camera) vs ``WorldModelEnv`` env-steps/s of the
   embedded ``minivae_dit_tiny`` (frameskip 4, decoded to 128 px) at batch 1 and batch 64
-  (issue 5: >= 1x at batch 1, >= 20x per env-step at batch 64);
-- CEM plan time per control step (presets ``cpu`` and ``dino_wm``) and one 300-candidate
-  iteration batched vs a per-candidate loop (issue 6: >= 20x);
+  (targets: >= 1x at batch 1, >= 20x per env-step at batch 64);
+- CEM plan time per control step (presets ``cpu`` and ``dino_wm``), one 300-candidate
+  iteration batched vs a per-candidate loop (target >= 20x), and a ``cpu``-preset plan with the
+  harness's inference path vs torch's own modules (target: not slower);
 - ``harness eval --workers 2`` vs ``--workers 1`` episodes/s;
 - the harness's own overhead: ``run_episode`` vs a bare ``policy.act`` + ``env.step`` loop
   (target <= 10%), and the whole in-process ``run_eval`` vs the bare loop;
-- peak RSS of an in-process eval, simulator only and with the world model (child processes).
+- peak RSS of an in-process eval, simulator only and with the world model (child processes);
+- with ``--peer-python``: a DINO-WM-budget plan vs stable-worldmodel's CEM over a predictor of
+  the same parameter count (benchmarks/bench_peer_cem.py).
 
 ``--quick`` shrinks every size (1-2 minutes on 2 shared cores); the default takes 4-5 minutes on
 a quiet machine, about 12 when others keep both cores busy. Timings alternate between the things compared and keep the best of each (the overhead
@@ -40,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # the bench_* modules next to this file
     sys.path.insert(0, str(HERE))
 
-SECTIONS = ("wm", "cem", "overhead", "workers", "memory")
+SECTIONS = ("wm", "cem", "overhead", "workers", "memory", "peer")
 OVERHEAD_TARGET = ("<=", 1.10)  # harness time / bare-loop time: at most 10% more
 
 
@@ -241,7 +245,7 @@ def cem_rows(sizes: Sizes, state: dict) -> list[Row]:
     a = allocator_effect(S, state.get("threads", 1), rounds=min(2, sizes.rounds))
     if a["applied"]:
         for label in ("float32", "bfloat16"):
-            rows.append(Row(f"CEM batched call ({label}) with harness.allocator.keep_freed_memory vs glibc defaults",
+            rows.append(Row(f"CEM batched call ({label}) with harness.run.allocator.keep_freed_memory vs glibc defaults",
                             S / a[f"{label}_keep"], "cand/s", S / a[f"{label}_default"],
                             note="child processes, alternating, best of each"))
     d = default_vs_torch(wm.folder, ctx, goal, "cpu", rounds=max(2, sizes.rounds))
@@ -315,8 +319,25 @@ def memory_rows(sizes: Sizes, state: dict) -> list[Row]:
     return rows
 
 
+def peer_rows(sizes: Sizes, state: dict) -> list[Row]:
+    """A DINO-WM-budget plan against stable-worldmodel's CEM over a predictor of the same
+    parameter count (benchmarks/bench_peer_cem.py), where ``--peer-python`` names its venv."""
+    from bench_peer_cem import peer_vs_ours
+
+    r = peer_vs_ours(state.get("peer_python"), sizes.cem_dino_iterations or 30, state.get("threads", 1))
+    if r["peer"] is None:
+        return [Row("DINO-WM-budget CEM plan vs stable-worldmodel's CEM", None, "plans/s",
+                    note=f"not measured: {r['reason']}")]
+    o, p = r["ours"], r["peer"]
+    return [Row(f"DINO-WM-budget CEM plan, embedded world model ({o['params']:,} params) vs stable-worldmodel "
+                f"{p['version']} CEM over its DINO-WM-style predictor (depth {p['depth']}, {p['params']:,} params)",
+                1 / o["plan_s"], "plans/s", 1 / p["plan_s"], (">=", 1.0),
+                note=f"{o['timed_iterations']} of 30 iterations timed on each side")]
+
+
 SECTION_FUNCS = {"wm": wm_rows, "cem": cem_rows, "overhead": overhead_rows, "workers": workers_rows,
-                 "memory": memory_rows}
+                 "memory": memory_rows, "peer": peer_rows}
+DEFAULT_SECTIONS = ("wm", "cem", "overhead", "workers", "memory")  # peer: with --peer-python
 
 
 def machine_line() -> str:
@@ -363,11 +384,15 @@ def main(argv: list[str] | None = None) -> list[Row]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: the whole table in 1-2 minutes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads in this process and the memory children")
-    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
+    ap.add_argument("--only", default=None, help=f"comma-separated sections of {', '.join(SECTIONS)} (default: all; "
+                                                 "peer only with --peer-python)")
+    ap.add_argument("--peer-python", default=None,
+                    help="python of a venv with stable-worldmodel (benchmarks/bench_peer_cem.py): adds the peer row")
     ap.add_argument("--json", default=None, help="also write the rows and the machine line to this JSON file")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of an in-process eval in any case")
     args = ap.parse_args(argv)
-    sections = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    default = DEFAULT_SECTIONS + (("peer",) if args.peer_python else ())
+    sections = default if args.only is None else tuple(s.strip() for s in args.only.split(",") if s.strip())
     unknown = [s for s in sections if s not in SECTIONS]
     if unknown:
         ap.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -384,10 +409,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
                               f"sizes: {'quick' if args.quick else 'full'}"]
     for line in header:
         log(line)
-    from harness.allocator import keep_freed_memory
+    from harness.run.allocator import keep_freed_memory
 
     keep_freed_memory()  # as the harness CLI does (its effect: a row of the cem section)
-    state: dict = {}
+    state: dict = {"peer_python": args.peer_python}
     rows = run(sections, sizes, args.threads, log, state)
     torch.set_num_threads(args.threads)
     print("\n".join(header))

@@ -77,7 +77,7 @@ class BCTrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> BCTrainConfig:
-        from harness.config import construct, yaml_fields
+        from harness.yaml_config import construct, yaml_fields
 
         data = yaml_fields(cls, path, overrides)
         missing = [k for k in ("data", "out") if k not in data]
@@ -126,7 +126,7 @@ class ChunkDataset:
 
 def load_demonstrations(cfg: BCTrainConfig) -> dict[str, Any]:
     """Episodes of every --data file at the policy's image size, with their instructions."""
-    from harness.dataset import list_demos, read_demo
+    from harness.data.dataset import list_demos, read_demo
     from world_models.data import check_dataset
 
     cameras = [check_dataset(path, cfg.camera) for path in cfg.data]

@@ -305,7 +305,7 @@ class CEMPolicy:
         """The goal frame and, when the source has it, the goal's true state."""
         camera = self.world_model.info["camera"]
         if self.goal == "data":
-            from harness.dataset import list_demos, read_demo
+            from harness.data.dataset import list_demos, read_demo
 
             for name, attrs in list_demos(self.goal_data):
                 if attrs.get("env_id") == self.env_info.env_id and attrs.get("init_state") == init_state:

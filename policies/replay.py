@@ -44,7 +44,7 @@ class ReplayPolicy:
         return actions.astype(np.float32)
 
     def _index_dataset(self) -> None:
-        from harness.dataset import list_demos
+        from harness.data.dataset import list_demos
 
         try:
             demos = list_demos(self.path)
@@ -65,7 +65,7 @@ class ReplayPolicy:
         if self._fixed is not None:
             self._actions = self._fixed
             return
-        from harness.dataset import read_demo
+        from harness.data.dataset import read_demo
 
         name = self.demo if self.demo is not None else self._by_init.get(init_state)  # type: ignore[arg-type]
         if name is None:

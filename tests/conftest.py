@@ -29,7 +29,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def outcomes(records: list[dict]) -> dict:
     """Per-episode outcomes without timing fields, keyed by (policy, backend, env, init state)."""
-    from harness.runner import NONDETERMINISTIC_FIELDS
+    from harness.run.runner import NONDETERMINISTIC_FIELDS
 
     return {(r["policy"], r["backend"], r["env_id"], r["init_state"]): {k: v for k, v in r.items() if k not in NONDETERMINISTIC_FIELDS}
             for r in records}

@@ -15,7 +15,7 @@ import os
 import sys
 import time
 
-from harness.ray_executor import EpisodeActor, RayExecutor
+from harness.run.ray_executor import EpisodeActor, RayExecutor
 
 
 class SlowPolicy:

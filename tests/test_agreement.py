@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from harness.agreement import (
+from harness.stats.agreement import (
     accuracy,
     average_ranks,
     bootstrap_ci,

@@ -1,4 +1,4 @@
-"""harness.allocator: glibc keeps freed blocks for reuse once the harness starts."""
+"""harness.run.allocator: glibc keeps freed blocks for reuse once the harness starts."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 CHILD = r"""
 import ctypes, sys, torch
-from harness.allocator import keep_freed_memory
+from harness.run.allocator import keep_freed_memory
 
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in

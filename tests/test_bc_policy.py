@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("torch", reason="BC needs torch (the models extra)")
 pytest.importorskip("safetensors", reason="BC checkpoints need safetensors (the models extra)")
 
-from harness.dataset import DatasetWriter, EpisodeData  # noqa: E402
+from harness.data.dataset import DatasetWriter, EpisodeData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from policies import EnvInfo, make_policy  # noqa: E402
 from policies.bc import BCConfig, BCPolicy, build_network, save_bc_checkpoint  # noqa: E402
@@ -229,8 +229,8 @@ def test_shipped_bc_checkpoints_form_a_ladder_on_reach():
     init states 0..9 of reach-v3 in the simulator: step 250 is clearly better than step 50
     (measured 60% vs 10%; docs/bc.md). Policy and simulator are deterministic."""
     pytest.importorskip("metaworld", reason="Meta-World is not installed")
-    from harness.episodes import build_episodes
-    from harness.runner import EpisodeWorker, RunSettings
+    from harness.run.episodes import build_episodes
+    from harness.run.runner import EpisodeWorker, RunSettings
 
     root = Path(__file__).resolve().parents[1] / "checkpoints" / "policies" / "bc_metaworld"
     worker = EpisodeWorker(RunSettings(None, None))

@@ -206,7 +206,7 @@ def test_planning_error_recovers_recorded_actions_on_a_known_world_model():
     ones far better than the zero-action and random-action baselines."""
     from types import SimpleNamespace
 
-    from harness.planning_error import planning_error
+    from harness.analyses.planning_error import planning_error
 
     class IdentityEncoderWM(LinearWM):
         def encode(self, frames):  # the "frames" are already latents here

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from harness.config import EvalConfig, parse_video_mode
 from harness.errors import HarnessError
+from harness.run.config import EvalConfig, parse_video_mode
 from policies import EnvInfo, make_policy, parse_policy_spec
 
 
@@ -121,7 +121,7 @@ def test_replay_npy(tmp_path):
 def test_shipped_configs_are_valid():
     from pathlib import Path
 
-    from harness.evaluate import plan_eval  # noqa: F401  (importable without simulators)
+    from harness.run.evaluate import plan_eval  # noqa: F401  (importable without simulators)
 
     paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "eval").rglob("*.yaml"))
     assert paths

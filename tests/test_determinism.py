@@ -1,4 +1,4 @@
-"""The same command twice gives identical per-episode outcomes (issue 8, part 5), in the world model.
+"""The same command twice gives identical per-episode outcomes, in the world model.
 
 Simulator-only determinism is covered in test_eval_cli (``_identical_runs``: the same
 scripted/noisy eval, run twice, equal outcomes). Here every simulator episode is mirrored in the
@@ -29,8 +29,8 @@ def _check_records(records: list[dict]) -> None:
 
 
 def _twice_in_process(tmp_path, policies: tuple[str, ...], episodes: int) -> tuple[dict, dict]:
-    from harness.config import EvalConfig
-    from harness.evaluate import plan_eval, run_eval
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval, run_eval
 
     runs = []
     for name in ("a", "b"):

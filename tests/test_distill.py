@@ -15,9 +15,9 @@ pytest.importorskip("safetensors", reason='safetensors not installed: pip instal
 from conftest import requires_metaworld, run_cli  # noqa: E402
 from test_world_models import tiny_wm  # noqa: E402
 
-from harness.config import EvalConfig  # noqa: E402
-from harness.dataset import DatasetWriter, EpisodeData  # noqa: E402
+from harness.data.dataset import DatasetWriter, EpisodeData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
+from harness.run.config import EvalConfig  # noqa: E402
 from world_models.distill import (  # noqa: E402
     DISTILLED_DIR,
     DistillConfig,

@@ -109,7 +109,7 @@ def test_collect_then_replay_reproduces_the_episodes(tmp_path):
     proc = run_cli("collect", "--env", "metaworld/reach-v3", "-p", "noisy:scale=0.2", "--episodes", "3",
                    "--out", str(data), "--image-size", "32", "--no-progress")
     assert proc.returncode == 0, proc.stderr
-    from harness.dataset import list_demos, read_demo
+    from harness.data.dataset import list_demos, read_demo
 
     demos = list_demos(data)
     assert [a["init_state"] for _, a in demos] == [0, 1, 2]
@@ -173,7 +173,7 @@ def test_bad_input_never_touches_an_existing_run(tmp_path):
 
 
 def test_a_live_run_folder_is_refused_and_a_torn_tail_is_cut_on_resume(tmp_path):
-    from harness.store import RunStore
+    from harness.run.store import RunStore
 
     out = tmp_path / "run"
     args = ("eval", "--env", "metaworld/reach-v3", "--episodes", "2", "--out", str(out), "--video", "none",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, outcomes, read_jsonl, requires_metaworld
 
-from harness.runner import EpisodeWorker
+from harness.run.runner import EpisodeWorker
 
 pytestmark = requires_metaworld
 
@@ -80,9 +80,9 @@ class DiesOnEpisode2(EpisodeWorker):
 
 
 def test_a_worker_that_dies_is_replaced_and_its_episode_recorded_after_the_retry(tmp_path):
-    from harness.episodes import WorkItem, build_episodes
-    from harness.executors import LocalExecutor
-    from harness.runner import RunSettings
+    from harness.run.episodes import WorkItem, build_episodes
+    from harness.run.executors import LocalExecutor
+    from harness.run.runner import RunSettings
 
     episodes = build_episodes(["metaworld/reach-v3"], 5, 0, {"metaworld/reach-v3": 150})
     items = [WorkItem("scripted", ("sim",), ep) for ep in episodes]
@@ -156,8 +156,8 @@ def embedded():
 
 def _tasks(n: int, specs: list[str], steps: int = 12):
     """World-model tasks from synthetic simulator trajectories (random frames and actions)."""
-    from harness.episodes import build_episodes
-    from harness.matched import WorldModelTask
+    from harness.run.episodes import build_episodes
+    from harness.run.matched import WorldModelTask
 
     rng = np.random.default_rng(0)
     eps = build_episodes(["metaworld/reach-v3"], n, 0, {"metaworld/reach-v3": steps})
@@ -184,7 +184,7 @@ def _policy_cache():
 
 
 def test_batched_world_model_episodes_equal_one_at_a_time(embedded):
-    from harness.matched import run_world_model_episodes
+    from harness.run.matched import run_world_model_episodes
 
     wm, judge = embedded
     specs = ["random", f"bc:path={BC}", "scripted"]  # per-episode instances, one batch instance, replay
@@ -211,7 +211,7 @@ def test_batched_world_model_episodes_equal_one_at_a_time(embedded):
 def test_bfloat16_world_model_episodes_run_both_networks_in_bf16_close_to_float32(embedded):
     import torch
 
-    from harness.matched import run_world_model_episodes
+    from harness.run.matched import run_world_model_episodes
 
     wm, judge = embedded
     tasks = _tasks(2, ["random", "scripted"])
@@ -234,7 +234,7 @@ def test_bfloat16_world_model_episodes_run_both_networks_in_bf16_close_to_float3
 
 
 def test_a_failing_episode_leaves_the_rest_of_its_batch_alone(embedded):
-    from harness.matched import run_world_model_episodes
+    from harness.run.matched import run_world_model_episodes
 
     wm, judge = embedded
     tasks = _tasks(4, ["random", "scripted"])

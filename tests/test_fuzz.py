@@ -1,4 +1,4 @@
-"""Fuzz-style bad input (issue 8, part 4): malformed eval configs and YAML, CLI values,
+"""Fuzz-style bad input: malformed eval configs and YAML, CLI values,
 checkpoints, dataset files, and policies that return malformed actions.
 
 Every case must end in one clear line on stderr starting with ``error: `` and exit code 2, or,
@@ -213,9 +213,9 @@ def test_malformed_eval_configs_many(capsys, in_tmp, finished_run):
 
 def test_each_invalid_value_alone_is_refused(tmp_path):
     """Every value in INVALID is invalid on its own (so the generated combinations above are)."""
-    from harness.config import EvalConfig
     from harness.errors import HarnessError
-    from harness.evaluate import plan_eval
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval
 
     if not HAS_METAWORLD:
         pytest.skip('Meta-World not installed: pip install -e ".[metaworld]"')
@@ -442,7 +442,7 @@ def test_corrupt_judge_never_crashes_the_run(capsys, in_tmp, file, how):
 
 def _tiny_dataset(path: Path, episodes: int = 3, T: int = 12, action_dim: int = 4, seed: int = 0) -> Path:
     """A valid dataset in the layout `harness collect` writes, with random content."""
-    from harness.dataset import DatasetWriter, EpisodeData
+    from harness.data.dataset import DatasetWriter, EpisodeData
 
     rng = np.random.default_rng(seed)
     with DatasetWriter(path) as w:
@@ -616,8 +616,8 @@ def malformed_policy():
 
 
 def _run_in_process(out: Path, policies: tuple[str, ...], **kw) -> list[dict]:
-    from harness.config import EvalConfig
-    from harness.evaluate import plan_eval, run_eval
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval, run_eval
 
     cfg = EvalConfig(env="metaworld/reach-v3", policies=policies, episodes=kw.pop("episodes", 1),
                      max_steps=kw.pop("max_steps", 4), video="none", out=str(out), workers=1, **kw)

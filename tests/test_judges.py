@@ -11,10 +11,10 @@ import sys
 import numpy as np
 import pytest
 
-from harness.agreement import cohen_kappa
 from harness.errors import HarnessError
 from harness.judges import JUDGES, as_env_judge, make_judge, parse_judge_spec, verdict
 from harness.judges.base import sample_frame_indices
+from harness.stats.agreement import cohen_kappa
 from tests.conftest import ROOT, requires_metaworld, run_cli
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -202,7 +202,7 @@ def _minivae_spec():
 
 def test_judges_that_cannot_judge_a_world_model_rollout_fail_before_the_run():
     pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')  # loads classifiers
-    from harness.matched import validate_judge
+    from harness.run.matched import validate_judge
 
     shipped = ROOT / "checkpoints"
     minivae = _minivae_spec()
@@ -230,7 +230,7 @@ def test_a_classifier_for_other_encoder_weights_fails_before_the_run(tmp_path):
 
     pytest.importorskip("torch", reason='torch not installed: pip install -e ".[models]"')
 
-    from harness.matched import validate_judge
+    from harness.run.matched import validate_judge
     from world_models.named import load_world_model
 
     other = tmp_path / "judge"  # the same kind of encoder, other weights (e.g. a re-trained one)
@@ -251,7 +251,7 @@ def test_a_classifier_for_other_encoder_weights_fails_before_the_run(tmp_path):
 
 @requires_transformers
 def test_a_vlm_judge_without_weights_fails_before_the_run(tmp_path, tiny_vlm):
-    from harness.matched import validate_judge
+    from harness.run.matched import validate_judge
 
     missing = tmp_path / "no_such_model"
     for spec, message in [
@@ -270,7 +270,7 @@ def test_a_vlm_judge_without_weights_fails_before_the_run(tmp_path, tiny_vlm):
 def _synthetic_dataset(path, episodes=16, steps=10, seed=0):
     """Rollouts whose success is visible: from the success step on, a white square sits somewhere
     in the upper half of the frame; failed episodes never show it."""
-    from harness.dataset import DatasetWriter, EpisodeData
+    from harness.data.dataset import DatasetWriter, EpisodeData
 
     rng = np.random.default_rng(seed)
     with DatasetWriter(path) as w:

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from envs import libero_tasks as lt
-from harness.dataset import list_demos, read_demo
+from harness.data.dataset import list_demos, read_demo
+from harness.data.libero_demos import identify_env, import_demos, replay_demos
 from harness.errors import HarnessError
-from harness.libero_demos import identify_env, import_demos, replay_demos
 from tests.conftest import run_cli
 
 HAS_LIBERO = importlib.util.find_spec("libero") is not None

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason='torch not installed: pip install -e
 
 from conftest import HAS_METAWORLD, read_jsonl, run_cli  # noqa: E402
 
-from harness.comparison import compare_backends  # noqa: E402
+from harness.stats.comparison import compare_backends  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not HAS_METAWORLD, reason='Meta-World not installed: pip install -e ".[metaworld]"')
 
@@ -173,7 +173,7 @@ def test_judge_without_world_model_is_refused(tmp_path):
 
 
 def test_side_by_side_video_frames():
-    from harness.video import side_by_side
+    from harness.report.video import side_by_side
 
     sim = [np.zeros((32, 32, 3), np.uint8)] * 3
     wm = [np.full((16, 16, 3), 200, np.uint8)] * 2

@@ -1,4 +1,4 @@
-"""Memory stays flat over a long Meta-World evaluation (issue 8, part 5).
+"""Memory stays flat over a long Meta-World evaluation.
 
 The evaluation runs in this process (``workers=1``) so its resident set size is this process's:
 it is read from /proc/self/statm every 50 episodes through ``run_eval``'s ``on_record`` callback.
@@ -41,8 +41,8 @@ def rss_mb() -> float:
 
 
 def _run(tmp_path, episodes: int) -> tuple[dict[int, float], list[dict]]:
-    from harness.config import EvalConfig
-    from harness.evaluate import plan_eval, run_eval
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval, run_eval
 
     cfg = EvalConfig(env="metaworld/reach-v3", policies=("random",), episodes=episodes, max_steps=5,
                      cameras=("none",), video="none", out=str(tmp_path / "run"))

@@ -162,8 +162,8 @@ def test_rendering_speed_one_128px_camera():
 @requires_metaworld
 def test_every_scripted_expert_solves_init_state_0():
     """Measured: all 50 experts succeed from init state 0 within 500 steps (state only)."""
-    from harness.episodes import build_episodes
-    from harness.runner import run_episode
+    from harness.run.episodes import build_episodes
+    from harness.run.runner import run_episode
     from policies import EnvInfo, make_policy
 
     failed = []

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from harness.metrics import lpips_metric, psnr, ssim
+from harness.analyses.metrics import lpips_metric, psnr, ssim
 
 
 def test_psnr_known_values():

@@ -387,7 +387,7 @@ def test_client_encoding_matches_json_numpy():
 def test_shipped_example_config_parses():
     from pathlib import Path
 
-    from harness.config import EvalConfig
+    from harness.run.config import EvalConfig
     from policies import parse_policy_spec
 
     cfg = EvalConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "policies" / "openvla_libero.yaml")

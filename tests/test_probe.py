@@ -15,10 +15,7 @@ pytest.importorskip("h5py")
 
 from conftest import requires_metaworld, run_cli  # noqa: E402
 
-from harness.cli import main  # noqa: E402
-from harness.dataset import DatasetWriter, EpisodeData  # noqa: E402
-from harness.errors import HarnessError  # noqa: E402
-from harness.probe import (  # noqa: E402
+from harness.analyses.probe import (  # noqa: E402
     ProbeEpisode,
     Sequence,
     action_target,
@@ -28,9 +25,12 @@ from harness.probe import (  # noqa: E402
     target_dims,
     validation_split,
 )
-from harness.probes.corruptions import corrupt, parse_corruption  # noqa: E402
-from harness.probes.ridge import RidgeProbe  # noqa: E402
-from harness.probes.scores import pearson_per_dim, r2_per_dim, score  # noqa: E402
+from harness.analyses.probes.corruptions import corrupt, parse_corruption  # noqa: E402
+from harness.analyses.probes.ridge import RidgeProbe  # noqa: E402
+from harness.analyses.probes.scores import pearson_per_dim, r2_per_dim, score  # noqa: E402
+from harness.cli import main  # noqa: E402
+from harness.data.dataset import DatasetWriter, EpisodeData  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 
 # scores ------------------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from conftest import run_cli  # noqa: E402
 from test_cem import LinearWM  # noqa: E402
 from test_world_models import tiny_wm  # noqa: E402
 
-from harness.dataset import DatasetWriter, EpisodeData  # noqa: E402
+from harness.data.dataset import DatasetWriter, EpisodeData  # noqa: E402
 from harness.errors import HarnessError  # noqa: E402
 from policies.cem import CEMConfig, cem_plan  # noqa: E402
 from world_models.proprio import (  # noqa: E402
@@ -183,7 +183,7 @@ def test_cem_policy_takes_the_goal_state_of_a_dataset_goal(saved_wm, states_h5):
     policy = make_policy(f"cem:wm=minivae_dit_tiny,checkpoint={folder},goal=data,goal_data={states_h5},"
                          f"proprio=0.3,samples=8,elites=2,iterations=1", info)
     frame, state = policy._goal(4)  # episode 4's final frame and state (init_state 4)
-    from harness.dataset import read_demo
+    from harness.data.dataset import read_demo
 
     demo = read_demo(states_h5, "demo_4")
     assert np.array_equal(frame, demo.frames("corner2")[-1])

@@ -1,4 +1,4 @@
-"""harness.provenance: a run records a fingerprint of the weights it loads, and a resumed run
+"""harness.run.provenance: a run records a fingerprint of the weights it loads, and a resumed run
 refuses to add episodes made with other weights."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from conftest import ROOT, read_jsonl, requires_metaworld, run_cli
 
-from harness import provenance
 from harness.errors import HarnessError
-from harness.provenance import SPEC_REFS, WORLD_MODEL_FILES, fingerprint, spec_fingerprints
-from harness.store import RunStore
+from harness.run import provenance
+from harness.run.provenance import SPEC_REFS, WORLD_MODEL_FILES, fingerprint, spec_fingerprints
+from harness.run.store import RunStore
 
 
 def test_fingerprint_follows_contents_names_and_scope(tmp_path):

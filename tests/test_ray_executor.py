@@ -47,9 +47,9 @@ def closed_port() -> int:
 
 def plan_items(tmp_path: Path, episodes: int, **overrides):
     """The work items and run settings of a small Meta-World eval, built as run_eval builds them."""
-    from harness.config import EvalConfig
-    from harness.evaluate import plan_eval, work_items
-    from harness.runner import RunSettings
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval, work_items
+    from harness.run.runner import RunSettings
 
     cfg = EvalConfig(env="metaworld/reach-v3", policies=("noisy:scale=0.3",), episodes=episodes, video="none",
                      out=str(tmp_path / "run"), **overrides)
@@ -59,15 +59,15 @@ def plan_items(tmp_path: Path, episodes: int, **overrides):
 
 
 def local_records(items, settings) -> list[dict]:
-    from harness.executors import LocalExecutor
+    from harness.run.executors import LocalExecutor
 
     return list(LocalExecutor(settings, workers=1).map(items))
 
 
 def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
     from harness.errors import HarnessError
-    from harness.executors import EXECUTORS
-    from harness.runner import RunSettings
+    from harness.run.executors import EXECUTORS
+    from harness.run.runner import RunSettings
 
     monkeypatch.setitem(sys.modules, "ray", None)  # what an environment without ray looks like
     with pytest.raises(HarnessError) as err:
@@ -78,8 +78,8 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch):
 @requires_ray
 def test_unreachable_or_malformed_address_is_one_line_and_fast(tmp_path):
     from harness.errors import HarnessError
-    from harness.ray_executor import RayExecutor, host_port
-    from harness.runner import RunSettings
+    from harness.run.ray_executor import RayExecutor, host_port
+    from harness.run.runner import RunSettings
 
     assert host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
     assert host_port("ray://head:10001") == ("head", 10001)
@@ -129,7 +129,7 @@ def test_two_ray_workers_match_one_local_worker_and_resume(tmp_path, cluster):
 @requires_ray
 @requires_metaworld
 def test_a_dead_actor_is_replaced_and_its_chunk_retried_once(tmp_path, cluster):
-    from harness.ray_executor import EpisodeActor, RayExecutor
+    from harness.run.ray_executor import EpisodeActor, RayExecutor
 
     items, settings = plan_items(tmp_path, 5, cameras=("none",))
     markers = str(tmp_path / "markers")
@@ -168,10 +168,10 @@ def test_a_dead_actor_is_replaced_and_its_chunk_retried_once(tmp_path, cluster):
 
 @requires_ray
 def test_an_actor_that_cannot_start_stops_the_run_with_one_line(tmp_path, cluster):
-    from harness.episodes import Episode, WorkItem
     from harness.errors import HarnessError
-    from harness.ray_executor import EpisodeActor, RayExecutor
-    from harness.runner import RunSettings
+    from harness.run.episodes import Episode, WorkItem
+    from harness.run.ray_executor import EpisodeActor, RayExecutor
+    from harness.run.runner import RunSettings
 
     class MissingProject(EpisodeActor):  # what a node without the project installed looks like
         def __init__(self, settings, name):
@@ -189,7 +189,7 @@ def test_an_actor_that_cannot_start_stops_the_run_with_one_line(tmp_path, cluste
 @requires_ray
 @requires_metaworld
 def test_sigkill_of_running_actors_loses_nothing(tmp_path, cluster):
-    from harness.ray_executor import RayExecutor
+    from harness.run.ray_executor import RayExecutor
 
     # 500 steps each (~0.4 s without a camera): long enough to be killed mid-episode
     items, settings = plan_items(tmp_path, 4, cameras=("none",), stop_on_success=False)

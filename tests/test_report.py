@@ -36,8 +36,8 @@ def test_report_of_a_folder_that_is_no_run_is_one_line(tmp_path):
 
 def _run_folder(path):
     """A finished two-episode run, as `harness eval` leaves it."""
-    from harness.store import RunStore
-    from harness.summary import summarize
+    from harness.run.store import RunStore
+    from harness.stats.summary import summarize
 
     store = RunStore(path)
     store.claim({"env": "e"})
@@ -54,8 +54,8 @@ def test_damaged_run_files_are_one_line_and_left_alone(tmp_path):
     import pytest
 
     from harness.errors import HarnessError
-    from harness.report_html import write_report
-    from harness.store import RunStore
+    from harness.report.html import write_report
+    from harness.run.store import RunStore
 
     run = _run_folder(tmp_path / "run")
     md, _ = write_report([run])
@@ -90,7 +90,7 @@ def test_output_files_that_cannot_be_written_are_refused_first(tmp_path):
     import pytest
 
     from harness.errors import HarnessError
-    from harness.store import check_output_file
+    from harness.run.store import check_output_file
 
     with pytest.raises(HarnessError, match=f"--out {tmp_path} is a folder; give a file path"):
         check_output_file(tmp_path)

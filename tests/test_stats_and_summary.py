@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.stats import wilson_interval
-from harness.summary import summarize
+from harness.stats.intervals import wilson_interval
+from harness.stats.summary import summarize
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from harness.dataset import DatasetWriter, EpisodeData, list_demos, read_demo
+from harness.data.dataset import DatasetWriter, EpisodeData, list_demos, read_demo
 from harness.errors import HarnessError
-from harness.store import RunStore, atomic_write_json, check_writable
+from harness.run.store import RunStore, atomic_write_json, check_writable
 
 
 def _rec(i):
@@ -116,7 +116,7 @@ def test_dataset_writer_leaves_nothing_on_error(tmp_path):
 
 
 def test_a_resume_with_other_settings_says_what_differs():
-    from harness.store import _change
+    from harness.run.store import _change
 
     long_a = "bc:path=/data/checkpoints/policies/bc_metaworld/run3/step_000250"
     long_b = long_a.replace("000250", "000150")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.dataset import list_demos, read_demo
+from harness.data.dataset import list_demos, read_demo
 from harness.errors import HarnessError
 
 

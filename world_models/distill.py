@@ -182,7 +182,7 @@ def _psnr(a, b) -> float:
     """Mean PSNR (dB) between uint8 frame stacks (tensors), identical frames counted as 100 dB (not inf)."""
     import numpy as np
 
-    from harness.metrics import psnr
+    from harness.analyses.metrics import psnr
 
     return float(np.mean(np.minimum(psnr(a.numpy(), b.numpy()), 100.0)))
 

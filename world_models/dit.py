@@ -90,8 +90,13 @@ FrameCache = tuple[list[torch.Tensor], list[torch.Tensor]]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x (B, T, N, C) modulated per frame by shift, scale (B, T, C)."""
-    return x * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+    """x * (1 + scale) + shift, per frame: x (B, T, N, C), shift and scale (B, T, 1, C)."""
+    return torch.addcmul(shift, x, 1 + scale)  # one pass over x instead of two
+
+
+def gated(x: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The residual update x + gate * h, gate (B, T, 1, C) per frame."""
+    return torch.addcmul(x, gate, h)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -179,11 +184,11 @@ class DiTBlock(nn.Module):
         B, T, N, C = x.shape
         (shift_s, scale_s, gate_s, shift_t, scale_t, gate_t,
          shift_m, scale_m, gate_m) = self.ada(c).unsqueeze(2).chunk(9, dim=-1)  # each (B, T, 1, C)
-        h = self.attn_s((self.norm_s(x) * (1 + scale_s) + shift_s).reshape(B * T, N, C))
-        x = x + gate_s * h.view(B, T, N, C)
-        h, kv = self.attn_t(self.norm_t(x) * (1 + scale_t) + shift_t, past)
-        x = x + gate_t * h
-        x = x + gate_m * self.mlp(self.norm_m(x) * (1 + scale_m) + shift_m)
+        h = self.attn_s(modulate(self.norm_s(x), shift_s, scale_s).reshape(B * T, N, C))
+        x = gated(x, gate_s, h.view(B, T, N, C))
+        h, kv = self.attn_t(modulate(self.norm_t(x), shift_t, scale_t), past)
+        x = gated(x, gate_t, h)
+        x = gated(x, gate_m, self.mlp(modulate(self.norm_m(x), shift_m, scale_m)))
         return x, kv
 
 
@@ -201,7 +206,7 @@ class FinalLayer(nn.Module):
             self.out = nn.Linear(width, out_dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift, scale = self.ada(c).chunk(2, dim=-1)
+        shift, scale = self.ada(c).unsqueeze(2).chunk(2, dim=-1)  # each (B, T, 1, C)
         return self.out(modulate(self.norm(x), shift, scale))
 
 

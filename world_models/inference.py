@@ -118,9 +118,3 @@ def prepare_for_inference(network: nn.Module) -> dict[str, Any]:
         f" -> {'stand-in' if t['use'] else 'torch'}" for n, t in record["stand_ins"].items()) or "nothing to swap"
     return record
 
-
-def describe() -> str:
-    """One line on how a world model loaded here runs, for a run's results before any loads."""
-    if os.environ.get(ENV_SWITCH, "").lower() == "torch":
-        return f"torch modules ({ENV_SWITCH}=torch)"
-    return "torch modules, with stand-ins where they measure faster at load (world_models/inference.py)"

@@ -3,9 +3,9 @@ configs can validate a name cheaply).
 
 ``float32`` is the trained precision. ``bfloat16`` runs the transition network (``predict``) and
 the pixel decoder (``decode``) in bf16 copies made on first use; latents, noise and the flow
-integration stay float32. On this project's 2-core CPU (native bf16) it decoded a batch of 64
-frames 2.1x faster and a 300-candidate CEM call 1.6-2.0x faster (docs/benchmarks.md, session 8); pixels
-stay within a few intensity levels of float32.
+integration stay float32. It pays only on CPUs with native bf16 dot products (AVX512-BF16,
+AMX); on AVX2-only CPUs bf16 matmuls are several times slower than float32's. Pixels stay within
+a few intensity levels of float32.
 """
 
 from __future__ import annotations

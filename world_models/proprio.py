@@ -3,7 +3,7 @@
 DINO-WM plans on its visual latents plus the robot's proprioception, which its world model
 predicts beside the image. The world models here predict image latents only, so a
 ``ProprioReadout`` recovers the proprioceptive part of the state from a latent: a ridge
-regression (``harness.probes.ridge``, penalty chosen on a quarter of the training episodes)
+regression (``harness.analyses.probes.ridge``, penalty chosen on a quarter of the training episodes)
 from the latent, its token grid average-pooled to at most 4 x 4 and flattened, to the leading
 ``PROPRIO_DIMS`` state
 dimensions of the benchmark (end-effector position, then orientation and gripper where the state
@@ -133,7 +133,7 @@ def _family(env_id: str) -> str:
 
 def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
     """Per episode (frames (T+1, S, S, 3), states (T+1, P)) from the world model's camera; the family."""
-    from harness.dataset import list_demos, read_demo
+    from harness.data.dataset import list_demos, read_demo
 
     from .data import check_dataset, resize_frames
 
@@ -169,8 +169,8 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
     frames kept per part, at random."""
     import torch
 
-    from harness.probes.ridge import RidgeProbe
-    from harness.probes.scores import r2_per_dim
+    from harness.analyses.probes.ridge import RidgeProbe
+    from harness.analyses.probes.scores import r2_per_dim
 
     from .data import split_episodes
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from harness.agreement import accuracy, cohen_kappa
 from harness.errors import HarnessError
+from harness.stats.agreement import accuracy, cohen_kappa
 
 from .base import check_threshold, verdict
 

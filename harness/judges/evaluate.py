@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from harness.agreement import accuracy, cohen_kappa, confusion, precision_recall
 from harness.errors import HarnessError
-from harness.store import atomic_write_text, check_output_file
+from harness.run.store import atomic_write_text, check_output_file
+from harness.stats.agreement import accuracy, cohen_kappa, confusion, precision_recall
 
 from . import make_judge, parse_judge_spec, verdict
 from .latent_classifier import iter_rollouts

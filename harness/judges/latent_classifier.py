@@ -278,7 +278,7 @@ def dataset_camera(path: str, camera: str | None) -> str:
     """The camera to read from a dataset: ``camera`` if it has it, else its first one."""
     import h5py
 
-    from harness.dataset import list_demos
+    from harness.data.dataset import list_demos
 
     try:
         demos = list_demos(path)
@@ -301,7 +301,7 @@ def dataset_camera(path: str, camera: str | None) -> str:
 def iter_rollouts(paths: Sequence[str], camera: str | None, limit: int | None = None):
     """(source, frames (T+1, H, W, 3), per-step success, attrs, actions (T, A)) for every episode
     of the files."""
-    from harness.dataset import list_demos, read_demo
+    from harness.data.dataset import list_demos, read_demo
 
     count = 0
     for path in paths:
@@ -403,7 +403,7 @@ def calibrate_threshold(judge_scores: Sequence[float], truth: Sequence[bool]) ->
 
 
 def _episode_metrics(judge_scores: list[float], truth: list[bool], threshold: float) -> dict[str, Any]:
-    from harness.agreement import accuracy, cohen_kappa, confusion
+    from harness.stats.agreement import accuracy, cohen_kappa, confusion
 
     if not truth:
         return {"episodes": 0}

@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 from envs import env_meta
 from harness import __version__
-from harness.config import DEFAULT_EPISODES, EvalConfig, parse_video_mode
-from harness.episodes import Episode, WorkItem, build_episodes
 from harness.errors import HarnessError
-from harness.executors import EXECUTORS
-from harness.matched import wm_backend
-from harness.provenance import run_checkpoints
-from harness.runner import RunSettings
-from harness.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
-from harness.summary import summarize
-from harness.versions import git_commit, package_versions
+from harness.run.config import DEFAULT_EPISODES, EvalConfig, parse_video_mode
+from harness.run.episodes import Episode, WorkItem, build_episodes
+from harness.run.executors import EXECUTORS
+from harness.run.matched import wm_backend
+from harness.run.provenance import run_checkpoints
+from harness.run.runner import RunSettings
+from harness.run.store import RESULTS, RunStore, atomic_write_json, check_writable, key_of
+from harness.run.versions import git_commit, package_versions
+from harness.stats.summary import summarize
 
 if TYPE_CHECKING:
     from envs.registry import EnvOptions
@@ -46,7 +46,7 @@ class EvalPlan:
     episodes: list[Episode]
     out: Path
     judge: str | None = None  # the resolved judge spec (the world model's own one when not given)
-    checkpoints: dict[str, str] = field(default_factory=dict)  # harness.provenance.run_checkpoints
+    checkpoints: dict[str, str] = field(default_factory=dict)  # harness.run.provenance.run_checkpoints
 
     @property
     def backends(self) -> tuple[str, ...]:
@@ -143,7 +143,7 @@ def episode_counts(config: EvalConfig, env_ids: list[str]) -> dict[str, int]:
 
 def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
     """Check the world model, its camera and the judge before anything runs; the judge spec to use."""
-    from harness.matched import default_judge, validate_judge
+    from harness.run.matched import default_judge, validate_judge
     from world_models.named import check_world_model
 
     checkpoint, wm_config = check_world_model(config.wm, config.wm_checkpoint)  # the workers load the weights
@@ -233,7 +233,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
 
 # what a summary measured while its episodes ran: a resume that runs nothing keeps them (also the
 # inference record of summaries written before the records carried theirs, and its older name)
-RAN_WITH = ("harness", "versions", "git", "wall_time_s", "world_model_inference", "world_model_kernels")
+RAN_WITH = ("harness", "versions", "git", "wall_time_s", "world_model_inference")
 
 
 def ran_with(previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -296,7 +296,7 @@ def write_summary(plan: EvalPlan, store: RunStore, wall: float | None, interrupt
     if "calvin" in families:
         summary.update(calvin_summary(plan, records))
     if plan.config.wm:
-        from harness.comparison import compare_backends
+        from harness.stats.comparison import compare_backends
 
         summary["judge"] = plan.judge
         summary["comparison"] = compare_backends(records)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.store import RESULTS, RunStore
-from harness.summary import summarize
+from harness.run.store import RESULTS, RunStore
+from harness.stats.summary import summarize
 
 
 def load_results(run: Path) -> dict[str, Any]:

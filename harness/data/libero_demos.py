@@ -11,7 +11,7 @@ LIBERO ships its demos as one HDF5 file per task in robomimic's layout::
         obs/agentview_rgb, obs/eye_in_hand_rgb  (T, H, W, 3) uint8, robosuite's raw images
         obs/ee_states (T, 6) = eef position + axis-angle; obs/gripper_states (T, 2); ...
 
-``import_demos`` writes the harness's dataset (harness/dataset.py) with images turned the way
+``import_demos`` writes the harness's dataset (harness/data/dataset.py) with images turned the way
 the env shows them (180-degree rotation of robosuite's OpenGL-convention images) and the env's
 8-D state, so demos and rollouts can be mixed for world-model training.
 
@@ -116,7 +116,7 @@ def import_demos(src: str | os.PathLike, out: str | os.PathLike, env: str | None
                  overwrite: bool = False, max_demos: int | None = None) -> dict[str, Any]:
     """Convert a LIBERO demo file into the harness's dataset format; returns a summary."""
     from envs import env_meta
-    from harness.dataset import DatasetWriter, EpisodeData
+    from harness.data.dataset import DatasetWriter, EpisodeData
 
     env_id = identify_env(src, env)
     meta = env_meta(env_id)

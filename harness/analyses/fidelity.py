@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from harness.analyses.metrics import lpips_metric, psnr, ssim
 from harness.errors import HarnessError
-from harness.metrics import lpips_metric, psnr, ssim
-from harness.store import atomic_write_json, check_writable
+from harness.run.store import atomic_write_json, check_writable
 
 
 def _resolve_wm(wm: str | None, checkpoint: str | None):
@@ -101,7 +101,7 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
             for k, v in enumerate(values):
                 per_step[key][k].append(float(v))
         if n < videos:
-            from harness.video import compose_frame, write_video
+            from harness.report.video import compose_frame, write_video
 
             ctx = resize_frames(frames[:H], S)
             rows = [compose_frame([c, c]) for c in ctx] + [compose_frame([r, p]) for r, p in zip(real, pred)]

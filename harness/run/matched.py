@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from harness import agreement
-from harness.episodes import Episode
 from harness.errors import HarnessError
 from harness.judges.base import verdict
+from harness.run.episodes import Episode
+from harness.stats import agreement
 
 WM_PREFIX = "wm:"
 
@@ -254,7 +254,7 @@ def _obs(row: _Row, camera: str) -> dict[str, Any]:
 
 
 def _check_action(action: np.ndarray, shape: tuple[int, ...], t: int) -> BaseException | None:
-    from harness.runner import check_action
+    from harness.run.episodes import check_action
 
     try:
         check_action(np.asarray(action), shape, t, "the world model")

@@ -36,11 +36,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.episodes import WorkItem
 from harness.errors import HarnessError, require_module
-from harness.executors import MAX_ATTEMPTS, chunk_size, chunked, died_records, unfinished
-from harness.runner import EpisodeWorker, RunSettings, failed_records
-from harness.store import key_of
+from harness.run.episodes import WorkItem
+from harness.run.executors import MAX_ATTEMPTS, chunk_size, chunked, died_records, unfinished
+from harness.run.runner import EpisodeWorker, RunSettings, failed_records
+from harness.run.store import key_of
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class EpisodeActor:
     """The body of one Ray actor: an EpisodeWorker running the chunks sent to it, in order."""
 
     def __init__(self, settings: RunSettings, name: str):
-        from harness.allocator import keep_freed_memory
+        from harness.run.allocator import keep_freed_memory
 
         logging.basicConfig(level=logging.WARNING)
         keep_freed_memory()  # as local workers do

@@ -78,7 +78,7 @@ class ProbeConfig:
     threads: int | None = None
 
     def __post_init__(self):
-        from harness.probes.corruptions import parse_corruption
+        from harness.analyses.probes.corruptions import parse_corruption
 
         self.data = tuple(self.data)
         self.ks, self.layers, self.probes = tuple(self.ks), tuple(self.layers), tuple(self.probes)
@@ -362,8 +362,8 @@ def _rp_sequences(seqs: list[Sequence], dim: int, seed: int, c: int, cache: dict
 
 # the protocol -------------------------------------------------------------------------------------
 def _fit(kind: str, seed: int, x, y, xv, yv):
-    from harness.probes.mlp import MLPProbe
-    from harness.probes.ridge import RidgeProbe
+    from harness.analyses.probes.mlp import MLPProbe
+    from harness.analyses.probes.ridge import RidgeProbe
 
     probe = RidgeProbe().fit(x, y, xv, yv) if kind == "linear" else MLPProbe(seed=seed).fit(x, y, xv, yv)
     detail = {"alpha": probe.alpha} if kind == "linear" else {"best_epoch": probe.best_epoch}
@@ -391,9 +391,9 @@ def _finite(x: float) -> float | None:
 def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     import torch
 
-    from harness.probes.corruptions import corrupt, parse_corruption
-    from harness.probes.scores import score
-    from harness.store import atomic_write_json, check_writable
+    from harness.analyses.probes.corruptions import corrupt, parse_corruption
+    from harness.analyses.probes.scores import score
+    from harness.run.store import atomic_write_json, check_writable
 
     t0 = time.perf_counter()
     say = progress or (lambda msg: log.info(msg))
@@ -404,7 +404,7 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
 
     model = None
     if cfg.wm is not None or cfg.wm_checkpoint is not None:
-        from harness.fidelity import _resolve_wm
+        from harness.analyses.fidelity import _resolve_wm
 
         model = _resolve_wm(cfg.wm, cfg.wm_checkpoint)
     stride = model.frameskip if model is not None else 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.stats import wilson_interval
+from harness.stats.intervals import wilson_interval
 
 
 def _block(records: list[dict[str, Any]]) -> dict[str, Any]:

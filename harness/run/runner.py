@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from harness.episodes import Episode, WorkItem
+from harness.run.episodes import Episode, WorkItem, check_action
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class _Mirror:
 
     item: WorkItem
     sim: EpisodeResult
-    task: Any  # harness.matched.WorldModelTask
+    task: Any  # harness.run.matched.WorldModelTask
     error: BaseException | None = None
 
 
@@ -111,18 +111,6 @@ def run_episode(env, policy, episode: Episode, *, stop_on_success: bool, keep_tr
             break
     result.rollout_s = time.perf_counter() - start
     return result
-
-
-def check_action(action: np.ndarray, shape: tuple[int, ...], step: int, where: str) -> None:
-    """Refuse an action of the wrong shape or dtype, or with NaN/inf, naming the step."""
-    if action.shape != shape:
-        raise ValueError(f"policy returned an action of shape {action.shape}; {where} expects {shape}")
-    if not np.issubdtype(action.dtype, np.floating):
-        raise TypeError(f"policy returned a {action.dtype} action at step {step}; {where} expects floats "
-                        f"(float32, in the action space)")
-    if not np.isfinite(action).all():
-        raise FloatingPointError(f"policy returned a non-finite action at step {step}"
-                                 f"{'' if where == 'the env' else ' in ' + where}: {action}")
 
 
 class EpisodeWorker:
@@ -222,7 +210,7 @@ class EpisodeWorker:
         rollout goes into ``sim_record``: the same judge on the real rollout, so that its own
         error can be told apart from the world model's."""
         from harness.judges.base import verdict
-        from harness.matched import WorldModelTask
+        from harness.run.matched import WorldModelTask
         from policies.base import observes
 
         ep = item.episode
@@ -247,7 +235,7 @@ class EpisodeWorker:
     def _run_in_world_model(self, mirrors: list[_Mirror]) -> Iterator[dict[str, Any]]:
         """The world-model record of each of ``mirrors``, yielded as its episode ends (the
         episodes run together)."""
-        from harness.matched import stream_world_model_episodes
+        from harness.run.matched import stream_world_model_episodes
 
         for m in mirrors:
             if m.task is None:
@@ -294,7 +282,7 @@ class EpisodeWorker:
         return record
 
     def _write_video(self, item: WorkItem, sim: EpisodeResult, wm_result=None) -> str | None:
-        from harness.video import annotate, compose_frame, side_by_side, write_video
+        from harness.report.video import annotate, compose_frame, side_by_side, write_video
 
         try:
             ep = item.episode

@@ -5,7 +5,7 @@ simulator per process; each process builds its own renderer, so no GL context is
 A worker process that dies (a simulator segfault, the OOM killer, ``kill -9``) is replaced and
 the episodes of its chunk whose records had not arrived are retried once on the new process; if
 it dies again, those episodes become ``error`` records and the run goes on. ``ray``
-(``harness/ray_executor.py``): Ray actors.
+(``harness/run/ray_executor.py``): Ray actors.
 
 Executors hand workers chunks of items (``chunked``): with ``--wm-batch B`` a chunk of B
 episodes has its world-model rollouts advanced together in one batched call per step. Whatever
@@ -32,15 +32,15 @@ from collections.abc import Iterable, Iterator
 from multiprocessing.connection import wait
 from typing import Any
 
-from harness.allocator import keep_freed_memory
-from harness.episodes import WorkItem
 from harness.errors import HarnessError
 from harness.registry import Registry
-from harness.runner import EpisodeWorker, RunSettings, failed_records
-from harness.store import key_of
+from harness.run.allocator import keep_freed_memory
+from harness.run.episodes import WorkItem
+from harness.run.runner import EpisodeWorker, RunSettings, failed_records
+from harness.run.store import key_of
 
 EXECUTORS: Registry = Registry("executor")
-EXECUTORS.register("ray", "harness.ray_executor:RayExecutor",
+EXECUTORS.register("ray", "harness.run.ray_executor:RayExecutor",
                    description="Ray actors on a local or remote cluster (--ray-address; the distributed extra)")
 
 log = logging.getLogger(__name__)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Episode:
@@ -69,3 +71,15 @@ def build_episodes(env_ids: list[str], episodes_per_env: int, base_seed: int, ma
         for i in range(first_init_state, first_init_state + episodes_per_env):
             out.append(Episode(env_id, meta["task"], meta["instruction"], i, derive_seed(base_seed, env_id, i), max_steps[env_id]))
     return out
+
+
+def check_action(action: np.ndarray, shape: tuple[int, ...], step: int, where: str) -> None:
+    """Refuse an action of the wrong shape or dtype, or with NaN/inf, naming the step."""
+    if action.shape != shape:
+        raise ValueError(f"policy returned an action of shape {action.shape}; {where} expects {shape}")
+    if not np.issubdtype(action.dtype, np.floating):
+        raise TypeError(f"policy returned a {action.dtype} action at step {step}; {where} expects floats "
+                        f"(float32, in the action space)")
+    if not np.isfinite(action).all():
+        raise FloatingPointError(f"policy returned a non-finite action at step {step}"
+                                 f"{'' if where == 'the env' else ' in ' + where}: {action}")

@@ -1,5 +1,5 @@
 """`harness collect`: roll a policy out in the simulator and save the episodes as a dataset
-(HDF5, robomimic layout; see harness/dataset.py) for world-model training."""
+(HDF5, robomimic layout; see harness/data/dataset.py) for world-model training."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.config import check_episode_args
-from harness.dataset import DatasetWriter, EpisodeData, flatten_observation
-from harness.episodes import Episode, build_episodes
+from harness.data.dataset import DatasetWriter, EpisodeData, flatten_observation
 from harness.errors import HarnessError
-from harness.store import check_writable
+from harness.run.config import check_episode_args
+from harness.run.episodes import Episode, build_episodes
+from harness.run.store import check_writable
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class CollectConfig:
 
 
 def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
-    from harness.evaluate import resolve_targets
+    from harness.run.evaluate import resolve_targets
 
     out = Path(cfg.out)
     if out.suffix not in (".h5", ".hdf5"):
@@ -58,7 +58,7 @@ def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
 
 
 def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, int], None] | None = None) -> dict[str, Any]:
-    from harness.runner import EpisodeWorker, RunSettings
+    from harness.run.runner import EpisodeWorker, RunSettings
 
     episodes, env_args = plan_collect(cfg)
     worker = EpisodeWorker(RunSettings(cfg.cameras, cfg.image_size, cfg.stop_on_success))

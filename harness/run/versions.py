@@ -23,7 +23,7 @@ def package_versions() -> dict[str, str]:
 
 def git_commit(path: Path | None = None) -> dict[str, str | bool | None]:
     """The commit of the harness checkout, and whether it has uncommitted changes."""
-    root = path or Path(__file__).resolve().parents[1]
+    root = path or Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if commit.returncode != 0:

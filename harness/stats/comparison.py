@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from harness import agreement as ag
+from harness.stats import agreement as ag
 
 SIM = "sim"
 

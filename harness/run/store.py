@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness.episodes import record_key
 from harness.errors import HarnessError
+from harness.run.episodes import record_key
 
 log = logging.getLogger(__name__)
 

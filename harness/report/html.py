@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
-from harness.store import atomic_write_text, check_writable
+from harness.run.store import atomic_write_text, check_writable
 
 INLINE_VIDEOS = 6  # per run; more are linked, so the page stays a few MB
 MAX_INLINE_VIDEO_BYTES = 3_000_000
@@ -261,8 +261,8 @@ td:first-child,th:first-child,td:nth-child(2),td:nth-child(3){text-align:left}th
 
 def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]:
     """Write report.md and report.html for eval run folders and probe folders; returns both paths."""
-    from harness.report import agreement_markdown, load_results, markdown
-    from harness.store import RunStore
+    from harness.report.markdown import agreement_markdown, load_results, markdown
+    from harness.run.store import RunStore
 
     if not runs:
         raise HarnessError("harness report needs at least one run folder (the --out of an eval or a probe)")

@@ -1,0 +1,1 @@
+"""Rollout datasets: the on-disk format, `harness collect`, LIBERO's own demonstrations."""

@@ -1,0 +1,1 @@
+"""Statistics over episode records: intervals, rater agreement, world model vs simulator."""
