@@ -84,7 +84,7 @@ def _keep_freed_memory() -> bool:
     does not have this repository installed) applies the same setting without importing harness."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("_wm_harness_allocator", ROOT / "harness" / "allocator.py")
+    spec = importlib.util.spec_from_file_location("_wm_harness_allocator", ROOT / "harness" / "run" / "allocator.py")
     if spec is None or spec.loader is None:
         return False
     mod = importlib.util.module_from_spec(spec)

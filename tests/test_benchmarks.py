@@ -144,3 +144,21 @@ def test_machine_line_names_the_cpu_and_its_vector_flags():
     if " avx2" in cpuinfo:
         assert "avx2" in flags
     assert all(f in ("avx", "avx2", "fma", "f16c") or f.startswith(("avx512", "amx")) for f in flags)
+
+
+def test_peer_comparison_gives_no_number_without_the_peer():
+    from bench_peer_cem import peer_vs_ours
+
+    r = peer_vs_ours(None)
+    assert r["peer"] is None and r["ratio"] is None and "--peer-python" in r["reason"]
+    r = peer_vs_ours("/nonexistent/python")
+    assert r["peer"] is None and "not an executable file" in r["reason"]
+    # a python without stable-worldmodel (this venv): the probe says so before anything is timed
+    pytest.importorskip("torch")
+    try:
+        import stable_worldmodel  # noqa: F401
+        pytest.skip("stable-worldmodel is installed here")
+    except ImportError:
+        pass
+    r = peer_vs_ours(sys.executable, iterations=1)
+    assert r["peer"] is None and r["ours"] is None and "stable-worldmodel" in r["reason"]
