@@ -145,14 +145,9 @@ def frame_attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torc
     return torch.stack(out, 1)
 
 
-class FrameAttention(nn.Module):
-    """Multi-head causal attention across frames, per token position, with a cache of earlier frames."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+class FrameAttention(Attention):
+    """Multi-head causal attention across frames, per token position, with a cache of earlier
+    frames: the same projections as ``Attention``, another pattern of who sees whom."""
 
     def forward(self, x: torch.Tensor, past: FrameCache | None = None) -> tuple[torch.Tensor, FrameCache]:
         B, T, N, C = x.shape
