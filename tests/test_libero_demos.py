@@ -8,7 +8,7 @@ import pytest
 
 from envs import libero_tasks as lt
 from harness.data.dataset import list_demos, read_demo
-from harness.data.libero_demos import identify_env, import_demos, replay_demos
+from harness.data.libero_demos import identify_env, import_demos, is_noop, replay_demos
 from harness.errors import HarnessError
 from tests.conftest import run_cli
 
@@ -105,6 +105,24 @@ def test_cli_import_and_errors(tmp_path):
     assert res.returncode == 2 and "does not exist" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_noop_rule_is_openvlas():
+    still_open, still_closed = [0.0] * 6 + [-1.0], [0.0] * 6 + [1.0]
+    assert is_noop(still_open) and is_noop(still_closed)  # the first action: the arm's motion alone decides
+    assert is_noop(still_open, prev_action=[0.3] * 6 + [-1.0])
+    assert not is_noop(still_closed, prev_action=still_open)  # the gripper closes: kept
+    assert not is_noop([0.3] + [0.0] * 5 + [-1.0], prev_action=still_open)
+    # the L2 norm of the six motion numbers against 1e-4, not each number on its own
+    assert is_noop([4e-5] * 6 + [-1.0], still_open)  # norm 9.8e-5
+    assert not is_noop([5e-5] * 6 + [-1.0], still_open)  # norm 1.22e-4
+
+
+def test_replay_out_must_be_hdf5(tmp_path):
+    src = tmp_path / "demo.hdf5"
+    _write_libero_file(src, [_synthetic_demo(2, True, np.random.default_rng(3))])
+    with pytest.raises(HarnessError, match="must end in .h5"):
+        replay_demos(src, out=tmp_path / "out.txt")
+
+
 # ---------------------------------------------------------------------------- real LIBERO
 def _record(env, actions, setup=None) -> dict:
     """Record a demo in the real env the way LIBERO's files hold it."""
@@ -137,31 +155,68 @@ def _bowl_onto_plate(env):
     sim.forward()
 
 
+# A demo with known no-ops, each judged against the last kept action (OpenVLA's rule)
+OPEN, CLOSE = -1.0, 1.0
+DEMO_ACTIONS = np.array([
+    [0, 0, 0, 0, 0, 0, CLOSE],  # 0 the first action, arm still: dropped
+    [0, 0, 0, 0, 0, 0, OPEN],  # 1 nothing kept yet, so the motion alone decides: dropped
+    [0.5, 0, 0, 0, 0, 0, OPEN],  # 2 moves: kept
+    [0, 0, 0, 0, 0, 0, OPEN],  # 3 still, gripper as action 2: dropped
+    [0, 0, 0, 0, 0, 0, CLOSE],  # 4 still, the gripper closes: kept
+    [0, 0, 0, 0, 0, 0, CLOSE],  # 5 still, gripper as action 4: dropped
+    [5e-5] * 6 + [CLOSE],  # 6 motion norm 1.22e-4 > 1e-4: kept
+    [-0.5, 0, 0, 0, 0, 0, CLOSE],  # 7 moves: kept
+])
+KEPT = [2, 4, 6, 7]
+
+
 @requires_libero
-def test_replay_of_demos_recorded_in_the_simulator(tmp_path):
+def test_replay_regenerates_as_openvla(tmp_path):
     from envs import make_env
 
-    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE)
+    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE, fast_render=True)
     try:
-        noop = np.tile(np.array(lt.NOOP_ACTION), (12, 1))
-        placed = _record(env, noop, setup=_bowl_onto_plate)  # the bowl settles onto the plate
-        random = _record(env, np.random.default_rng(0).uniform(-1, 1, (8, 7)))
+        placed = _record(env, DEMO_ACTIONS, setup=_bowl_onto_plate)  # the bowl falls onto the plate: success
+        random = _record(env, np.random.default_rng(0).uniform(-1, 1, (5, 7)))
         first_view = env.reset(options={"init_state": 0})[0]
+        # what the replay must start from: states[0], then 10 wait steps with [0, 0, 0, 0, 0, 0, -1]
+        at_start = env.unwrapped.reset_to_state(placed["states"][0])[0]
+        after_wait = at_start
+        for _ in range(10):
+            after_wait = env.step(np.array(lt.NOOP_ACTION))[0]
     finally:
         env.close()
     assert placed["dones"][-1] and not random["dones"].any()
+    assert not np.array_equal(at_start["pixels"]["agentview"], after_wait["pixels"]["agentview"])  # the bowl moved
     src = tmp_path / "recorded.hdf5"
     _write_libero_file(src, [placed, random])
 
-    report = replay_demos(src)
+    report = replay_demos(src, out=tmp_path / "replayed.h5", image_size=SIZE, fast_render=True)
     assert report["env_id"] == "libero/libero_spatial/0" and report["demos"] == 2
     ok, bad = report["results"]
-    assert ok["recorded_success"] and ok["replay_success"] and ok["success_step"] <= 12
-    assert not bad["recorded_success"] and not bad["replay_success"]
-    assert report["still_succeed"] and report["replay_successes"] == 1
-    # Same physics and start; the gripper's accumulated command is not in LIBERO's states, so the
-    # fingers may differ by millimetres in the first steps of a replay.
-    assert ok["max_state_error"] < 2e-2 and bad["max_state_error"] < 5e-2
+    assert (ok["steps"], ok["played_steps"], ok["noops_dropped"]) == (8, 4, 4)
+    assert ok["recorded_success"] and ok["replay_success"] and ok["written"]
+    assert not bad["recorded_success"] and not bad["replay_success"] and not bad["written"]  # failed: dropped
+    assert bad["played_steps"] == 5 and report["still_succeed"] and report["written"] == 1
+    # Waiting and dropping no-ops shift the replay against the recorded states.
+    assert ok["max_state_error"] < 5e-2 and bad["max_state_error"] < 5e-2
+
+    (name, attrs), = list_demos(tmp_path / "replayed.h5")
+    ep = read_demo(tmp_path / "replayed.h5", name)
+    assert ep.length == 4 and np.array_equal(ep.actions, DEMO_ACTIONS[KEPT].astype(np.float32))
+    assert attrs["source_demo"] == "demo_0" and attrs["noops_dropped"] == 4 and attrs["success"]
+    # the first frame is the observation after the wait steps, which are not recorded
+    assert np.array_equal(ep.obs["agentview_rgb"][0], after_wait["pixels"]["agentview"])
+    assert np.array_equal(ep.obs["eye_in_hand_rgb"][0], after_wait["pixels"]["eye_in_hand"])
+    assert np.allclose(ep.obs["state"][0], after_wait["state"])
+    assert ep.final_obs["agentview_rgb"].shape == (1, SIZE, SIZE, 3)
+    import h5py
+
+    with h5py.File(tmp_path / "replayed.h5") as f:
+        meta = json.loads(f["data"].attrs["env_args"])
+    assert meta["replay"]["num_steps_wait"] == 10 and meta["replay"]["drop_noops"] is True
+    assert meta["options"]["libero/libero_spatial/0"] == {"cameras": ["agentview", "eye_in_hand"], "image_size": SIZE,
+                                                          "fast_render": True}
 
     # imported images are what the env showed
     import_demos(src, tmp_path / "d.h5")
@@ -169,11 +224,18 @@ def test_replay_of_demos_recorded_in_the_simulator(tmp_path):
     assert np.array_equal(ep.obs["agentview_rgb"][0], first_view["pixels"]["agentview"])
     assert np.allclose(ep.obs["state"][0], first_view["state"])
 
-    # a demo whose actions no longer reach the goal is reported as not still succeeding
-    broken = dict(placed, actions=np.tile(np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]), (12, 1)))
-    broken["states"] = placed["states"].copy()
+    # --keep-noops keeps all 8 actions; a demo whose actions no longer reach the goal makes the
+    # command exit with 1
+    broken = dict(placed, actions=np.tile(np.array([0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]), (3, 1)))
+    broken["states"] = placed["states"][:3].copy()
     broken["states"][0] = random["states"][0]  # start from the untouched scene: bowl beside the plate
-    _write_libero_file(tmp_path / "broken.hdf5", [broken])
-    res = run_cli("libero-demos", "replay", str(tmp_path / "broken.hdf5"), "--report", str(tmp_path / "r.json"))
+    _write_libero_file(tmp_path / "two.hdf5", [placed, broken])
+    res = run_cli("libero-demos", "replay", str(tmp_path / "two.hdf5"), "--out", str(tmp_path / "all.h5"),
+                  "--keep-noops", "--image-size", str(SIZE), "--fast-render", "--report", str(tmp_path / "r.json"))
     assert res.returncode == 1, res.stderr
+    assert "wrote 1 successful replays" in res.stdout and "0 no-op actions dropped" in res.stdout
     assert json.loads((tmp_path / "r.json").read_text())["still_succeed"] is False
+    (name, attrs), = list_demos(tmp_path / "all.h5")
+    assert read_demo(tmp_path / "all.h5", name).length == 8 and attrs["noops_dropped"] == 0
+    with h5py.File(tmp_path / "all.h5") as f:
+        assert json.loads(f["data"].attrs["env_args"])["replay"]["drop_noops"] is False

@@ -33,23 +33,33 @@ def libero_demos_replay_cmd(
     src: Annotated[Path, typer.Argument(help="a LIBERO demo file with data/demo_*/states")],
     env: Annotated[str | None, typer.Option("--env", "-e", help="libero/<suite>/<task id> (default: from the file)")] = None,
     max_demos: Annotated[int | None, typer.Option("--max-demos", min=1)] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="write the successful replays as a harness dataset (.h5)")] = None,
+    keep_noops: Annotated[bool, typer.Option("--keep-noops", help="play and keep every action (default: drop no-ops as OpenVLA does)")] = False,
+    image_size: Annotated[int | None, typer.Option("--image-size", help="pixels of the images written with --out (default 256)")] = None,
+    fast_render: Annotated[bool, typer.Option("--fast-render", help="render --out images without shadows, reflections, MSAA (faster)")] = False,
+    overwrite: bool = False,
     report: Annotated[Path | None, typer.Option("--report", help="write the per-demo results as JSON")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
 ):
-    """Play each demo's actions from its first state in the simulator: does it still succeed?
+    """Replay each demo as OpenVLA's regenerate_libero_dataset.py does: from its first state, after
+    10 wait steps, no-op actions dropped; with --out, write the successful replays.
     Exit code 1 when a demo that succeeded when recorded fails on replay."""
     from harness.data.libero_demos import replay_demos, write_report
 
     def show(r, i, n):
         if progress:
-            verdict = f"success at step {r.success_step}" if r.replay_success else "failure"
+            verdict = f"success (first at step {r.success_step})" if r.replay_success else "failure"
             typer.echo(f"[{i}/{n}] {r.demo}: recorded {'success' if r.recorded_success else 'failure'}, "
-                       f"replay {verdict}, max qpos drift {r.max_state_error:.2e}", err=True)
+                       f"replay {verdict}, {r.played_steps}/{r.steps} actions played ({r.noops_dropped} no-ops dropped), "
+                       f"max qpos drift {r.max_state_error:.2e}", err=True)
 
-    result = replay_demos(src, env=env, max_demos=max_demos, on_result=show)
+    result = replay_demos(src, env=env, max_demos=max_demos, out=out, keep_noops=keep_noops, image_size=image_size,
+                          fast_render=fast_render, overwrite=overwrite, on_result=show)
     if report is not None:
         write_report(result, report)
     typer.echo(f"{result['env_id']}: {result['replay_successes']}/{result['demos']} demos succeed on replay "
-               f"({result['recorded_successes']} succeeded when recorded)")
+               f"({result['recorded_successes']} succeeded when recorded); {result['noops_dropped']} no-op actions dropped")
+    if out is not None:
+        typer.echo(f"wrote {result['written']} successful replays to {result['out']}")
     if not result["still_succeed"]:
         raise typer.Exit(1)
