@@ -8,12 +8,24 @@ Units: a world model with ``frameskip`` f predicts one frame per f control steps
 actions between, so a plan is ``horizon`` world-model steps of ``f * A`` numbers each, and
 executing ``execute`` of them means ``execute * f`` control steps.
 
-Presets (``CEM_PRESETS``):
-- ``dino_wm``: DINO-WM's planning defaults — 300 samples, top 30, 30 iterations, horizon 5,
-  execute all 5 before replanning, unit initial std, L2 on the last frame.
-- ``vjepa2_ac``: V-JEPA 2-AC's (Assran et al. 2025) style — L1 energy to the goal latent,
-  horizon 1 (one world-model step), 800 samples, top 10, 10 iterations, replanning every step,
-  with momentum on the mean.
+Presets (``CEM_PRESETS``); docs/cem.md tables each one against the upstream lines it follows:
+- ``dino_wm``: DINO-WM's MPC-CEM planner, gaoyuezhou/dino_wm at commit 0a9492fa12044b852ae9e001cc74604b79c8bb0c,
+  ``planning/cem.py`` (``CEMPlanner.plan``), ``planning/mpc.py``, ``planning/objectives.py``
+  (``create_objective_fn``) with ``conf/planner/mpc_cem.yaml`` and ``conf/plan.yaml``: 300
+  samples, top 30, 30 iterations, horizon 5, execute all 5 (then the rest of the plan, none
+  here, warm-starts the next), std 1; samples are not clipped, candidate 0 is the mean, the
+  elites' mean and std (ddof 1) replace the Gaussian with no momentum and no floor; L2 on the last
+  frame plus the proprio term with weight 1 (``alpha``); ``goal_frames=all`` weights frame i of
+  the start frame and the K predicted ones by 2**i (``base``).
+- ``vjepa2_ac``: V-JEPA 2-AC's planner, facebookresearch/vjepa2 at commit
+  c2963a47433ecca0ad4f06ec28bcfa8cb5b5cefb, ``notebooks/utils/world_model_wrapper.py``
+  (``WorldModel.mpc_args``) and ``notebooks/utils/mpc_utils.py`` (``cem``): rollout 2, 400
+  samples, top 10, 10 iterations, momentum 0.15 on mean and std, std ddof 1, no floor, L1 on the
+  last frame, replanning every step from a zero mean; ``layout="droid"``: xyz sampled with std
+  ``maxnorm`` (0.05) and clipped to it, rotation fixed at 0, gripper sampled with std 1 and
+  clipped to +-0.75, the returned gripper zeroed below 0.25. DROID's action is 7-D (xyz,
+  rotation 3, gripper); a 4-D env action (Meta-World) is read as xyz + gripper; other sizes are
+  refused (``check_layout``).
 - ``cpu``: a small budget that keeps closed-loop evaluation interactive on a 2-core CPU with the
   embedded tiny world models — 64 samples, top 8, 4 iterations, horizon 2, execute 1, and
   ``hold``: one action per world-model step held for its frameskip control steps, so the search
@@ -44,6 +56,10 @@ from harness.errors import HarnessError
 from world_models.precision import check_precision, torch_dtype
 
 PICKS = ("mean", "best")
+LAYOUTS = ("free", "droid")
+# layout "droid": the env action sizes it can read, and the groups of one action's dimensions
+DROID_GROUPS = {7: {"xyz": slice(0, 3), "rotation": slice(3, 6), "gripper": 6},  # DROID, LIBERO, CALVIN
+                4: {"xyz": slice(0, 3), "rotation": slice(0, 0), "gripper": 3}}  # Meta-World: no rotation
 
 
 @dataclass(frozen=True)
@@ -53,11 +69,21 @@ class CEMConfig:
     iterations: int = 30
     horizon: int = 5  # world-model steps planned
     execute: int = 5  # world-model steps executed before replanning
-    init_std: float = 1.0
-    min_std: float = 0.05
+    init_std: float = 1.0  # (layout droid: the gripper's; xyz start at maxnorm)
+    min_std: float = 0.05  # floor of the refitted std
+    std_ddof: int = 0  # the elites' std: 0 divides by elites, 1 by elites - 1 (torch.std)
     momentum: float = 0.0  # mean <- momentum * old mean + (1 - momentum) * elite mean
+    momentum_std: float = 0.0  # std <- momentum_std * old std + (1 - momentum_std) * elite std
+    keep_mean: bool = True  # candidate 0 of every iteration is the current mean
+    clip: bool = True  # clip the candidates to the action space before scoring them (the plan always is)
     objective: str = "l2"  # l1 | l2 distance between predicted and goal latents (normalised)
     goal_frames: str = "last"  # last | all (all predicted frames, later ones weighted more)
+    frame_base: float | None = None  # goal_frames=all: None weighs frame k by k; b: DINO-WM's b**k (goal_cost)
+    layout: str = "free"  # free | droid: V-JEPA 2's xyz max-norm, rotation fixed at 0, gripper clip
+    maxnorm: float = 0.05  # layout droid: the xyz bound and initial std
+    gripper_clip: float = 0.75  # layout droid: the bound of the sampled gripper
+    gripper_deadband: float = 0.25  # layout droid: the planned gripper is 0 where |g| is below this
+    warm_start: bool = True  # CEMPolicy starts a plan from the unexecuted rest of the previous one
     sampler_steps: int | None = 2  # flow-matching steps while planning (None: the world model's own)
     temperature: float = 0.0  # noise scale of the sampler while planning (one draw shared by all candidates)
     max_batch: int = 4096  # candidates per world-model call, only to bound memory
@@ -80,15 +106,28 @@ class CEMConfig:
             raise HarnessError(f"CEM objective={self.objective!r}: use l1 or l2")
         if self.goal_frames not in ("last", "all"):
             raise HarnessError(f"CEM goal_frames={self.goal_frames!r}: use last or all")
+        if self.layout not in LAYOUTS:
+            raise HarnessError(f"CEM layout={self.layout!r}: use {' or '.join(LAYOUTS)}")
+        if self.std_ddof not in (0, 1) or isinstance(self.std_ddof, bool):
+            raise HarnessError(f"CEM std_ddof={self.std_ddof!r} must be 0 or 1")
+        if self.elites <= self.std_ddof:
+            raise HarnessError(f"CEM elites={self.elites} must exceed std_ddof={self.std_ddof} (the elites' std)")
         _check_number("momentum", self.momentum, 0.0, 1.0, high_open=True)
+        _check_number("momentum_std", self.momentum_std, 0.0, 1.0, high_open=True)
         check_precision(self.precision, "CEM precision")
         if self.pick not in PICKS:
             raise HarnessError(f"CEM pick={self.pick!r}: use {' or '.join(PICKS)}")
-        if not isinstance(self.hold, bool):
-            raise HarnessError(f"CEM hold={self.hold!r} must be true or false")
+        for name in ("hold", "keep_mean", "clip", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise HarnessError(f"CEM {name}={getattr(self, name)!r} must be true or false")
         _check_number("temperature", self.temperature, 0.0, 10.0)
         _check_number("init_std", self.init_std, 0.0, math.inf, low_open=True)
         _check_number("min_std", self.min_std, 0.0, math.inf)
+        _check_number("maxnorm", self.maxnorm, 0.0, math.inf, low_open=True)
+        _check_number("gripper_clip", self.gripper_clip, 0.0, math.inf, low_open=True)
+        _check_number("gripper_deadband", self.gripper_deadband, 0.0, math.inf)
+        if self.frame_base is not None:
+            _check_number("frame_base", self.frame_base, 0.0, 100.0, low_open=True, note=" (or left out: weights 1..K)")
         _check_number("proprio", self.proprio, 0.0, 100.0, note=" (0: no proprio term)")
         s = self.sampler_steps
         if s is not None and (not isinstance(s, int) or isinstance(s, bool) or not 1 <= s <= 1000):
@@ -108,28 +147,107 @@ def _check_number(name: str, v: Any, lo: float, hi: float, low_open: bool = Fals
         raise HarnessError(f"CEM {name}={v!r} must be a number {where}{note}")
 
 
+def check_layout(config: CEMConfig, action_dim: int, where: str) -> None:
+    """One line refusing an env action size that ``config.layout`` cannot read."""
+    if config.layout == "droid" and action_dim not in DROID_GROUPS:
+        raise HarnessError(f"CEM layout=droid (V-JEPA 2's planner, preset vjepa2_ac) reads 7-D actions (xyz, "
+                           f"rotation 3, gripper) or 4-D (xyz, gripper); {where} has {action_dim}-D actions: use "
+                           f"layout=free, or preset=cpu or preset=dino_wm")
+
+
 CEM_PRESETS: dict[str, CEMConfig] = {
-    "dino_wm": CEMConfig(),
-    "vjepa2_ac": CEMConfig(samples=800, elites=10, iterations=10, horizon=1, execute=1, objective="l1",
-                           momentum=0.15),
+    # gaoyuezhou/dino_wm@0a9492fa12044b852ae9e001cc74604b79c8bb0c: conf/planner/mpc_cem.yaml (n_taken_actions 5,
+    # horizon 5, topk 30, num_samples 300, var_scale 1, opt_steps 30), planning/cem.py (unclipped samples,
+    # action[0] = mu, mu and sigma = the top-k's mean and torch.std), conf/plan.yaml (alpha 1, base 2, mode last)
+    "dino_wm": CEMConfig(samples=300, elites=30, iterations=30, horizon=5, execute=5, init_std=1.0, min_std=0.0,
+                         std_ddof=1, clip=False, objective="l2", goal_frames="last", frame_base=2.0, proprio=1.0),
+    # facebookresearch/vjepa2@c2963a47433ecca0ad4f06ec28bcfa8cb5b5cefb: notebooks/utils/world_model_wrapper.py
+    # (mpc_args: rollout 2, samples 400, topk 10, cem_steps 10, momentum_mean 0.15, momentum_std 0.15,
+    # maxnorm 0.05) and notebooks/utils/mpc_utils.py (cem: the gripper momenta default to 0.15 too)
+    "vjepa2_ac": CEMConfig(samples=400, elites=10, iterations=10, horizon=2, execute=1, init_std=1.0, min_std=0.0,
+                           std_ddof=1, momentum=0.15, momentum_std=0.15, keep_mean=False, objective="l1",
+                           goal_frames="last", layout="droid", maxnorm=0.05, gripper_clip=0.75,
+                           gripper_deadband=0.25, warm_start=False),
     "cpu": CEMConfig(samples=64, elites=8, iterations=4, horizon=2, execute=1, hold=True),
 }
 
 
-def goal_cost(z_pred, z_goal, objective: str, goal_frames: str, proprio_diff=None, proprio_weight: float = 0.0):
-    """Cost per candidate: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised -> (S,).
-    ``proprio_diff`` (S, K, P): predicted minus goal proprioception in units of its spread, added
-    to each frame's cost with ``proprio_weight``."""
+def frame_costs(z_pred, z_goal, objective: str, proprio_diff=None, proprio_weight: float = 0.0):
+    """Cost per candidate and frame: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised ->
+    (S, K). ``proprio_diff`` (S, K, P): predicted minus goal proprioception in units of its
+    spread, added to each frame's cost with ``proprio_weight``."""
     diff = z_pred - z_goal[None, None]
     per_frame = diff.abs().mean(dim=(2, 3)) if objective == "l1" else diff.pow(2).mean(dim=(2, 3))  # (S, K)
     if proprio_diff is not None and proprio_weight > 0:
         p = proprio_diff.abs().mean(dim=2) if objective == "l1" else proprio_diff.pow(2).mean(dim=2)
         per_frame = per_frame + proprio_weight * p
+    return per_frame
+
+
+def goal_cost(z_pred, z_goal, objective: str, goal_frames: str, proprio_diff=None, proprio_weight: float = 0.0,
+              frame_base: float | None = None, start_cost=None):
+    """Cost per candidate: z_pred (S, K, N, D) normalised, z_goal (N, D) normalised -> (S,);
+    ``proprio_diff`` and ``proprio_weight`` as in ``frame_costs``.
+
+    ``goal_frames="last"``: the last frame's cost. ``"all"`` with ``frame_base=None``: the mean
+    over the K predicted frames weighted 1..K. With ``frame_base=b``, DINO-WM's
+    ``objective_fn_all`` (planning/objectives.py): its rollout holds the start frame and the K
+    predicted ones, frame i (0: the start) weighs b**i / sum_j b**j, and the weighted costs are
+    averaged over the K + 1 frames. ``start_cost`` (1,) is the start frame's cost, the same for
+    every candidate (0 if left out: the ranking does not depend on it).
+    """
+    import torch
+
+    per_frame = frame_costs(z_pred, z_goal, objective, proprio_diff, proprio_weight)  # (S, K)
     if goal_frames == "last":
         return per_frame[:, -1]
-    K = per_frame.shape[1]
-    w = per_frame.new_tensor(np.arange(1, K + 1, dtype=np.float32))
-    return (per_frame * w).sum(dim=1) / w.sum()
+    S, K = per_frame.shape
+    if frame_base is None:
+        w = per_frame.new_tensor(np.arange(1, K + 1, dtype=np.float32))
+        return (per_frame * w).sum(dim=1) / w.sum()
+    coeffs = np.array([frame_base ** i for i in range(K + 1)], dtype=np.float32)
+    w = per_frame.new_tensor(coeffs / np.sum(coeffs))
+    start = per_frame.new_zeros(S, 1) if start_cost is None else start_cost.reshape(1, 1).expand(S, 1)
+    return (torch.cat([start, per_frame], dim=1) * w).mean(dim=1)
+
+
+def _initial_std(config: CEMConfig, K: int, Ad: int, E: int) -> np.ndarray:
+    """(K, Ad): ``init_std`` everywhere, or with layout droid per env action of E dimensions:
+    xyz ``maxnorm``, rotation 0 (it is never sampled), gripper ``init_std``."""
+    std = np.full((K, Ad), float(config.init_std), np.float32)
+    if config.layout == "droid":
+        g, per_action = DROID_GROUPS[E], std.reshape(K, Ad // E, E)
+        per_action[..., g["xyz"]] = config.maxnorm
+        per_action[..., g["rotation"]] = 0.0
+    return std
+
+
+def _constrain(a: np.ndarray, config: CEMConfig, E: int, low: float, high: float) -> np.ndarray:
+    """Candidates (..., Ad) as they are scored: clipped to the action space (``clip``), and with
+    layout droid per env action (mpc_utils.py ``sample_action_traj``): xyz clipped to
+    +-``maxnorm``, rotation 0, gripper clipped to +-``gripper_clip``."""
+    if config.clip:
+        a = np.clip(a, low, high)
+    if config.layout == "droid":
+        a = np.array(a)  # a copy: the caller's array stays as it was
+        g, per_action = DROID_GROUPS[E], a.reshape(*a.shape[:-1], -1, E)  # a view: edits reach a
+        per_action[..., g["xyz"]] = np.clip(per_action[..., g["xyz"]], -config.maxnorm, config.maxnorm)
+        per_action[..., g["rotation"]] = 0.0
+        per_action[..., g["gripper"]] = np.clip(per_action[..., g["gripper"]], -config.gripper_clip,
+                                                config.gripper_clip)
+    return a
+
+
+def _finish(plan: np.ndarray, config: CEMConfig, E: int, low: float, high: float) -> np.ndarray:
+    """The returned plan (K, f*A): in the action space, and with layout droid constrained as the
+    candidates are, its gripper zeroed where |g| < ``gripper_deadband`` (mpc_utils.py
+    ``round_small_elements``)."""
+    plan = np.clip(plan, low, high)
+    if config.layout == "droid":
+        plan = _constrain(plan, config, E, low, high)
+        grip = plan.reshape(plan.shape[0], -1, E)[..., DROID_GROUPS[E]["gripper"]]
+        grip[np.abs(grip) < config.gripper_deadband] = 0.0
+    return plan
 
 
 def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarray | None = None,
@@ -144,31 +262,49 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     mean of the final distribution clipped to [low, high] (or, with ``pick="best"``, the
     lowest-cost candidate seen), shape (horizon, f*A) (with ``hold``, each step's env action
     repeated f times), and diagnostics: cost of the best candidate and elite mean per
-    iteration, elite spread, calls.
+    iteration, elite spread, calls, and the final ``mean`` and ``std``.
+
+    Per iteration: candidates = mean + std * N(0, 1), constrained (``clip``, ``layout``), the
+    first replaced by the mean (``keep_mean``); the ``elites`` cheapest refit the Gaussian:
+    mean <- momentum * mean + (1 - momentum) * their mean, std <- max(momentum_std * std +
+    (1 - momentum_std) * their std (ddof ``std_ddof``), min_std).
     """
     import torch
 
     predict = predict or world_model.predict
     S, E, K = config.samples, config.elites, config.horizon
     A, f = world_model.action_dim, world_model.frameskip
+    Ea = world_model.env_action_dim
+    name = getattr(world_model, "info", {}).get("name")
+    check_layout(config, Ea, f"world model {name}" if name else "the world model")
     # the sampled dimensions per world-model step: all f*A, or one env action held for f steps
     Ad = A // f if config.hold else A
     ctx = context[:, -world_model.history:]
     goal_n = world_model.normalize(torch.as_tensor(goal, dtype=torch.float32))
-    readout = world_model.proprio_readout() if config.proprio > 0 else None
+    readout = None
+    if config.proprio > 0:
+        try:
+            readout = world_model.proprio_readout()
+        except HarnessError as e:
+            raise HarnessError(f"{e} Or plan without the proprio term: proprio=0.") from None
     if readout is not None:
         if goal_proprio is not None and np.asarray(goal_proprio).size < readout.dims:
             raise HarnessError(f"cem proprio: the goal state has {np.asarray(goal_proprio).size} numbers; the "
                                f"readout needs its first {readout.dims} (the robot's proprioception)")
         goal_p = (readout(torch.as_tensor(goal, dtype=torch.float32)) if goal_proprio is None
                   else torch.as_tensor(np.asarray(goal_proprio, np.float32).reshape(-1)[:readout.dims]))
+    start_cost = None
+    if config.goal_frames == "all" and config.frame_base is not None:  # DINO-WM weighs the start frame too
+        z0 = ctx[:, -1:].float()  # (1, 1, N, D)
+        p0 = None if readout is None else (readout(z0) - goal_p) / readout.target_std
+        start_cost = frame_costs(world_model.normalize(z0), goal_n, config.objective, p0, float(config.proprio))[0]
     if init_mean is None:
         mean = np.zeros((K, Ad), np.float32)
     else:
         mean = np.asarray(init_mean, np.float32).reshape(K, A)
         if config.hold:  # a warm start of f*A per step: its average env action
             mean = mean.reshape(K, f, Ad).mean(axis=1)
-    std = np.full((K, Ad), float(config.init_std), np.float32)
+    std = _initial_std(config, K, Ad, Ea)
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator()
     dtype = torch_dtype(config.precision)
@@ -176,8 +312,10 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
     diag: dict[str, Any] = {"best_cost": [], "elite_cost": [], "elite_std": [], "calls": 0}
     best, best_cost = None, np.inf
     for it in range(config.iterations):
-        cand = np.clip(mean[None] + std[None] * rng.standard_normal((S, K, Ad)).astype(np.float32), low, high)
-        cand[0] = np.clip(mean, low, high)  # keep the current mean in the pool
+        cand = _constrain(mean[None] + std[None] * rng.standard_normal((S, K, Ad)).astype(np.float32), config, Ea,
+                          low, high)
+        if config.keep_mean:
+            cand[0] = _constrain(mean, config, Ea, low, high)  # keep the current mean in the pool
         full = np.tile(cand, (1, 1, f)) if config.hold else cand  # (S, K, f*A): held f times
         costs = []
         for s0 in range(0, S, config.max_batch):  # chunked only to bound memory
@@ -188,7 +326,7 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
             diag["calls"] += 1
             p_diff = None if readout is None else (readout(z) - goal_p) / readout.target_std  # (s, K, P)
             costs.append(goal_cost(world_model.normalize(z), goal_n, config.objective, config.goal_frames,
-                                   p_diff, float(config.proprio)))
+                                   p_diff, float(config.proprio), config.frame_base, start_cost))
         cost = torch.cat(costs).numpy()
         elite_idx = np.argsort(cost, kind="stable")[:E]
         elites = cand[elite_idx]
@@ -196,14 +334,15 @@ def cem_plan(world_model, context, goal, config: CEMConfig, init_mean: np.ndarra
             best, best_cost = full[elite_idx[0]].copy(), float(cost[elite_idx[0]])
         new_mean = elites.mean(axis=0)
         mean = config.momentum * mean + (1 - config.momentum) * new_mean
-        std = np.maximum(elites.std(axis=0), config.min_std)
+        new_std = elites.std(axis=0, ddof=config.std_ddof)
+        std = np.maximum(config.momentum_std * std + (1 - config.momentum_std) * new_std, config.min_std)
         diag["best_cost"].append(float(cost[elite_idx[0]]))
         diag["elite_cost"].append(float(cost[elite_idx].mean()))
         diag["elite_std"].append(float(std.mean()))
+    diag["mean"], diag["std"] = mean.copy(), std.copy()  # the final Gaussian (K, sampled dims)
     if config.pick == "best":
-        return best, diag
-    mean = np.clip(mean, low, high)
-    return (np.tile(mean, (1, f)) if config.hold else mean), diag
+        return _finish(best, config, Ea, low, high), diag
+    return _finish(np.tile(mean, (1, f)) if config.hold else mean, config, Ea, low, high), diag
 
 
 class CEMPolicy:
@@ -212,7 +351,8 @@ class CEMPolicy:
 
     Spec: ``cem:wm=NAME[,checkpoint=DIR][,preset=cpu|dino_wm|vjepa2_ac][,goal=expert|data]
     [,goal_data=D.h5][,samples=..,elites=..,iterations=..,horizon=..,execute=..,objective=..]
-    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best][,temperature=T][,proprio=W]``.
+    [,precision=float32|bfloat16][,hold=true|false][,pick=mean|best][,temperature=T][,proprio=W]
+    [,layout=free|droid][,maxnorm=M][,frame_base=B]``.
 
     The goal image: ``goal=expert`` runs the task's scripted expert in a private simulator from
     the same init state until success and takes that frame (a goal state reached in the
@@ -229,7 +369,8 @@ class CEMPolicy:
                  execute: int | None = None, objective: str | None = None, init_std: float | None = None,
                  momentum: float | None = None, goal_frames: str | None = None, sampler_steps: int | None = None,
                  precision: str | None = None, hold: bool | None = None, pick: str | None = None,
-                 temperature: float | None = None, proprio: float | None = None):
+                 temperature: float | None = None, proprio: float | None = None, layout: str | None = None,
+                 maxnorm: float | None = None, frame_base: float | None = None):
         goal_data = None if goal_data is None else str(goal_data)  # YAML may read a bare name as a number
         if not wm:
             raise HarnessError("the cem policy needs a world model: cem:wm=NAME (see `harness list world-models`)")
@@ -246,9 +387,11 @@ class CEMPolicy:
                                            execute=execute, objective=objective, init_std=init_std,
                                            momentum=momentum, goal_frames=goal_frames,
                                            sampler_steps=sampler_steps, precision=precision, hold=hold,
-                                           pick=pick, temperature=temperature, proprio=proprio).items()
+                                           pick=pick, temperature=temperature, proprio=proprio, layout=layout,
+                                           maxnorm=maxnorm, frame_base=frame_base).items()
                      if v is not None}
         self.config = replace(CEM_PRESETS[preset], **overrides)
+        check_layout(self.config, env_info.action_space.shape[0], env_info.env_id)
         from world_models.named import check_world_model
 
         folder, wm_config = check_world_model(wm, checkpoint, flag="cem:...,checkpoint=DIR")  # before any simulator starts
@@ -261,7 +404,13 @@ class CEMPolicy:
         if self.config.proprio > 0:
             from world_models.proprio import check_readout
 
-            check_readout(folder, wm, env_info.family)
+            try:
+                check_readout(folder, wm, env_info.family)
+            except HarnessError as e:
+                if proprio is not None:
+                    raise
+                raise HarnessError(f"{e} Or plan without it: cem:...,proprio=0 (preset {preset} weighs it "
+                                   f"{self.config.proprio:g}).") from None
         self.env_info, self.wm_name, self.checkpoint = env_info, wm, checkpoint
         self.goal, self.goal_data = goal, goal_data
         self._wm = None
@@ -330,7 +479,7 @@ class CEMPolicy:
             with torch.no_grad():
                 ctx = wm.encode(np.stack(self._frames)[None])
             warm = None
-            if self._plan is not None:  # shift the previous plan: warm start
+            if self._plan is not None and cfg.warm_start:  # shift the previous plan: warm start
                 warm = np.concatenate([self._plan[cfg.execute:], np.zeros((cfg.execute, f * A), np.float32)])
             plan, diag = cem_plan(wm, ctx, self._goals[self._init_state],
                                   replace(cfg, seed=(self._seed + self._replans) % (1 << 31)), init_mean=warm,
