@@ -3,8 +3,14 @@
 An adapter over the real ``calvin_env`` (mees/calvin_env, not on PyPI: clone it and
 ``pip install -e`` it, or point ``CALVIN_ENV_ROOT`` at a checkout). The env is built from
 calvin_env's own ``conf/`` files -- robot ``panda_longer_finger``, scene ``calvin_scene_<X>``,
-cameras ``static`` and ``gripper`` -- without the CALVIN dataset; pybullet renders on the CPU
-(TinyRenderer) unless EGL is asked for.
+cameras ``static`` and ``gripper`` -- without the CALVIN dataset.
+
+Rendering: ``render="faithful"`` (the default) uses pybullet's EGL renderer, as calvin_env's
+config does (``use_egl: true``) and so CALVIN's dataset; where EGL cannot start (tried once per
+process, in a child process) it falls back to pybullet's CPU TinyRenderer and says so in a
+logged warning and in the reset info (``info["render_warning"]``). ``render="fast"`` uses the
+TinyRenderer, cheaper on a CPU without a GPU. ``image_size=None`` (the default) renders each
+camera at CALVIN's own size (static 200 px, gripper 84 px); an int renders every camera at it.
 
 - observation ``{"pixels": {"static"|"gripper": uint8[S, S, 3]}, "state": float32[15]}``
   (``robot_obs``: tcp xyz, tcp euler xyz, gripper width, 7 arm joints, gripper action);
@@ -31,7 +37,9 @@ import importlib.util
 import logging
 import os
 import subprocess
+import sys
 import weakref
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +49,7 @@ import numpy as np
 
 from envs import calvin_sequences as cs
 from envs import calvin_tasks as ct
+from envs.registry import RENDER_MODES
 from harness.errors import HarnessError
 
 log = logging.getLogger(__name__)
@@ -88,6 +97,72 @@ def calvin_env_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+# ---------------------------------------------------------------------------- renderers
+# What calvin_env does with use_egl=True, on a 16 px scene; prints EGL OK when a frame came back.
+_EGL_PROBE = """
+import pkgutil
+import pybullet as p
+cid = p.connect(p.DIRECT, options="--width=16 --height=16")
+egl = pkgutil.get_loader("eglRenderer")
+plugin = p.loadPlugin(egl.get_filename(), "_eglRendererPlugin") if egl else p.loadPlugin("eglRendererPlugin")
+if plugin < 0:
+    raise SystemExit("pybullet's eglRendererPlugin does not load")
+view = p.computeViewMatrix([1, 1, 1], [0, 0, 0], [0, 0, 1])
+width, height, rgb = p.getCameraImage(16, 16, view, p.computeProjectionMatrixFOV(60, 1, 0.01, 10))[:3]
+if (width, height) != (16, 16):
+    raise SystemExit(f"EGL rendered a {width}x{height} frame instead of 16x16")
+print("EGL OK")
+"""
+
+
+@lru_cache(maxsize=1)
+def egl_problem() -> str | None:
+    """Why pybullet's EGL renderer cannot start here, or None when it can. Tried in a child
+    process: a misconfigured EGL may crash the process that loads it, and calvin_env calls
+    ``sys.exit()`` when the plugin does not load."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _EGL_PROBE], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"the EGL check did not run: {exc}"
+    if out.returncode == 0 and "EGL OK" in out.stdout:
+        return None
+    said = [line.strip() for line in (out.stderr + out.stdout).splitlines() if line.strip()]
+    return f"exit code {out.returncode}" + (f": {said[-1]}" if said else "")
+
+
+@contextmanager
+def _c_stdout_to_stderr():
+    """Send what C code prints to stdout (pybullet its arguments, its EGL plugin the GL driver)
+    to stderr, so that a command's own stdout stays clean."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def choose_renderer(render: str, rendering: bool) -> tuple[str, str | None]:
+    """(pybullet renderer, warning or None) for a render mode: "egl", "tiny" (TinyRenderer) or
+    "none" when no camera renders."""
+    if render not in RENDER_MODES:
+        raise ValueError(f"render {render!r} is not a render mode: use {' or '.join(RENDER_MODES)}")
+    if not rendering:
+        return "none", None
+    if render == "fast":
+        return "tiny", None
+    problem = egl_problem()
+    if problem is None:
+        return "egl", None
+    warning = (f"render 'faithful' wants pybullet's EGL renderer, which cannot start here ({problem}); "
+               "rendering with the CPU TinyRenderer instead, so frames differ from CALVIN's")
+    log.warning(warning)
+    return "tiny", warning
+
+
 # ---------------------------------------------------------------------------- the simulator
 class CalvinBackend(Protocol):
     """What the adapter needs from the simulator. ``reset``/``step`` return a frame:
@@ -107,8 +182,9 @@ class CalvinBackend(Protocol):
 class CalvinSimBackend:
     """calvin_env's ``PlayTableSimEnv`` and task oracle, built from its ``conf/`` files."""
 
-    def __init__(self, cameras: tuple[str, ...], image_size: int, scene: str = ct.DEFAULT_SCENE,
-                 use_egl: bool = False):
+    def __init__(self, cameras: tuple[str, ...], image_size: int | None = None, scene: str = ct.DEFAULT_SCENE,
+                 render: str = "faithful"):
+        self.renderer, self.render_warning = choose_renderer(render, bool(cameras))
         root = calvin_env_root()
         try:
             import hydra
@@ -122,10 +198,11 @@ class CalvinSimBackend:
         camera_cfgs = {}
         for cam in cameras:
             cfg = OmegaConf.load(conf / "cameras" / "cameras" / f"{cam}.yaml")
-            cfg.width = cfg.height = int(image_size)
+            if image_size is not None:  # else the camera's own size
+                cfg.width = cfg.height = int(image_size)
             camera_cfgs[cam] = cfg
         env_cfg = OmegaConf.load(conf / "env" / "play_table_env.yaml")
-        env_cfg.use_egl = bool(use_egl)
+        env_cfg.use_egl = self.renderer == "egl"
         cfg = OmegaConf.create({
             "data_path": str(root / "data"),
             "use_vr": False,
@@ -135,12 +212,17 @@ class CalvinSimBackend:
             "env": env_cfg,
         })
         try:
-            self._env = hydra.utils.instantiate(cfg.env, show_gui=False, use_vr=False, use_scene_info=True)
+            with _c_stdout_to_stderr():
+                self._env = hydra.utils.instantiate(cfg.env, show_gui=False, use_vr=False, use_scene_info=True)
         except ImportError as exc:
             raise HarnessError(f"calvin_env cannot be imported ({exc}): install its requirements "
                                f"(pip install -e \".[calvin]\" and pip install -e <calvin_env checkout>)") from None
+        except SystemExit:  # calvin_env's answer to an EGL plugin that does not load
+            raise HarnessError("pybullet's EGL renderer did not load in calvin_env: use render 'fast' "
+                               "(--render fast) for the CPU TinyRenderer") from None
         self._oracle = hydra.utils.instantiate(OmegaConf.load(conf / "tasks" / "new_playtable_tasks.yaml"))
         self.cameras = tuple(cameras)
+        self.image_sizes = {cam: int(c.width) for cam, c in camera_cfgs.items()}
         self.commit = calvin_env_commit()
         self.root = root
 
@@ -154,8 +236,9 @@ class CalvinSimBackend:
         }
 
     def reset(self, robot_obs: np.ndarray, scene_obs: np.ndarray) -> dict[str, Any]:
-        obs = self._env.reset(robot_obs=np.asarray(robot_obs, dtype=np.float64),
-                              scene_obs=np.asarray(scene_obs, dtype=np.float64))
+        with _c_stdout_to_stderr():  # EGL's first frames print the GL vendor
+            obs = self._env.reset(robot_obs=np.asarray(robot_obs, dtype=np.float64),
+                                  scene_obs=np.asarray(scene_obs, dtype=np.float64))
         return self._frame(obs, self._env.get_info())
 
     def step(self, action: np.ndarray) -> dict[str, Any]:
@@ -176,8 +259,8 @@ class CalvinSimBackend:
         import contextlib
         import io
 
-        with contextlib.redirect_stdout(io.StringIO()):  # calvin_env prints on disconnect
-            env.close()
+        with contextlib.redirect_stdout(io.StringIO()), _c_stdout_to_stderr():
+            env.close()  # calvin_env prints on disconnect, pybullet's EGL plugin too
         env.close = lambda: None  # its __del__ would disconnect (and print) again
 
 
@@ -189,17 +272,18 @@ class CalvinEnv(gym.Env):
         self,
         task: str = "chains",
         cameras: tuple[str, ...] = ct.DEFAULT_CAMERAS,
-        image_size: int = ct.DEFAULT_IMAGE_SIZE,
+        image_size: int | None = None,
         max_episode_steps: int | None = None,
         scene: str | None = None,
-        use_egl: bool | None = None,
         steps_per_subtask: int = ct.STEPS_PER_SUBTASK,
         render_mode: str | None = "rgb_array",
+        render: str = "faithful",
         backend: CalvinBackend | None = None,
     ):
-        # The CLI cannot pass env kwargs: scene and EGL also come from CALVIN_SCENE / CALVIN_EGL.
+        # The CLI cannot pass env kwargs: the scene also comes from CALVIN_SCENE.
         scene = scene or os.environ.get("CALVIN_SCENE", ct.DEFAULT_SCENE)
-        use_egl = os.environ.get("CALVIN_EGL", "0") == "1" if use_egl is None else bool(use_egl)
+        if render not in RENDER_MODES:
+            raise ValueError(f"render {render!r} is not a render mode: use {' or '.join(RENDER_MODES)}")
         if task != "chains" and task not in ct.INSTRUCTIONS:
             raise ValueError(f"unknown CALVIN task {task!r}; tasks: {', '.join(ct.TASKS)} or 'chains'")
         if scene not in ct.SCENES:
@@ -209,7 +293,9 @@ class CalvinEnv(gym.Env):
                 raise ValueError(f"camera {cam!r} is not a CALVIN camera; cameras: {', '.join(ct.CAMERAS)}")
         self.task = task
         self.cameras = tuple(cameras)
-        self.image_size = int(image_size)
+        self.image_size = None if image_size is None else int(image_size)
+        self.image_sizes = ct.camera_sizes(self.cameras, self.image_size)  # camera -> square side
+        self.rendering = render
         self.steps_per_subtask = int(steps_per_subtask)
         self._episodes: list[tuple[dict[str, Any], tuple[str, ...]]] = (
             list(cs.eval_sequences()) if task == "chains"
@@ -222,7 +308,7 @@ class CalvinEnv(gym.Env):
         self.scene = scene
         self.observation_space = gym.spaces.Dict({
             "pixels": gym.spaces.Dict({
-                cam: gym.spaces.Box(0, 255, (self.image_size, self.image_size, 3), np.uint8) for cam in self.cameras
+                cam: gym.spaces.Box(0, 255, (size, size, 3), np.uint8) for cam, size in self.image_sizes.items()
             }),
             "state": gym.spaces.Box(-np.inf, np.inf, (STATE_DIM,), np.float32),
         })
@@ -232,9 +318,11 @@ class CalvinEnv(gym.Env):
             if any(not e.closed for e in _LIVE):
                 raise RuntimeError("a CALVIN simulator is already open in this process: close it first "
                                    "(pybullet bodies of a second one land in the first one's client)")
-            backend = CalvinSimBackend(self.cameras, self.image_size, scene=scene, use_egl=use_egl)
+            backend = CalvinSimBackend(self.cameras, self.image_size, scene=scene, render=render)
         self._backend = backend
         self.calvin_env_commit = getattr(backend, "commit", None)
+        self.renderer = getattr(backend, "renderer", None)  # "egl", "tiny" or "none"
+        self.render_warning = getattr(backend, "render_warning", None)
         self.closed = False
         _LIVE.add(self)
 
@@ -288,6 +376,9 @@ class CalvinEnv(gym.Env):
         self._over = False
         info = self._info(False)
         info["calvin_env_commit"] = self.calvin_env_commit
+        info["renderer"] = self.renderer
+        if self.render_warning:
+            info["render_warning"] = self.render_warning
         info["start_state"] = dict(state)
         return self._observation(), info
 
@@ -347,6 +438,50 @@ class CalvinEnv(gym.Env):
             "task": self.task,
             "subtask": self.subtask,
             "init_state": self._init_state,
+            "render": self.rendering,
             "scene_obs": np.asarray(self._frame["scene_obs"], dtype=np.float32),
             "episode_metrics": {"completed_subtasks": self._done_subtasks, "subtasks": list(self._subtasks)},
         }
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """``python -m envs.calvin``: env steps/s of each render mode (random actions from CALVIN's
+    first start state; wall time and this process's CPU time) and how far fast frames are from
+    faithful ones."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("--cameras", default="static,gripper", help="comma-separated, or none")
+    parser.add_argument("--image-size", type=int, default=None, help="every camera at this size (default: CALVIN's)")
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+    cameras = () if args.cameras == "none" else tuple(args.cameras.split(","))
+    robot, scene = cs.concrete_start_state(cs.start_states()[0])
+    actions = np.random.default_rng(0).uniform(-1, 1, (args.steps, 7))
+    frames = {}
+    sizes = ", ".join(f"{c} {s} px" for c, s in ct.camera_sizes(cameras, args.image_size).items()) or "no camera"
+    print(f"CALVIN scene {ct.DEFAULT_SCENE}, {sizes}, {args.steps} random steps from start state 0")
+    for render in RENDER_MODES:
+        start = time.perf_counter()
+        backend = CalvinSimBackend(cameras, args.image_size, render=render)
+        try:
+            built = time.perf_counter() - start
+            frames[render] = backend.reset(robot, scene)["images"]
+            start, cpu = time.perf_counter(), time.process_time()
+            for action in actions:
+                backend.step(CalvinEnv.to_calvin_action(action))
+            per_step = (time.perf_counter() - start) / args.steps
+            cpu_per_step = (time.process_time() - cpu) / args.steps
+            print(f"{render:8s} ({backend.renderer}): {1 / per_step:6.1f} steps/s, {1000 * per_step:6.1f} ms/step "
+                  f"(CPU {1000 * cpu_per_step:6.1f} ms), built in {built:.1f} s"
+                  + (f"; {backend.render_warning}" if backend.render_warning else ""))
+        finally:
+            backend.close()
+    for cam in cameras:
+        diff = np.abs(frames["fast"][cam].astype(np.int16) - frames["faithful"][cam]).mean()
+        print(f"{cam}: fast vs faithful, mean |difference| {diff:.1f} grey levels")
+
+
+if __name__ == "__main__":
+    _main()

@@ -157,14 +157,23 @@ CHAINS_INSTRUCTION = "five instructions in a row (CALVIN evaluation chain)"
 
 CAMERAS = ("static", "gripper")
 DEFAULT_CAMERAS = ("static", "gripper")
-# CALVIN renders static at 200 px and gripper at 84 px; the harness renders every camera
-# square at one size, and 200 keeps the static view (the one policies mostly use) native.
+# Each camera's square side in calvin_env's conf/cameras/cameras/*.yaml, as CALVIN's dataset and
+# evaluation render them: what CalvinEnv renders when no image size is given (image_size=None).
+CAMERA_SIZES: dict[str, int] = {"static": 200, "gripper": 84}
+# The size the registry fills in when a user gives none: the harness's options carry one square
+# size for all cameras, and 200 keeps the static view (the one policies mostly use) native.
 DEFAULT_IMAGE_SIZE = 200
 STEPS_PER_SUBTASK = 360  # EP_LEN of CALVIN's evaluate_policy.py
 CHAIN_LENGTH = 5
 NUM_CHAINS = 1000
 SCENES = ("A", "B", "C", "D")
 DEFAULT_SCENE = "D"  # CALVIN evaluates on scene D (D->D, ABC->D, ABCD->D)
+
+
+def camera_sizes(cameras: tuple[str, ...], image_size: int | None) -> dict[str, int]:
+    """Each camera's square side: ``image_size`` for every camera, or CALVIN's own (None)."""
+    return {cam: CAMERA_SIZES[cam] if image_size is None else int(image_size) for cam in cameras}
+
 
 INSTALL_HINT = ("git clone https://github.com/mees/calvin_env && pip install -e ./calvin_env, "
                 "or set CALVIN_ENV_ROOT to a checkout")

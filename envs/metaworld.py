@@ -5,9 +5,13 @@ Observation ``{"pixels": {camera: uint8[H, W, 3]}, "state": float32[39]}``; acti
 ``info["success"]`` is Meta-World's oracle. ``reset(options={"init_state": i})`` takes the
 i-th seeded task variation: ``metaworld.MT1(task, seed=i // 50).train_tasks[i % 50]``.
 
-Rendering uses its own ``mujoco.Renderer`` with shadows, reflections and MSAA off
-(~5x faster than Meta-World's default offscreen viewer on a CPU; the scene looks flatter
-but geometry, colours and camera poses are unchanged).
+``render="faithful"`` (the default) renders what Meta-World's own ``env.render()`` gives
+(``render_mode="rgb_array"``: gymnasium's offscreen viewer with the scene XML's settings, 4x
+MSAA, 4096 px shadow maps, reflections), pixel for pixel, at the requested size.
+``render="fast"`` turns MSAA, shadows and reflections off: several times cheaper per frame
+on a CPU, the same geometry, colours and camera poses, flatter lighting (docs/envs.md has the
+costs and differences). Either way a ``mujoco.Renderer`` of the harness's own draws the frames, so
+several cameras share one GL context.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 
 from envs import metaworld_tasks as mw
+from envs.registry import RENDER_MODES
 
 VARIATIONS_PER_SEED = 50  # MT1 makes 50 task variations per benchmark seed
 
@@ -45,8 +50,13 @@ class MetaWorldEnv(gym.Env):
         image_size: int = 128,
         max_episode_steps: int = mw.MAX_EPISODE_STEPS,
         render_mode: str | None = "rgb_array",
-        fast_render: bool = True,
+        render: str = "faithful",
     ):
+        if render not in RENDER_MODES:
+            raise ValueError(f"render {render!r} is not a render mode: use {' or '.join(RENDER_MODES)}")
+        for cam in cameras:
+            if cam not in mw.CAMERAS:
+                raise ValueError(f"camera {cam!r} is not a Meta-World camera; cameras: {', '.join(mw.CAMERAS)}")
         os.environ.setdefault("MUJOCO_GL", "egl")  # must precede the first mujoco import
         import mujoco
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
@@ -64,15 +74,16 @@ class MetaWorldEnv(gym.Env):
         self._env = ALL_V3_ENVIRONMENTS[task]()
         self._env.max_path_length = self.max_episode_steps
         model = self._env.model
-        if fast_render:
+        self.rendering = render
+        if render == "fast":
             model.vis.quality.offsamples = 0  # no MSAA; must be set before the GL context exists
+        # As gymnasium's MujocoEnv does: grow the offscreen buffer to the image, never shrink it.
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.image_size)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.image_size)
-        self._fast_render = fast_render
         self._renderer = self._make_renderer(mujoco, model) if self.cameras else None
         self._camera_ids = []
         for cam in self.cameras:
-            cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, cam)
+            cid = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, mw.CAMERA_ALIASES.get(cam, cam))
             if cid < 0:
                 raise ValueError(f"camera {cam!r} not in the Meta-World scene")
             self._camera_ids.append(cid)
@@ -209,7 +220,7 @@ class MetaWorldEnv(gym.Env):
     def _render(self, cam_id: int, cam: str) -> np.ndarray:
         r = self._renderer
         r.update_scene(self._env.data, camera=cam_id)
-        if self._fast_render:
+        if self.rendering == "fast":
             r.scene.flags[self._mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             r.scene.flags[self._mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
         img = r.render()
@@ -227,4 +238,47 @@ class MetaWorldEnv(gym.Env):
             "instruction": self.instruction,
             "task": self.task,
             "init_state": self._init_state,
+            "render": self.rendering,
         }
+
+
+def _main(argv: list[str] | None = None) -> None:
+    """``python -m envs.metaworld``: per-frame render cost of each render mode (the same scene
+    rendered again and again; wall time and this process's CPU time, which Mesa's llvmpipe
+    spreads over its threads, median of repeats) and how far fast frames are from faithful ones."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=_main.__doc__)
+    parser.add_argument("--task", default="pick-place-v3")
+    parser.add_argument("--camera", default="corner2", choices=mw.CAMERAS)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 224, 480])
+    parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    print(f"{args.task}, camera {args.camera}, init state 0; ms per frame, wall / CPU (median of {args.repeats} x "
+          f"{args.frames} frames); fast vs faithful: mean |difference| in grey levels")
+    for size in args.sizes:
+        frames, costs = {}, {}
+        for render in RENDER_MODES:
+            env = MetaWorldEnv(args.task, cameras=(args.camera,), image_size=size, render=render)
+            try:
+                env.reset(options={"init_state": 0})
+                frames[render] = env.render()
+                runs = []
+                for _ in range(args.repeats):
+                    wall, cpu = time.perf_counter(), time.process_time()
+                    for _ in range(args.frames):
+                        env.render()
+                    runs.append(((time.perf_counter() - wall) / args.frames, (time.process_time() - cpu) / args.frames))
+                costs[render] = 1000 * np.median(np.array(runs), axis=0)
+            finally:
+                env.close()
+        diff = np.abs(frames["fast"].astype(np.int16) - frames["faithful"]).mean()
+        (fw, fc), (qw, qc) = costs["faithful"], costs["fast"]
+        print(f"{size:4d} px  faithful {fw:6.1f} / {fc:6.1f} ms  fast {qw:6.1f} / {qc:6.1f} ms  "
+              f"(CPU {fc / qc:.1f}x)  difference {diff:.1f}")
+
+
+if __name__ == "__main__":
+    _main()

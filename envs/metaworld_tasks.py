@@ -105,9 +105,15 @@ DIFFICULTY: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Cameras of the Sawyer scene. The corner cameras render upside down in MuJoCo's image
-# convention; they are flipped so every image is upright.
-CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
-FLIPPED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
+# Cameras of the Sawyer scene, under the names Meta-World's XML gives them (``corner2`` is
+# Meta-World's own corner2), plus ``corner2_lerobot``: LeRobot's Meta-World env
+# (src/lerobot/envs/metaworld.py) moves corner2 to pos (0.75, 0.075, 0.7) and keeps its
+# orientation and fovy, which is exactly v3's corner4, so that name renders corner4. Policies
+# trained on LeRobot's Meta-World data saw that view.
+CAMERAS = ("corner", "corner2", "corner3", "corner4", "corner2_lerobot", "topview", "behindGripper", "gripperPOV")
+CAMERA_ALIASES = {"corner2_lerobot": "corner4"}  # harness name -> the scene's camera that renders it
+# The corner cameras render upside down in MuJoCo's image convention (LeRobot flips them the same
+# way); they are flipped so every image is upright.
+FLIPPED_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4", "corner2_lerobot"})
 DEFAULT_CAMERAS = ("corner2",)
 MAX_EPISODE_STEPS = 500  # Meta-World's own max_path_length

@@ -4,12 +4,13 @@ calvin_env (skipped with a reason when it is not installed)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 
 import numpy as np
 import pytest
 
-from envs import ENV_SETS, ENVS, env_meta, expand_env_spec, make_env, resolve_env_options
+from envs import ENV_SETS, ENVS, calvin, env_meta, expand_env_spec, make_env, resolve_env_options
 from envs import calvin_sequences as cs
 from envs import calvin_tasks as ct
 from envs.calvin import MAX_REL_POS, CalvinEnv
@@ -30,6 +31,8 @@ class FakeBackend:
     policy has pushed (action x > 0.5) ``need`` times since the subtask began."""
 
     commit = "0" * 40
+    renderer = "tiny"
+    render_warning = None
 
     def __init__(self, cameras=("static", "gripper"), size=16, need=3):
         self.cameras, self.size, self.need = cameras, size, need
@@ -74,7 +77,7 @@ def test_registry_lists_34_tasks_and_the_chains():
     meta = env_meta("calvin/open_drawer")
     assert meta["family"] == "calvin" and meta["action_dim"] == 7
     assert meta["instruction"] == "pull the handle to open the drawer"
-    assert meta["cameras"] == ("static", "gripper") and meta["default_image_size"] == 200
+    assert meta["cameras"] == ("static", "gripper") and meta["default_image_size"] == ct.DEFAULT_IMAGE_SIZE
     assert meta["max_episode_steps"] == 360 and meta["num_init_states"] == 96
     assert env_meta("calvin/chains")["max_episode_steps"] == 1800
     assert env_meta("calvin/unstack_block")["max_episode_steps"] == 3 * 360
@@ -206,15 +209,92 @@ def test_gymnasium_env_checker_accepts_the_adapter():
     check_env(env, skip_render_check=True)
 
 
-# ---------------------------------------------------------------------------- the real calvin_env
-@pytest.fixture(scope="module")
-def sim():
-    """One real simulator for the module (one pybullet world per process), 96 px cameras."""
-    from envs.calvin import CalvinSimBackend
+# ---------------------------------------------------------------------------- render modes, no simulator
+def test_each_camera_renders_at_calvins_size_unless_a_size_is_given():
+    assert ct.camera_sizes(("static", "gripper"), None) == {"static": 200, "gripper": 84}
+    assert ct.camera_sizes(("gripper",), 96) == {"gripper": 96}
+    env = CalvinEnv("open_drawer", backend=FakeBackend())  # image_size=None: CALVIN's sizes
+    assert env.observation_space["pixels"]["static"].shape == (200, 200, 3)
+    assert env.observation_space["pixels"]["gripper"].shape == (84, 84, 3)
+    env = CalvinEnv("open_drawer", image_size=64, backend=FakeBackend())
+    assert {s.shape for s in env.observation_space["pixels"].values()} == {(64, 64, 3)}
 
-    backend = CalvinSimBackend(("static", "gripper"), 96)
-    yield backend
-    backend.close()
+
+def test_a_render_mode_must_be_faithful_or_fast():
+    with pytest.raises(ValueError, match="'pretty' is not a render mode: use faithful or fast"):
+        CalvinEnv("open_drawer", render="pretty", backend=FakeBackend())
+    with pytest.raises(ValueError, match="is not a render mode"):
+        calvin.choose_renderer("egl", True)
+
+
+def test_faithful_is_egl_and_fast_the_tiny_renderer(monkeypatch, caplog):
+    monkeypatch.setattr(calvin, "egl_problem", lambda: None)
+    assert calvin.choose_renderer("faithful", True) == ("egl", None)
+    assert calvin.choose_renderer("fast", True) == ("tiny", None)
+    assert calvin.choose_renderer("faithful", False) == ("none", None)  # no camera: nothing renders
+    monkeypatch.setattr(calvin, "egl_problem", lambda: "exit code -11")
+    with caplog.at_level(logging.WARNING, logger="envs.calvin"):
+        renderer, warning = calvin.choose_renderer("faithful", True)
+    assert renderer == "tiny" and "EGL renderer, which cannot start here (exit code -11)" in warning
+    assert "TinyRenderer instead" in warning and warning in caplog.text
+    assert calvin.choose_renderer("fast", True) == ("tiny", None)  # fast never needs EGL
+
+
+def test_reset_info_says_which_renderer_drew_the_frames():
+    backend = FakeBackend()
+    env = CalvinEnv("open_drawer", image_size=16, backend=backend)
+    _, info = env.reset(options={"init_state": 0})
+    assert info["renderer"] == "tiny" and "render_warning" not in info and info["render"] == "faithful"
+    assert env.step(IDLE)[4]["render"] == "faithful"
+    backend.render_warning = "EGL cannot start here"
+    env = CalvinEnv("open_drawer", image_size=16, backend=backend)
+    _, info = env.reset(options={"init_state": 0})
+    assert info["render_warning"] == "EGL cannot start here"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pybullet") is None, reason='pybullet not installed: pip install -e ".[calvin]"')
+def test_egl_check_reports_why_egl_cannot_start(monkeypatch):
+    monkeypatch.setattr(calvin, "_EGL_PROBE", "raise SystemExit('no EGL device')")
+    assert calvin.egl_problem.__wrapped__() == "exit code 1: no EGL device"
+    monkeypatch.setattr(calvin, "_EGL_PROBE", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert calvin.egl_problem.__wrapped__() == "exit code -9"  # a crash stays in the child
+
+
+# ---------------------------------------------------------------------------- the real calvin_env
+class Simulators:
+    """At most one real simulator open at a time (one pybullet world per process), kept while
+    tests ask for the same one."""
+
+    def __init__(self):
+        self.key, self.backend = None, None
+
+    def get(self, cameras, image_size, render, tag=""):
+        from envs.calvin import CalvinSimBackend
+
+        key = (cameras, image_size, render, tag)
+        if key != self.key:
+            self.close()
+            self.backend = CalvinSimBackend(cameras, image_size, render=render)
+            self.key = key
+        return self.backend
+
+    def close(self):
+        if self.backend is not None:
+            self.backend.close()
+        self.key, self.backend = None, None
+
+
+@pytest.fixture(scope="module")
+def simulators():
+    sims = Simulators()
+    yield sims
+    sims.close()
+
+
+@pytest.fixture()
+def sim(simulators):
+    """The simulator most tests share: both cameras at 96 px, TinyRenderer."""
+    return simulators.get(("static", "gripper"), 96, "fast")
 
 
 def press_button(env: CalvinEnv, obs) -> tuple[bool, int]:
@@ -286,6 +366,49 @@ def test_real_oracle_recognises_a_scripted_button_press(sim):
     other = CalvinEnv("turn_on_lightbulb", cameras=(), backend=sim)
     obs, _ = other.reset(options={"init_state": 0})
     assert press_button(other, obs) == (False, 55)
+
+
+@requires_calvin
+def test_real_camera_sizes_and_renderer_are_calvins():
+    from omegaconf import OmegaConf
+
+    conf = calvin.calvin_env_root() / "conf"
+    for cam, size in ct.CAMERA_SIZES.items():
+        cfg = OmegaConf.load(conf / "cameras" / "cameras" / f"{cam}.yaml")
+        assert (cfg.width, cfg.height) == (size, size)
+    assert OmegaConf.load(conf / "env" / "play_table_env.yaml").use_egl is True  # what faithful follows
+
+
+@requires_calvin
+def test_real_faithful_falls_back_to_the_tiny_renderer_when_egl_cannot_start(simulators, monkeypatch):
+    robot, scene = cs.concrete_start_state(cs.start_states()[0])
+    fast = simulators.get(("static", "gripper"), 96, "fast").reset(robot, scene)["images"]
+    monkeypatch.setattr(calvin, "egl_problem", lambda: "no EGL device")
+    backend = simulators.get(("static", "gripper"), 96, "faithful", tag="no EGL")
+    assert backend.renderer == "tiny" and "no EGL device" in backend.render_warning
+    env = CalvinEnv("open_drawer", image_size=96, backend=backend)
+    obs, info = env.reset(options={"init_state": 0})
+    assert info["renderer"] == "tiny" and info["render_warning"] == backend.render_warning
+    for cam in ("static", "gripper"):
+        np.testing.assert_array_equal(obs["pixels"][cam], fast[cam])  # the fast frames, bit for bit
+
+
+@requires_calvin
+def test_real_faithful_renders_with_egl_at_calvins_sizes(simulators):
+    problem = calvin.egl_problem()
+    if problem is not None:
+        pytest.skip(f"pybullet's EGL renderer cannot start here: {problem}")
+    robot, scene = cs.concrete_start_state(cs.start_states()[0])
+    fast = simulators.get(("static", "gripper"), 96, "fast").reset(robot, scene)["images"]["static"]
+    backend = simulators.get(("static", "gripper"), None, "faithful")
+    assert backend.renderer == "egl" and backend.render_warning is None
+    env = CalvinEnv("open_drawer", backend=backend)
+    obs, info = env.reset(options={"init_state": 0})
+    assert info["renderer"] == "egl" and "render_warning" not in info
+    assert obs["pixels"]["static"].shape == (200, 200, 3) and obs["pixels"]["gripper"].shape == (84, 84, 3)
+    assert obs["pixels"]["gripper"].std() > 10
+    # The same camera: the red block sits at the same height of the picture in both renderers.
+    assert abs(red_centroid_row(obs["pixels"]["static"]) / 200 - red_centroid_row(fast) / 96) < 0.02
 
 
 @requires_calvin
