@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Fresh-machine setup: system GL libraries for headless MuJoCo rendering, a virtual
-# environment in .venv, and the project with the Meta-World and test extras.
+# environment in .venv, and the project with its default extras (EXTRAS=... picks others).
 # torch is pinned through constraints.txt (CPU wheel 2.13.0 on these machines).
+#
+# CALVIN: calvin_env is on no package registry. When a git bundle of it is at $CALVIN_BUNDLE
+# (default ../shared/vendor/calvin_env.bundle, beside this checkout; CALVIN_BUNDLE= skips it),
+# it is cloned into .venv/src/calvin_env (where pip keeps editable checkouts; a calvin_env
+# folder in the working directory would shadow the package) and installed in editable mode
+# with the `calvin` extra. Without a bundle CALVIN is skipped with one line saying so.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,5 +23,24 @@ fi
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[${EXTRAS:-metaworld,libero,models,distributed,test}]"
+
+extras=${EXTRAS:-metaworld,libero,models,distributed,test}
+install=(-e ".[$extras]")
+bundle=${CALVIN_BUNDLE-../shared/vendor/calvin_env.bundle}
+calvin_src=.venv/src/calvin_env
+calvin=""
+if [ -z "$bundle" ] || [ ! -f "$bundle" ]; then
+  echo "CALVIN skipped: no calvin_env bundle at ${bundle:-(CALVIN_BUNDLE is empty)}; docs/calvin.md says how to install it"
+elif ! command -v git >/dev/null 2>&1; then
+  echo "CALVIN skipped: git is not installed (calvin_env runs from a git checkout)"
+else
+  if [ ! -d "$calvin_src/.git" ]; then
+    rm -rf "$calvin_src"
+    git clone -q "$bundle" "$calvin_src"  # its tacto/ submodule stays empty: only tactile cameras need it
+  fi
+  install=(-e ".[$extras,calvin]" -e "$calvin_src")
+  calvin=$(git -C "$calvin_src" rev-parse --short HEAD)
+fi
+.venv/bin/python -m pip install -q -c constraints.txt "${install[@]}"
+[ -z "$calvin" ] || echo "calvin_env $calvin installed from $calvin_src"
 echo "setup done: $(.venv/bin/python -c 'import harness; print("harness", harness.__version__)')"
