@@ -84,10 +84,12 @@ def plan_time(wm, context, goal, preset: str, iterations: int | None = None) -> 
     """Seconds per ``cem_plan`` with a preset from ``policies.cem.CEM_PRESETS``, and per control
     step (a plan is executed for ``execute * frameskip`` control steps before replanning).
     ``iterations`` < the preset's times that many and scales linearly (every iteration does the
-    same work: one batched call of ``samples`` candidates)."""
+    same work: one batched call of ``samples`` candidates). The objective leaves out the proprio
+    term (``dino_wm`` weighs it 1): it needs a fitted readout, and what is timed is the search in
+    the world model."""
     from policies.cem import CEM_PRESETS, cem_plan
 
-    cfg = CEM_PRESETS[preset]
+    cfg = replace(CEM_PRESETS[preset], proprio=0.0)
     run = cfg if iterations is None or iterations >= cfg.iterations else replace(cfg, iterations=iterations)
     t = time.perf_counter()
     _, diag = cem_plan(wm, context, goal, run)

@@ -1,5 +1,6 @@
-"""Meta-World env steps/s with one 128 px camera: the harness's fast renderer vs Meta-World's
-own gymnasium rendering (the baseline, measured in the same run), and state only.
+"""Meta-World env steps/s with one 128 px camera: the harness's env with --render faithful (the
+same frames as Meta-World's own) and --render fast, vs Meta-World's own gymnasium rendering (the
+baseline, measured in the same run), and state only.
 
     python benchmarks/bench_env_speed.py [--steps 200] [--task pick-place-v3]
 """
@@ -46,8 +47,10 @@ def main() -> None:
     r_base = rate(base_step, args.steps // 4)
     base.close()
     results = {"metaworld gym render (baseline)": r_base}
-    for label, cams in ((f"harness, 1 camera {args.size} px", ("corner2",)), ("harness, state only", ())):
-        env = make_env(f"metaworld/{args.task}", cameras=cams, image_size=args.size)
+    for label, cams, render in ((f"harness, 1 camera {args.size} px, render faithful", ("corner2",), "faithful"),
+                                (f"harness, 1 camera {args.size} px, render fast", ("corner2",), "fast"),
+                                ("harness, state only", (), "fast")):
+        env = make_env(f"metaworld/{args.task}", cameras=cams, image_size=args.size, render=render)
         env.reset(options={"init_state": 0})
         results[label] = rate(lambda e=env: e.step(rng.uniform(-1, 1, 4)), min(args.steps, env.max_episode_steps - 1))
         env.close()

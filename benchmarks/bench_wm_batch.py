@@ -29,7 +29,7 @@ def reset_frames(n: int, size: int = 64) -> list:
     """The corner2 reset frame of reach-v3 init states 0..n-1 (one Meta-World env)."""
     from envs import make_env
 
-    env = make_env("metaworld/reach-v3", cameras=("corner2",), image_size=size)
+    env = make_env("metaworld/reach-v3", cameras=("corner2",), image_size=size, render="fast")  # as the embedded models saw
     try:
         return [env.reset(seed=i, options={"init_state": i})[0]["pixels"]["corner2"] for i in range(n)]
     finally:

@@ -83,7 +83,7 @@ def sim_steps_per_s(task: str = "pick-place-v3", size: int = 128, steps: int = 1
     the reset frame (uint8 (size, size, 3)) to start world models from."""
     from envs import make_env
 
-    sim = make_env(f"metaworld/{task}", cameras=(camera,), image_size=size)
+    sim = make_env(f"metaworld/{task}", cameras=(camera,), image_size=size, render="fast")  # as the embedded models saw
     try:
         obs, _ = sim.reset(seed=0, options={"init_state": 0})
         rng = np.random.default_rng(0)

@@ -160,9 +160,9 @@ DEFAULT_CAMERAS = ("static", "gripper")
 # Each camera's square side in calvin_env's conf/cameras/cameras/*.yaml, as CALVIN's dataset and
 # evaluation render them: what CalvinEnv renders when no image size is given (image_size=None).
 CAMERA_SIZES: dict[str, int] = {"static": 200, "gripper": 84}
-# The size the registry fills in when a user gives none: the harness's options carry one square
-# size for all cameras, and 200 keeps the static view (the one policies mostly use) native.
-DEFAULT_IMAGE_SIZE = 200
+# The size the registry fills in when a user gives none: None, each camera at CALVIN's own size
+# (--image-size N renders every camera at N).
+DEFAULT_IMAGE_SIZE = None
 STEPS_PER_SUBTASK = 360  # EP_LEN of CALVIN's evaluate_policy.py
 CHAIN_LENGTH = 5
 NUM_CHAINS = 1000

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,22 +13,42 @@ ENVS: Registry = Registry("env")
 ENV_SETS: Registry = Registry("env set")  # name -> tuple of env ids
 
 IMAGE_SIZE_RANGE = (16, 1024)
+# "faithful": the simulator's own renderer and settings, the frames its benchmark's policies and
+# papers see; "fast": the same scene with the costly effects off (shadows, reflections, MSAA), a
+# choice a run must make explicitly (and records)
+RENDER_MODES = ("faithful", "fast")
+DEFAULT_RENDER = "faithful"
+RENDER_ENV = "WM_HARNESS_RENDER"  # the default where no --render is given (e.g. fast on a slow test machine)
+
+
+def default_render() -> str:
+    """The render mode of a run that names none: ``$WM_HARNESS_RENDER`` if set, else faithful."""
+    return check_render(os.environ.get(RENDER_ENV) or DEFAULT_RENDER, f"${RENDER_ENV}")
 
 
 @dataclass(frozen=True)
 class EnvOptions:
-    """What a user may choose about an env: cameras, square image size, episode cap."""
+    """What a user may choose about an env: cameras, square image size, episode cap, renderer."""
 
     cameras: tuple[str, ...]
-    image_size: int
+    image_size: int | None  # None: each camera at the benchmark's own size (CALVIN: static 200, gripper 84)
     max_episode_steps: int
+    render: str = DEFAULT_RENDER
 
     def as_kwargs(self) -> dict[str, Any]:
         return {
             "cameras": self.cameras,
             "image_size": self.image_size,
             "max_episode_steps": self.max_episode_steps,
+            "render": self.render,
         }
+
+
+def check_render(render: Any, flag: str = "--render") -> str:
+    if render not in RENDER_MODES:
+        raise HarnessError(f"{flag} {render!r} is not a render mode: use {' or '.join(RENDER_MODES)} (faithful: the "
+                           f"simulator's own renderer, as its benchmark renders; fast: no shadows, reflections, MSAA)")
+    return render
 
 
 def env_meta(env_id: str) -> dict[str, Any]:
@@ -58,6 +79,7 @@ def resolve_env_options(
     cameras: tuple[str, ...] | list[str] | None = None,
     image_size: int | None = None,
     max_episode_steps: int | None = None,
+    render: str | None = None,
     *,
     check_installed: bool = True,
 ) -> EnvOptions:
@@ -75,19 +97,21 @@ def resolve_env_options(
             )
     size = meta["default_image_size"] if image_size is None else image_size
     lo, hi = IMAGE_SIZE_RANGE
-    if not isinstance(size, int) or not lo <= size <= hi:
+    if size is None and image_size is None:
+        pass  # the env's own size per camera
+    elif isinstance(size, bool) or not isinstance(size, int) or not lo <= size <= hi:
         raise HarnessError(f"image size {size!r} is out of range: use an integer from {lo} to {hi} pixels")
     steps = meta["max_episode_steps"] if max_episode_steps is None else max_episode_steps
     if not isinstance(steps, int) or steps <= 0:
         raise HarnessError(f"max episode steps {steps!r} must be a positive integer")
-    return EnvOptions(cams, size, steps)
+    return EnvOptions(cams, size, steps, default_render() if render is None else check_render(render))
 
 
 def make_env(env_id: str, **options: Any):
-    """Build a registered env. Options: cameras, image_size, max_episode_steps."""
+    """Build a registered env. Options: cameras, image_size, max_episode_steps, render."""
     opts = resolve_env_options(
         env_id, options.pop("cameras", None), options.pop("image_size", None),
-        options.pop("max_episode_steps", None),
+        options.pop("max_episode_steps", None), options.pop("render", None),
     )
     return ENVS.build(env_id, **opts.as_kwargs(), **options)
 

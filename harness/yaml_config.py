@@ -1,7 +1,7 @@
 """Typed configs from YAML: a dataclass's fields read from a file, each mistake one clear line.
 
-A leaf module: the run configuration (harness/run/config.py) and the trainers in policies/ and
-world_models/ share it.
+A leaf module: the run configuration (harness/run/config.py) and the BC trainer
+(policies/bc_training.py) share it.
 """
 
 from __future__ import annotations

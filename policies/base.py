@@ -28,14 +28,16 @@ class EnvInfo:
     instruction: str
     action_space: gym.spaces.Box
     cameras: tuple[str, ...]
-    image_size: int
+    image_size: int | None  # None: each camera at the benchmark's own size (CALVIN)
+    render: str = "faithful"  # how the env renders (envs.registry.RENDER_MODES): goal frames a policy renders match it
 
     @classmethod
-    def from_env_id(cls, env_id: str, cameras: tuple[str, ...] | None = None, image_size: int | None = None) -> EnvInfo:
+    def from_env_id(cls, env_id: str, cameras: tuple[str, ...] | None = None, image_size: int | None = None,
+                    render: str | None = None) -> EnvInfo:
         from envs import env_meta, resolve_env_options
 
         meta = env_meta(env_id)
-        opts = resolve_env_options(env_id, cameras, image_size, check_installed=False)
+        opts = resolve_env_options(env_id, cameras, image_size, render=render, check_installed=False)
         dim = meta["action_dim"]
         return cls(
             env_id=env_id,
@@ -45,6 +47,7 @@ class EnvInfo:
             action_space=gym.spaces.Box(-1.0, 1.0, (dim,), np.float32),
             cameras=opts.cameras,
             image_size=opts.image_size,
+            render=opts.render,
         )
 
 

@@ -497,14 +497,16 @@ _EXPERT_GOALS: dict[tuple[str, str, int, int | None], tuple[np.ndarray, np.ndarr
 def expert_goal(env_info, camera: str, image_size: int, init_state: int | None,
                 max_steps: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """The camera frame and the state at which the task's scripted expert first succeeds from
-    ``init_state`` (cached per process). Raises when the expert does not succeed within ``max_steps``."""
-    key = (env_info.env_id, camera, image_size, init_state)
+    ``init_state`` (cached per process), rendered as the run renders (``env_info.render``). Raises
+    when the expert does not succeed within ``max_steps``."""
+    render = getattr(env_info, "render", "faithful")
+    key = (env_info.env_id, camera, image_size, init_state, render)
     if key in _EXPERT_GOALS:
         return _EXPERT_GOALS[key]
     from envs import make_env
     from policies.scripted import ScriptedPolicy
 
-    env = make_env(env_info.env_id, cameras=(camera,), image_size=image_size)
+    env = make_env(env_info.env_id, cameras=(camera,), image_size=image_size, render=render)
     try:
         expert = ScriptedPolicy(env_info)
         obs, _ = env.reset(options={"init_state": init_state})

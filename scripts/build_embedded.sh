@@ -34,10 +34,10 @@ if has data; then
   # running after success (the model must learn to hold still too), from init states 1000.. so
   # that evaluation's init states 0..n-1 are never seen.
   $H collect --env metaworld -p scripted -p noisy:scale=0.5 -p noisy:scale=1.0 --episodes 8 \
-    --first-init-state 1000 --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 \
+    --first-init-state 1000 --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --render fast \
     --out "$DATA" --overwrite --no-progress
   # BC demonstrations: the scripted expert, rendered at the eval's 128 px.
-  $H collect --env metaworld -p scripted --episodes 40 --first-init-state 1000 --camera corner2 \
+  $H collect --env metaworld -p scripted --episodes 40 --first-init-state 1000 --camera corner2 --render fast \
     --out "$BC_DATA" --overwrite --no-progress
 fi
 
@@ -73,7 +73,8 @@ if has judge; then
   POL_DATA="$WORK/metaworld5_policies.h5"
   $H collect --env metaworld -p bc:path=$OUT/policies/bc_metaworld/step_000250 \
     -p bc:path=$OUT/policies/bc_metaworld/step_000050 -p random --episodes 4 --first-init-state 1000 \
-    --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --out "$POL_DATA" --overwrite --no-progress
+    --max-steps 150 --no-stop-on-success --camera corner2 --image-size 64 --render fast --out "$POL_DATA" --overwrite \
+    --no-progress
   # steps per judge: 1500 make the minivae judge stricter and better than 300 (held-out 0.91 vs
   # 0.87; on the simulator's rollouts of the embedded run 75% vs 57%, docs/judges.md); the
   # minijepa judge does not gain (0.69 vs 0.71) and trains 300

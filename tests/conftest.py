@@ -4,11 +4,17 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+# the per-machine inference decisions (world_models/inference.py) of this test session, apart from the user's
+os.environ.setdefault("WM_HARNESS_CACHE", tempfile.mkdtemp(prefix="wm-harness-cache-"))
+# Meta-World's faithful frames cost ~15x the fast ones on a CPU renderer: runs that name no --render
+# render fast here; the tests of the faithful default and of each mode name theirs
+os.environ.setdefault("WM_HARNESS_RENDER", "fast")
 ROOT = Path(__file__).resolve().parents[1]
 
 HAS_METAWORLD = importlib.util.find_spec("metaworld") is not None

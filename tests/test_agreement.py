@@ -96,8 +96,9 @@ def test_cohen_kappa_constant_raters():
     assert cohen_kappa([False, False, False], [True, False, True]) == 0.0
     # both constant and opposite: p_o = 0, p_e = 0 -> 0
     assert cohen_kappa([False] * 4, [True] * 4) == 0.0
-    # both constant and equal: 0/0, defined as 1.0 (overridable)
-    assert cohen_kappa([True] * 5, [True] * 5) == 1.0
+    # both constant and equal: 0/0, undefined as in scikit-learn (None; a value may be asked for)
+    assert cohen_kappa([True] * 5, [True] * 5) is None
+    assert cohen_kappa([False] * 10, [False] * 10) is None  # an always-failing policy: no perfect kappa
     assert cohen_kappa([0, 0], [0, 0], undefined=0.0) == 0.0
     assert cohen_kappa([1, 0, 1, 0], [1, 0, 1, 0]) == 1.0
     assert cohen_kappa([1, 0, 1, 0], [0, 1, 0, 1]) == -1.0
@@ -196,3 +197,15 @@ def test_every_pair_order_costs_its_reference_gap():
         assert (mmrv(sim_scores=ref, wm_scores=prox) == 0.0) == free
         if same:
             assert free
+
+
+def test_mcnemar_exact_is_the_two_sided_binomial_test_of_the_discordant_pairs():
+    from harness.stats.paired import mcnemar_exact
+
+    r = mcnemar_exact([1, 1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0, 1])  # 5 vs 1 discordant
+    assert r == {"n": 7, "a_only": 5, "b_only": 1, "p_value": 0.21875}  # 2 * (1 + 6) / 64
+    assert mcnemar_exact([0] * 10, [1] * 10)["p_value"] == pytest.approx(2 / 1024)
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1])["p_value"] == 1.0  # nothing discordant
+    assert mcnemar_exact([1, 0], [0, 1])["p_value"] == 1.0  # 1 vs 1
+    with pytest.raises(ValueError, match="paired"):
+        mcnemar_exact([1, 0], [1])

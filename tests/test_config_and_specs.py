@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 
@@ -141,3 +143,36 @@ def test_shipped_world_model_configs_are_valid():
         fields = {k: v for k, v in read_config(name).items() if k not in ("name", "description")}
         cfg = TrainConfig(data="d.h5", out="o", name=name, **fields)
         assert name == f"{cfg.encoder}_dit_{cfg.size.lower()}"
+
+
+def test_runs_render_faithfully_unless_told_or_their_world_model_learned_from_fast_frames(monkeypatch, tmp_path):
+    from envs import resolve_env_options
+    from harness.errors import HarnessError
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import run_render
+
+    monkeypatch.delenv("WM_HARNESS_RENDER", raising=False)
+    assert resolve_env_options("metaworld/reach-v3", check_installed=False).render == "faithful"
+    assert run_render(EvalConfig(env="metaworld/reach-v3")) == "faithful"
+    assert run_render(EvalConfig(env="metaworld/reach-v3", render="fast")) == "fast"
+    # the embedded world model learned from fast frames (its checkpoint's info.render): its runs follow
+    assert run_render(EvalConfig(env="metaworld/reach-v3", wm="minivae_dit_tiny")) == "fast"
+    monkeypatch.setenv("WM_HARNESS_RENDER", "fast")
+    assert resolve_env_options("metaworld/reach-v3", check_installed=False).render == "fast"
+    monkeypatch.setenv("WM_HARNESS_RENDER", "pretty")
+    with pytest.raises(HarnessError, match=r"\$WM_HARNESS_RENDER 'pretty' is not a render mode: use faithful or fast"):
+        resolve_env_options("metaworld/reach-v3", check_installed=False)
+    with pytest.raises(HarnessError, match="--render 'pretty' is not a render mode"):
+        EvalConfig(env="metaworld/reach-v3", render="pretty")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("metaworld") is None, reason='Meta-World not installed: pip install -e ".[metaworld]"')
+def test_a_render_that_contradicts_the_world_models_training_frames_is_refused(tmp_path):
+    from harness.errors import HarnessError
+    from harness.run.config import EvalConfig
+    from harness.run.evaluate import plan_eval
+
+    cfg = EvalConfig(env="metaworld/reach-v3", policies=("random",), episodes=1, cameras=("corner2",), image_size=64,
+                     wm="minivae_dit_tiny", render="faithful", out=str(tmp_path / "run"))
+    with pytest.raises(HarnessError, match="learned from frames rendered 'fast'; this run renders 'faithful'"):
+        plan_eval(cfg)

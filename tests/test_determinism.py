@@ -64,7 +64,7 @@ def test_world_model_eval_twice_is_identical(tmp_path):
 
 @pytest.mark.slow
 def test_embedded_comparison_twice_is_identical(tmp_path):
-    """The issue's command, run twice as a user would (two processes): random and BC, 2 episodes,
+    """The same command, run twice as a user would (two processes): random and BC, 2 episodes,
     simulator and world model."""
     a, b = _twice_cli(tmp_path, "-p", "random", "-p", f"bc:path={BC}", "--episodes", "2")
     assert len(a) == 8 and a == b

@@ -67,7 +67,63 @@ def test_an_exception_and_a_nan_in_two_of_ten_episodes_are_two_error_records(fau
     assert recs[6]["error"].startswith("FloatingPointError: policy returned a non-finite action at step 4")
     assert all(recs[i]["outcome"] == "success" for i in set(range(10)) - errors)  # the expert solves reach
     overall = json.loads((out / "results.json").read_text())["results"][faulty_policy]["sim"]["overall"]
-    assert (overall["episodes"], overall["valid"], overall["errors"], overall["success_rate"]) == (10, 8, 2, 1.0)
+    # the two errors count as failures: 8 successes of 10 episodes, 2 of them errors
+    assert (overall["episodes"], overall["valid"], overall["errors"], overall["successes"]) == (10, 8, 2, 8)
+    assert overall["success_rate"] == 0.8
+
+
+class BrokenSetupPolicy(FaultyPolicy):
+    """Raises the same error on every episode until ``fixed`` (as a broken install does)."""
+
+    fixed = False
+
+    def act(self, observation):
+        if not BrokenSetupPolicy.fixed:
+            raise ImportError("libfoo.so: cannot open shared object file")
+        return self.expert.act(observation)
+
+
+def test_a_run_whose_first_episodes_all_raise_the_same_error_stops_with_it_and_resumes_once_fixed(tmp_path, capsys):
+    from harness.cli import main
+    from policies import POLICIES
+
+    POLICIES.register("broken_setup_test", BrokenSetupPolicy)
+    try:
+        out = tmp_path / "run"
+        args = ["eval", "--env", "metaworld/reach-v3", "-p", "broken_setup_test", "--episodes", "6", "--camera",
+                "none", "--video", "none", "--no-progress", "--out", str(out)]
+        BrokenSetupPolicy.fixed = False
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == ("error: the first 3 episodes all raised the same error, last broken_setup_test sim "
+                           "metaworld/reach-v3#2: ImportError: libfoo.so: cannot open shared object file; none of "
+                           "them was saved: fix the cause and re-run the same command")
+        assert not (out / "episodes.jsonl").exists() or read_jsonl(out / "episodes.jsonl") == []
+        BrokenSetupPolicy.fixed = True
+        assert main(args) == 0
+        recs = read_jsonl(out / "episodes.jsonl")
+        assert sorted(r["init_state"] for r in recs) == list(range(6))
+        assert all(r["outcome"] == "success" for r in recs)
+    finally:
+        POLICIES._entries.pop("broken_setup_test")
+
+
+def test_first_errors_are_released_by_a_success_or_a_second_kind_of_error():
+    from harness.run.evaluate import FirstErrors
+
+    def rec(i, error=None):
+        return {"policy": "p", "backend": "sim", "env_id": "e", "init_state": i,
+                "outcome": "error" if error else "success", "error": error}
+
+    gate = FirstErrors(expected=10)
+    assert gate.admit(rec(0, "A")) == [] and gate.admit(rec(1, "A")) == []
+    assert [r["init_state"] for r in gate.admit(rec(2))] == [0, 1, 2]  # a success: the run goes on
+    assert gate.admit(rec(3, "A")) == [rec(3, "A")]
+    gate = FirstErrors(expected=10)
+    assert gate.admit(rec(0, "A")) == []
+    assert [r["init_state"] for r in gate.admit(rec(1, "B"))] == [0, 1]  # two kinds of error: episodes, not setup
+    with pytest.raises(Exception, match="the first 1 episodes all raised"):
+        FirstErrors(expected=1).admit(rec(0, "A"))
 
 
 class DiesOnEpisode2(EpisodeWorker):

@@ -44,9 +44,42 @@ def test_comparison_block_against_hand_counts():
     assert r["policies"] == ["bad", "good", "mid"] and r["pearson_r"] == pytest.approx(0.0833333 / np.sqrt(0.2916667 * 0.0416667), rel=1e-4)
     # strict comparisons as SimplerEnv: only mid (sim .5 > bad 0, WM tie) violates, by the gap 0.5
     assert r["mmrv"] == pytest.approx(0.5 / 3)
-    assert block["latent_divergence"]["mean"] == pytest.approx([0.0, 0.25])
+    # every episode acted closed-loop: no open-loop divergence; the closed-loop one is named apart
+    assert block["latent_divergence"] == {"mean": [], "episodes": []}
+    assert block["latent_divergence_closed_loop"]["mean"] == pytest.approx([0.0, 0.25])
     assert block["judge_on_sim"]["n"] == 12 and block["modes"] == {"closed_loop": 12}
+    # Wilson intervals (not a bootstrap's zero width): 3/4 and 0/4
+    assert block["policies"]["good"]["sim"]["ci95"] == pytest.approx([0.3006418, 0.9544127], abs=1e-6)
+    assert block["policies"]["bad"]["sim"]["ci95"][0] == 0.0 and block["policies"]["bad"]["sim"]["ci95"][1] > 0.4
+    # exact McNemar, simulator vs world model per policy: good has 1 discordant pair -> p = 1
+    assert block["policies"]["good"]["mcnemar_sim_vs_wm"] == {"n": 4, "a_only": 1, "b_only": 0, "p_value": 1.0}
+    tests = {(t["a"], t["b"]): t for t in block["paired_tests"]["sim"]}
+    assert tests[("bad", "good")] == {"a": "bad", "b": "good", "n": 4, "a_only": 0, "b_only": 3, "p_value": 0.25}
+    # bootstrap intervals around each figure, with how they were drawn
+    for key, value in (("pearson_r", r["pearson_r"]), ("spearman_rho", r["spearman_rho"]), ("mmrv", r["mmrv"])):
+        lo, hi = r[f"{key}_ci95"]
+        assert lo <= value <= hi and (key == "mmrv" or -1.0 <= lo) and hi <= 1.0
+    lo, hi = e["accuracy_ci95"]
+    assert lo < e["accuracy"] < hi
+    assert block["bootstrap"]["resamples"] == 2000 and block["bootstrap"]["seed"] == 0
+    assert compare_backends(records) == compare_backends(records)  # seeded: the same intervals every time
     assert compare_backends([_rec("a", "sim", 0, True)]) == {}
+
+
+def test_open_loop_divergence_counts_only_replays_and_constant_raters_have_no_kappa():
+    records = []
+    for i in range(3):  # a policy that always fails in both backends, replayed open-loop
+        records.append(_rec("never", "sim", i, False))
+        records.append(_rec("never", "wm:x", i, False, mode="open_loop_replay", latent_divergence=[0.0, 0.2]))
+        records.append(_rec("loop", "sim", i, i == 0))
+        records.append(_rec("loop", "wm:x", i, i == 0, mode="closed_loop", latent_divergence=[0.0, 0.8]))
+    block = compare_backends(records)["wm:x"]
+    d, closed = block["latent_divergence"], block["latent_divergence_closed_loop"]
+    assert d["mean"] == pytest.approx([0.0, 0.2]) and d["episodes"] == [3, 3]
+    assert closed["mean"] == pytest.approx([0.0, 0.8]) and closed["episodes"] == [3, 3]
+    never = block["policies"]["never"]["agreement"]
+    assert never["accuracy"] == 1.0 and never["cohen_kappa"] is None  # undefined, not a perfect 1.0
+    assert block["policies"]["loop"]["agreement"]["cohen_kappa"] == 1.0
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,9 @@ def test_references_are_found_in_nested_specs(tmp_path):
     with_readout = spec_fingerprints("cem:wm=minivae_dit_tiny,proprio=0.3")
     assert list(with_readout) == ["wm=minivae_dit_tiny", "wm=minivae_dit_tiny proprio"]
     assert with_readout["wm=minivae_dit_tiny proprio"] == fingerprint(ROOT / "checkpoints/minivae_dit_tiny/proprio")
+    # the dino_wm preset weighs the proprio term 1 (DINO-WM's alpha) without saying proprio=
+    assert spec_fingerprints("cem:wm=minivae_dit_tiny,preset=dino_wm") == with_readout
+    assert spec_fingerprints("cem:wm=minivae_dit_tiny,preset=dino_wm,proprio=0") == emb
     # cem:...,checkpoint=DIR loads DIR, not the named folder: DIR is what is fingerprinted
     other = tmp_path / "other_wm"
     other.mkdir()

@@ -100,3 +100,26 @@ def test_output_files_that_cannot_be_written_are_refused_first(tmp_path):
     check_output_file(tmp_path / "new" / "x.json")
     r = run_cli("plan-error", "--data", str(tmp_path / "none.h5"), "--wm", "minivae_dit_tiny", "--out", str(tmp_path))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is a folder" in r.stderr, r.stderr
+
+
+def test_the_confusion_plot_puts_each_count_under_its_labels():
+    """Rows are the world model's verdict, columns the simulator's: 14 episodes that succeed only
+    in the world model sit at (WM success, sim failure)."""
+    from harness.report.html import confusion_matrix
+
+    m = confusion_matrix({"tp": 5, "fp": 14, "fn": 8, "tn": 33})
+    assert m == [[5, 14], [8, 33]]  # [WM success: sim success, sim failure], [WM failure: ...]
+
+
+def test_the_verdict_asks_for_a_tight_interval_and_few_rank_violations():
+    from harness.report.markdown import verdict
+
+    def block(r, lo, rho, mmrv):
+        return {"ranking": {"policies": list("abcdef"), "pearson_r": r, "pearson_r_ci95": [lo, 1.0],
+                            "spearman_rho": rho, "mmrv": mmrv}}
+
+    assert verdict(block(0.97, 0.85, 0.94, 0.02)).startswith("Verdict: this world model ranks these 6 policies")
+    assert "roughly" in verdict(block(0.81, 0.2, 0.91, 0.133))  # the embedded default today: not a yes
+    assert "cannot be trusted" in verdict(block(0.1, -0.7, 0.2, 0.4))
+    assert verdict({"ranking": {"policies": ["a"], "note": "ranking needs at least 2 policies"}}) == \
+        "Verdict: no ranking to judge (ranking needs at least 2 policies)."

@@ -23,7 +23,7 @@ from conftest import ROOT, read_jsonl, requires_metaworld
 pytestmark = requires_metaworld
 
 SLOW_HARNESS = str(ROOT / "tests" / "slow_harness.py")
-STOP_S = 10.0  # what the issue allows from the signal to the last process of the run gone
+STOP_S = 10.0  # the longest we allow from the signal to the last process of the run gone
 # six episodes: init states 0 and 1 fast, 2..5 each 60 steps x 0.5 s = 30 s when slowed
 EVAL = ["eval", "--env", "metaworld/reach-v3", "-p", "slow:slow_from=2", "--episodes", "6", "--max-steps", "60",
         "--no-stop-on-success", "--camera", "none", "--video", "none", "--no-progress"]

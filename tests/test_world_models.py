@@ -190,6 +190,22 @@ def test_scratch_encoder_training_losses_go_down():
         assert losses[-1] < 0.7 * losses[0], (name, losses[0], losses[-1])
 
 
+def test_held_out_episodes_are_a_seeded_stratified_draw_of_whole_episodes():
+    from world_models.data import heldout_episodes, split_episodes
+
+    groups = [("expert", "reach")] * 8 + [("expert", "door")] * 8 + [("noisy", "reach")] * 8 + [("noisy", "door")] * 8
+    train, val = split_episodes(groups, 0.125, seed=0)
+    assert len(val) == 4 and sorted(train + val) == list(range(32))
+    assert sorted(groups[i] for i in val) == sorted(set(groups))  # one of each policy and task
+    assert split_episodes(groups, 0.125, seed=0) == (train, val)  # seeded
+    assert split_episodes(groups, 0.125, seed=1)[1] != val
+    assert split_episodes(5, 0.1) == ([0, 1, 3, 4], [2])  # drawn, not the last-collected episode
+    assert split_episodes(1, 0.5) == ([0], []) and split_episodes(6, 0.0) == (list(range(6)), [])
+    # a checkpoint records its held-out episodes; one that records none held out the last ones
+    assert heldout_episodes({"split": {"val": [3, 7]}}, 10) == [3, 7]
+    assert heldout_episodes({"train": {"config": {"val_fraction": 0.2}}}, 10) == [8, 9]
+
+
 def test_trained_here_encoder_needs_its_weights(tmp_path):
     with pytest.raises(HarnessError, match="train-encoder"):
         load_encoder("minivae", None)
@@ -333,6 +349,11 @@ def test_tiny_world_model_beats_copy_last_on_heldout_episodes(mw_dataset, random
     assert result["val_latent_mse_t0"] < 0.95 * result["copy_last_mse"], result
     wm = WorldModel.load(tmp_path / "wm")
     assert wm.frameskip == 4 and wm.info["heldout"]["copy_last_mse"] == pytest.approx(result["copy_last_mse"])
+    # the held-out episodes: one of each task (a seeded, stratified draw), recorded with the rule
+    split = wm.info["split"]
+    assert len(split["val"]) == 2 and split["seed"] == 0 and "stratified" in split["rule"]
+    assert split["val_groups"] == ["noisy:scale=1.0 metaworld/push-v3", "noisy:scale=1.0 metaworld/reach-v3"]
+    assert wm.info["render"] == "faithful"  # how the dataset's frames were rendered
     # the latent cache is reused by a second run with the same encoder
     again = train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "wm2", steps=1, cache_dir=cache))
     assert again["latent_cache_reused"] and again["latent_cache"] == result["latent_cache"]
@@ -542,9 +563,9 @@ def test_stand_ins_are_swapped_only_where_they_measured_faster(monkeypatch):
     from world_models import inference
 
     def loaded(faster: bool):
-        monkeypatch.setattr(inference, "measure", lambda name, threads: {
+        monkeypatch.setattr(inference, "decide", lambda name, threads: {
             "torch_ms": 2.0, "stand_in_ms": 1.0 if faster else 3.0, "use": faster, "input": [4800, 256],
-            "threads": threads})
+            "threads": threads, "decided": "measured now"})
         dit = DiT(DiTConfig(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=2, heads=4))
         return dit, inference.prepare_for_inference(dit)
 
@@ -558,7 +579,38 @@ def test_stand_ins_are_swapped_only_where_they_measured_faster(monkeypatch):
     dit = DiT(DiTConfig(latent_dim=8, num_tokens=4, action_dim=3, width=32, depth=2, heads=4))
     assert inference.prepare_for_inference(dit) == {"path": "torch modules", "why": "WM_HARNESS_INFERENCE=torch"}
     real = inference.measure("gelu", 1)  # a real measurement on this CPU decides by its own numbers
-    assert real["use"] == (real["stand_in_ms"] < real["torch_ms"]) and real["torch_ms"] > 0
+    assert real["use"] == (real["stand_in_ms"] < (1 - inference.MARGIN) * real["torch_ms"]) and real["torch_ms"] > 0
+
+
+def test_the_stand_in_decision_is_made_once_per_machine_and_read_back(monkeypatch, tmp_path):
+    """Every process on a machine takes the same path: the first measures and stores its decision,
+    later ones read it back (the file is keyed by CPU, torch version and thread count)."""
+    from world_models import inference
+
+    monkeypatch.setenv(inference.CACHE_ENV, str(tmp_path))
+    calls = []
+
+    def fake_measure(name, threads):
+        calls.append(threads)
+        return {"torch_ms": 2.0, "stand_in_ms": 1.9, "use": False, "input": [4800, 256], "threads": threads}
+
+    monkeypatch.setattr(inference, "measure", fake_measure)
+    inference.decide.cache_clear()
+    first = inference.decide("gelu", 3)
+    assert first["decided"] == "measured now" and calls == [3]
+    inference.decide.cache_clear()  # as a new process would
+    again = inference.decide("gelu", 3)
+    assert calls == [3] and again["decided"] == f"read back from {tmp_path / 'inference.json'}"
+    assert {k: again[k] for k in ("torch_ms", "stand_in_ms", "use")} == {"torch_ms": 2.0, "stand_in_ms": 1.9,
+                                                                          "use": False}
+    inference.decide("gelu", 4)  # another thread count is another decision
+    assert calls == [3, 4]
+    stored = json.loads((tmp_path / "inference.json").read_text())
+    assert set(stored) == {inference.machine_key(3), inference.machine_key(4)}
+    (tmp_path / "inference.json").write_text("not json")  # a damaged file: measured again, never an error
+    inference.decide.cache_clear()
+    assert inference.decide("gelu", 3)["decided"] == "measured now" and calls == [3, 4, 3]
+    inference.decide.cache_clear()
 
 
 def test_dit_block_gives_the_same_numbers_in_training_and_inference_mode():

@@ -4,7 +4,7 @@ HDF5 file in the same robomimic layout): T+1 frames of one camera and the T acti
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,23 @@ def dataset_cameras(path: str | os.PathLike) -> list[str]:
     with h5py.File(path, "r") as f:
         first = next(iter(f["data"].values()))
         return sorted(k[: -len("_rgb")] for k in first["obs"] if k.endswith("_rgb"))
+
+
+def dataset_render(path: str | os.PathLike) -> str | None:
+    """How the dataset's frames were rendered ("faithful" or "fast", as its env options record),
+    or None when its files do not say or its envs disagree."""
+    import json
+
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            env_args = json.loads(f["data"].attrs.get("env_args", "{}"))
+    except (OSError, KeyError, ValueError):
+        return None
+    options = env_args.get("options") if isinstance(env_args, dict) else None
+    renders = {o.get("render") for o in options.values() if isinstance(o, dict)} if isinstance(options, dict) else set()
+    return renders.pop() if len(renders) == 1 and None not in renders else None
 
 
 def check_dataset(path: str | os.PathLike, camera: str | None) -> str:
@@ -102,7 +119,55 @@ def iter_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
         yield Episode(frames, actions, demo.attrs)
 
 
-def split_episodes(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
-    """Held-out episodes are the last ones (collect orders them by init state): deterministic."""
+SPLIT_RULE = ("whole episodes, stratified by (policy, env_id): round(val_fraction x n) held out (at least 1), "
+              "shared among the groups by largest remainder, each group's drawn with numpy default_rng(seed)")
+
+
+def heldout_episodes(info: dict, n: int) -> list[int]:
+    """The held-out episodes of a world model's training data (``n`` episodes): those its
+    checkpoint records (``info["split"]["val"]``); a checkpoint that records none held out the
+    last round(val_fraction x n) episodes."""
+    split = info.get("split")
+    if isinstance(split, dict) and isinstance(split.get("val"), list):
+        return [int(i) for i in split["val"] if 0 <= int(i) < n]
+    f = float(info.get("train", {}).get("config", {}).get("val_fraction", 0.1))
+    n_val = 0 if n < 2 or f <= 0 else max(1, round(n * f))
+    return list(range(n - n_val, n))
+
+
+def episode_groups(path: str | os.PathLike, camera: str) -> list[tuple[str, str]]:
+    """(policy, env_id) of each episode ``iter_episodes`` yields, in the same order, from the
+    dataset's attributes ("" where a file does not say)."""
+    import h5py
+
+    key = f"{camera}_rgb"
+    groups = []
+    with h5py.File(path, "r") as f:
+        for name, attrs in list_demos(path):
+            g = f["data"][name]
+            n = g["obs"][key].shape[0] + (g["final_obs"][key].shape[0] if "final_obs" in g and key in g["final_obs"] else 0)
+            if n >= 2:  # iter_episodes skips shorter ones
+                groups.append((str(attrs.get("policy", "")), str(attrs.get("env_id", ""))))
+    return groups
+
+
+def split_episodes(groups: Sequence[Hashable] | int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Train and held-out episode indices (SPLIT_RULE): every (policy, task) group gives its share
+    of held-out episodes, drawn at random under ``seed``, so the held-out set looks like the
+    training set instead of being its last-collected policy. ``groups``: one label per episode,
+    or a count (one group)."""
+    labels = [0] * groups if isinstance(groups, int) else list(groups)
+    n = len(labels)
     n_val = 0 if n < 2 or val_fraction <= 0 else max(1, round(n * val_fraction))
-    return list(range(n - n_val)), list(range(n - n_val, n))
+    members: dict[Hashable, list[int]] = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    order = sorted(members, key=repr)
+    quota = {g: len(members[g]) * n_val / n for g in order} if n else {}
+    take = {g: int(quota[g]) for g in order}
+    for g in sorted(order, key=lambda g: quota[g] - take[g], reverse=True)[:n_val - sum(take.values())]:
+        take[g] += 1
+    rng = np.random.default_rng(seed)
+    val = sorted(int(i) for g in order for i in rng.permutation(members[g])[:take[g]])
+    held = set(val)
+    return [i for i in range(n) if i not in held], val

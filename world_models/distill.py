@@ -123,13 +123,13 @@ class DistillConfig:
 
 
 def _frames(world_model, cfg: DistillConfig):
-    """uint8 frames (M, S, S, 3) of the training and the held-out episodes (the last episodes of
-    each dataset), from the world model's camera at its image size: at most ``max_frames`` (a
+    """uint8 frames (M, S, S, 3) of the training and the held-out episodes (``split_episodes``:
+    seeded, stratified by policy and task, per dataset), from the world model's camera at its image size: at most ``max_frames`` (a
     quarter of that held out), evenly spaced over all of them. Episodes are read one at a time and
     only the chosen frames kept, so a large dataset (LIBERO at 224 px) never sits in memory whole."""
     import numpy as np
 
-    from .data import check_dataset, frame_counts, iter_episodes, split_episodes
+    from .data import check_dataset, episode_groups, frame_counts, iter_episodes, split_episodes
 
     camera = world_model.info.get("camera")
     sources = []  # (path, camera, frame counts, train episode indices, held-out episode indices)
@@ -138,7 +138,7 @@ def _frames(world_model, cfg: DistillConfig):
             raise HarnessError(f"--data {path} does not exist: collect one with `harness collect`")
         cam = check_dataset(path, camera)
         counts = frame_counts(path, cam)
-        tr, va = split_episodes(len(counts), cfg.val_fraction)
+        tr, va = split_episodes(episode_groups(path, cam), cfg.val_fraction, cfg.seed)
         sources.append((path, cam, counts, set(tr), set(va)))
     n_train = sum(c for _, _, counts, tr, _ in sources for i, c in enumerate(counts) if i in tr)
     n_val = sum(c for _, _, counts, _, va in sources for i, c in enumerate(counts) if i in va)

@@ -64,7 +64,8 @@ def train_encoder(cfg: EncoderTrainConfig,
     episodes = load_episodes(cfg.data, camera, size=encoder.image_size)
     if not episodes:
         raise HarnessError(f"no episode in {cfg.data} has two or more frames: collect longer episodes")
-    train_idx, _ = split_episodes(len(episodes), cfg.val_fraction)
+    train_idx, _ = split_episodes([(str(e.attrs.get("policy", "")), str(e.attrs.get("env_id", ""))) for e in episodes],
+                                  cfg.val_fraction, cfg.seed)
     frames = [episodes[i].frames for i in train_idx]
     pairs = np.array([(e, t) for e, f in enumerate(frames) for t in range(len(f))], dtype=np.int64)
     params = encoder.trainable_parameters()

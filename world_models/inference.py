@@ -7,18 +7,29 @@ swapped in only where it measured faster than torch's module on the CPU at hand,
 batched planning call. Nothing is swapped where it measured slower, so no CPU runs slower than
 torch's own modules would. ``WM_HARNESS_INFERENCE=torch`` keeps torch's modules everywhere.
 
-The returned record says which path runs and why (the two timings); runs write it into
-``results.json``.
+A stand-in is used only where it measured at least ``MARGIN`` faster, and the decision is made
+once per machine (CPU model and vector flags, torch version, thread count) and kept in a small
+file (``$WM_HARNESS_CACHE``, else ``$XDG_CACHE_HOME/wm-harness`` or ``~/.cache/wm-harness``,
+``inference.json``): every later process on that machine takes the same path, so repeated runs
+give the same numbers rather than racing two timings that are close. Delete the file to measure
+again (after a hardware change, say).
+
+The returned record says which path runs and why (the two timings, and whether they were measured
+now or read back); runs write it into ``results.json``.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
+import platform
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 ENV_SWITCH = "WM_HARNESS_INFERENCE"  # "torch": no stand-ins
+CACHE_ENV = "WM_HARNESS_CACHE"  # folder of the per-machine decisions
+MARGIN = 0.15  # a stand-in must be at least this much faster: a near tie keeps torch's module
 SMALL_TENSOR = 1 << 15  # elements; below it one torch kernel beats a few elementwise ones
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 
@@ -76,17 +89,69 @@ def _best_ms(module: nn.Module, x: torch.Tensor, rounds: int = 7) -> float:
     return best * 1e3
 
 
-@functools.cache
 def measure(name: str, threads: int) -> dict[str, Any]:
-    """Time torch's module against the stand-in on this CPU (once per process and thread count);
-    interleaved, best of several."""
+    """Time torch's module against the stand-in on this CPU; interleaved, best of several. The
+    stand-in is chosen (``use``) only if it is at least ``MARGIN`` faster."""
     spec = STAND_INS[name]
     x = spec.sample()
     torch_ms = _best_ms(spec.reference(), x)
     stand_in_ms = _best_ms(spec.make(spec.reference()), x)
     torch_ms = min(torch_ms, _best_ms(spec.reference(), x))
     return {"torch_ms": round(torch_ms, 3), "stand_in_ms": round(stand_in_ms, 3),
-            "use": stand_in_ms < torch_ms, "input": list(x.shape), "threads": threads}
+            "use": stand_in_ms < (1.0 - MARGIN) * torch_ms, "input": list(x.shape), "threads": threads}
+
+
+def machine_key(threads: int) -> str:
+    """What a decision holds for: CPU model and vector flags, torch version, thread count."""
+    model, flags = platform.machine() or "unknown CPU", ""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), model)
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    vector = " ".join(sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c"))))
+    return f"{model} | {vector} | torch {torch.__version__} | {threads} threads"
+
+
+def cache_file() -> Path:
+    folder = os.environ.get(CACHE_ENV) or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "wm-harness"
+    return Path(folder) / "inference.json"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _write_cache(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, and never an error: without a writable cache each process decides anew."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".inference.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+@functools.cache
+def decide(name: str, threads: int) -> dict[str, Any]:
+    """This machine's decision for one stand-in: read back from the cache file, or measured now
+    and stored there (once per process, machine key and thread count)."""
+    path, key = cache_file(), machine_key(threads)
+    cached = _read_cache(path).get(key, {}).get(name)
+    if isinstance(cached, dict) and {"torch_ms", "stand_in_ms", "use"} <= set(cached):
+        return {**cached, "decided": f"read back from {path}"}
+    timing = measure(name, threads)
+    data = _read_cache(path)  # again: another process may have written meanwhile
+    data.setdefault(key, {})[name] = timing
+    _write_cache(path, data)
+    return {**timing, "decided": "measured now"}
 
 
 def _swap(module: nn.Module, spec: StandIn) -> int:
@@ -108,13 +173,14 @@ def prepare_for_inference(network: nn.Module) -> dict[str, Any]:
     for name, spec in STAND_INS.items():
         if not any(spec.matches(m) for m in network.modules()):
             continue
-        timing = measure(name, torch.get_num_threads())
+        timing = decide(name, torch.get_num_threads())
         swapped = _swap(network, spec) if timing["use"] else 0
         record["stand_ins"][name] = {**timing, "swapped": swapped}
         if swapped:
             record["path"] = "torch modules with measured stand-ins"
     record["why"] = "; ".join(
         f"{n}: stand-in {t['stand_in_ms']} ms vs torch {t['torch_ms']} ms on {'x'.join(map(str, t['input']))}"
-        f" -> {'stand-in' if t['use'] else 'torch'}" for n, t in record["stand_ins"].items()) or "nothing to swap"
+        f" ({t['decided']}) -> {'stand-in' if t['use'] else 'torch'}" for n, t in record["stand_ins"].items()
+    ) or "nothing to swap"
     return record
 

@@ -131,8 +131,9 @@ def _family(env_id: str) -> str:
     return family
 
 
-def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    """Per episode (frames (T+1, S, S, 3), states (T+1, P)) from the world model's camera; the family."""
+def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray, np.ndarray, tuple]], str]:
+    """Per episode (frames (T+1, S, S, 3), states (T+1, P), (policy, env_id)) from the world
+    model's camera; the family."""
     from harness.data.dataset import list_demos, read_demo
 
     from .data import check_dataset, resize_frames
@@ -154,7 +155,8 @@ def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray,
                 states = np.concatenate([states, demo.final_obs["state"]])
             frames = demo.frames(cam)
             n = min(len(frames), len(states))
-            out.append((resize_frames(frames[:n], world_model.image_size), states[:n, :PROPRIO_DIMS[family]]))
+            out.append((resize_frames(frames[:n], world_model.image_size), states[:n, :PROPRIO_DIMS[family]],
+                        (str(attrs.get("policy", "")), str(attrs.get("env_id", "")))))
     if len(families) != 1:
         raise HarnessError(f"--data mixes benchmark families ({', '.join(sorted(families)) or 'none'}): fit a "
                            f"readout on one family's data")
@@ -179,7 +181,7 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
     if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
         raise HarnessError(f"--max-frames {max_frames!r} must be an integer >= 1")
     episodes, family = _episodes(world_model, data)
-    train_idx, val_idx = split_episodes(len(episodes), val_fraction)
+    train_idx, val_idx = split_episodes([e[2] for e in episodes], val_fraction, seed)
     if not train_idx or not val_idx:
         raise HarnessError("fitting a proprioception readout needs at least 2 episodes (one held out)")
 

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from harness.errors import HarnessError
 
 from .checkpoint import TRAIN_STATE, load_train_state
-from .data import check_dataset, load_episodes, split_episodes
+from .data import (
+    SPLIT_RULE,
+    check_dataset,
+    dataset_render,
+    episode_groups,
+    load_episodes,
+    split_episodes,
+)
 from .dit import DIT_SIZES, PREDICTIONS, DiT, DiTConfig
 from .encoders import ENCODERS, Encoder, is_trained_here, load_encoder
 from .flow_matching import flow_matching_loss, resolve_shift
@@ -262,7 +269,8 @@ def train_world_model(cfg: TrainConfig, progress: ProgressFn | None = None) -> d
     if not latents:
         raise HarnessError(f"no episode in {cfg.data} has two or more frames to learn a transition from: collect "
                            f"longer episodes")
-    train_idx, val_idx = split_episodes(len(latents), cfg.val_fraction)
+    groups = episode_groups(cfg.data, camera)
+    train_idx, val_idx = split_episodes(groups, cfg.val_fraction, cfg.seed)
     env_action_dim = int(actions[0].shape[-1])
     action_dim = env_action_dim * cfg.frameskip
     f = cfg.frameskip
@@ -278,9 +286,12 @@ def train_world_model(cfg: TrainConfig, progress: ProgressFn | None = None) -> d
     transition = DiT(cfg.dit_config(encoder, action_dim))
     decoder = None if encoder.has_decoder else PixelDecoder(encoder.dim, encoder.grid, encoder.image_size,
                                                             cfg.decoder_width)
+    render = dataset_render(cfg.data)
     info = {"name": cfg.name, "env_id": cfg.env_id, "camera": camera, "env_action_dim": env_action_dim,
-            "frameskip": f,
+            "frameskip": f, **({"render": render} if render else {}),
             "data": os.path.abspath(cfg.data), "train_episodes": len(train_idx), "val_episodes": len(val_idx),
+            "split": {"rule": SPLIT_RULE, "seed": cfg.seed, "val_fraction": cfg.val_fraction, "val": val_idx,
+                      "val_groups": sorted({f"{p} {e}" for p, e in (groups[i] for i in val_idx)})},
             **cfg.info}
     wm = WorldModel(encoder, transition, decoder, mean, std, SamplerConfig(cfg.sampler_steps, cfg.sampler, cfg.shift, cfg.temperature),
                     info, d_mean, d_std)
@@ -357,7 +368,7 @@ def _train_decoder(cfg: TrainConfig, wm: WorldModel, camera: str, latents: list[
     """A pixel decoder on the frozen encoder's (cached) latents: MSE in the encoder's pixel space."""
     decoder, encoder = wm.decoder, wm.encoder
     episodes = load_episodes(cfg.data, camera, size=encoder.image_size)
-    train_idx, _ = split_episodes(len(episodes), cfg.val_fraction)
+    train_idx, _ = split_episodes(episode_groups(cfg.data, camera), cfg.val_fraction, cfg.seed)
     frames = np.concatenate([episodes[i].frames for i in train_idx])
     z_all = torch.from_numpy(np.concatenate([latents[i] for i in train_idx]))
     decoder.requires_grad_(True).train()

@@ -40,7 +40,7 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
     distilled decoder (``harness distill-decoder``) instead of its full one."""
     import torch
 
-    from world_models.data import check_dataset, load_episodes, resize_frames, split_episodes
+    from world_models.data import check_dataset, heldout_episodes, load_episodes, resize_frames
     from world_models.distill import check_decoder
 
     if horizon < 1:
@@ -60,8 +60,7 @@ def run_eval_wm(*, wm: str | None, checkpoint: str | None, data: str, out: str, 
 
     all_eps = load_episodes(data, camera, action_dim=model.env_action_dim)
     heldout = os.path.abspath(data) == model.info.get("data")
-    idx = split_episodes(len(all_eps), float(model.info.get("train", {}).get("config", {}).get("val_fraction", 0.1)))[1] \
-        if heldout else list(range(len(all_eps)))
+    idx = heldout_episodes(model.info, len(all_eps)) if heldout else list(range(len(all_eps)))
     if heldout and not idx:
         idx = list(range(len(all_eps)))
     idx = idx[:episodes] if episodes else idx

@@ -7,7 +7,8 @@ The protocol follows "What Makes Video World Model Latents Action-Relevant" and 
 the training split only. Probes: closed-form ridge (penalty chosen on a validation part of the
 training split) and an optional MLP (early stopping on that part). Scored on held-out episodes (or
 held-out tasks): R^2 and Pearson r, overall and per action-dimension group, mean and std over seeds
-(a seed draws the validation episodes, the MLP's initialisation and the random projection).
+(a seed draws the held-out episodes or tasks, the validation episodes, the MLP's initialisation and
+the random projection).
 Baselines on exactly the same pairs: the same probe on a Gaussian random projection of the pixels
 to the same feature size, and predicting the training mean.
 
@@ -208,9 +209,13 @@ def _load_data(cfg: ProbeConfig, camera: str | None, stride: int) -> tuple[list[
     return episodes, info
 
 
-def split_episodes(episodes: list[ProbeEpisode], by: str, test_fraction: float) -> tuple[list[int], list[int]]:
-    """Held-out test episodes, fixed for every seed: per task its last ``test_fraction`` of episodes
-    (``by="episode"``), or the last ``test_fraction`` of the tasks in sorted order (``by="task"``)."""
+def split_episodes(episodes: list[ProbeEpisode], by: str, test_fraction: float,
+                   seed: int = 0) -> tuple[list[int], list[int]]:
+    """Held-out test episodes drawn under ``seed``: per task a random ``test_fraction`` of its
+    whole episodes (``by="episode"``), or a random ``test_fraction`` of the tasks with all their
+    episodes (``by="task"``, task-OOD). Each probe seed draws its own, so the spread over seeds
+    includes the choice of held-out data, not only the fit."""
+    rng = np.random.default_rng([seed, 7])
     tasks: dict[str, list[int]] = {}
     for i, ep in enumerate(episodes):
         tasks.setdefault(ep.task, []).append(i)
@@ -220,12 +225,14 @@ def split_episodes(episodes: list[ProbeEpisode], by: str, test_fraction: float) 
             raise HarnessError(f"--split task needs episodes of at least 2 tasks; the data has {len(names)} "
                                f"({', '.join(names)}): use --split episode or add --data of another task")
         n_test = min(len(names) - 1, max(1, math.ceil(test_fraction * len(names))))
-        test = [i for t in names[-n_test:] for i in tasks[t]]
+        test = [i for t in rng.permutation(names)[:n_test] for i in tasks[str(t)]]
     else:
         test = []
-        for idx in tasks.values():
+        for name in sorted(tasks):
+            idx = tasks[name]
             if len(idx) >= 2:
-                test += idx[-min(len(idx) - 1, max(1, math.ceil(test_fraction * len(idx)))):]
+                n_test = min(len(idx) - 1, max(1, math.ceil(test_fraction * len(idx))))
+                test += [int(i) for i in rng.permutation(idx)[:n_test]]
     train = [i for i in range(len(episodes)) if i not in set(test)]
     if not test or len(train) < 2:
         raise HarnessError(f"too few episodes to split by {by}: {len(episodes)} episodes in "
@@ -413,7 +420,9 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
     if model is not None and model.env_action_dim != info["action_dim"]:
         raise HarnessError(f"world model {cfg.wm or cfg.wm_checkpoint} takes {model.env_action_dim}-D actions, the data "
                            f"has {info['action_dim']}-D")
-    train, test = split_episodes(episodes, cfg.split, cfg.test_fraction)
+    seeds = [cfg.seed + i for i in range(cfg.seeds)]
+    splits = {seed: split_episodes(episodes, cfg.split, cfg.test_fraction, seed) for seed in seeds}
+    held_any = sorted({i for _, test in splits.values() for i in test})  # corrupted frames are needed for these
     groups = ACTION_GROUPS[info["family"]]
     A = info["action_dim"]
     gripper = np.zeros(A, bool)
@@ -421,7 +430,6 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
         if g in groups:
             gripper[slice(*groups[g])] = True
     corruptions = [parse_corruption(c, cfg.severity) for c in cfg.corruptions]
-    seeds = [cfg.seed + i for i in range(cfg.seeds)]
 
     def test_frames(e: int, c: int) -> np.ndarray:
         name, sev = corruptions[c]
@@ -446,7 +454,7 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
         # seqs[kind][c]: sequences of every episode (c = 0, clean) or of the test episodes (c > 0)
         seqs: dict[str, list[list[Sequence]]] = {k: [[] for _ in corruptions] for k in kinds}
         for c in range(len(corruptions)):
-            todo = range(len(episodes)) if c == 0 else test
+            todo = range(len(episodes)) if c == 0 else held_any
             say(f"{label}: encoding {len(todo)} episodes ({cfg.corruptions[c]})")
             for e in todo:
                 z = src.encode(episodes[e].frames if c == 0 else test_frames(e, c))  # (S+1, N, D)
@@ -468,6 +476,7 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
                     per_c: list[dict[str, list]] = [{"probe": [], "rp": [], "mean": []} for _ in corruptions]
                     counts: dict[str, int] = {}
                     for seed in seeds:
+                        train, test = splits[seed]
                         fit_eps, val_eps = validation_split(train, cfg.val_fraction, seed)
                         feats = {"probe": seqs[kind],
                                  "rp": [_rp_sequences(seqs[kind][c], P, seed, c, rp_cache, episodes, test_frames)
@@ -514,10 +523,16 @@ def run_probe(cfg: ProbeConfig, progress: Callable[[str], None] | None = None) -
         "config": asdict(cfg),
         **info,
         "target": cfg.target, "pool": cfg.pool, "frame_stride": stride,
-        "split": {"by": cfg.split, "train_episodes": len(train), "test_episodes": len(test),
-                  "train_tasks": sorted({episodes[i].task for i in train}),
-                  "test_tasks": sorted({episodes[i].task for i in test}),
-                  "test": [episodes[i].name for i in test]},
+        "split": {"by": cfg.split, "train_episodes": len(splits[seeds[0]][0]),
+                  "test_episodes": len(splits[seeds[0]][1]),
+                  "train_tasks": sorted({episodes[i].task for i in splits[seeds[0]][0]}),
+                  "test_tasks": sorted({episodes[i].task for i in splits[seeds[0]][1]}),
+                  "test": [episodes[i].name for i in splits[seeds[0]][1]],
+                  "per_seed": {str(s): {"test": [episodes[i].name for i in test],
+                                        "test_tasks": sorted({episodes[i].task for i in test})}
+                               for s, (_, test) in splits.items()},
+                  "resampled_by_seed": "held-out episodes (or tasks), validation episodes, MLP initialisation, "
+                                       "random projection"},
         "sources": source_info,
         "seeds": seeds,
         "results": rows,

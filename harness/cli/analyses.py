@@ -49,12 +49,15 @@ def plan_error_cmd(
     k: Annotated[list[int] | None, typer.Option("--k", help="world-model steps between start and goal; repeat (default 1 and 4)")] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="start/goal pairs per k")] = 32,
     preset: Annotated[str, typer.Option("--preset", help="CEM preset: dino_wm, vjepa2_ac, cpu")] = "dino_wm",
+    proprio: Annotated[float | None, typer.Option("--proprio", help="weight of the proprio term (default: the preset's; dino_wm 1, which needs the world model's readout from `harness fit-proprio`)")] = None,
     episodes: Annotated[int | None, typer.Option("--episodes", "-n", help="use at most this many episodes")] = None,
     seed: int = 0,
     out: Annotated[str | None, typer.Option("--out", "-o", help="write the numbers as JSON here")] = None,
 ):
     """CEM planning error: plan from real start to real goal latents, compare with the recorded actions."""
     import json
+    import math
+    from dataclasses import replace
 
     from harness.analyses.planning_error import planning_error
     from harness.run.store import atomic_write_json, check_output_file
@@ -70,10 +73,18 @@ def plan_error_cmd(
         raise HarnessError(f"--episodes {episodes} must be >= 1 (leave it out for all episodes)")
     if out:
         check_output_file(Path(out))  # before the planning, not after
+    if proprio is not None and not (proprio >= 0 and math.isfinite(proprio)):
+        raise HarnessError(f"--proprio {proprio} must be a number >= 0 (0: plan without the proprio term)")
+    config = CEM_PRESETS[preset] if proprio is None else replace(CEM_PRESETS[preset], proprio=proprio)
     model = load_world_model(wm, wm_checkpoint)
+    if config.proprio > 0:
+        try:
+            model.proprio_readout()
+        except HarnessError as e:
+            raise HarnessError(f"{e} Or plan without it: --proprio 0 (preset {preset} weighs it {config.proprio:g}).") from None
     camera = check_dataset(data, model.info.get("camera"))
     eps = load_episodes(data, camera, model.image_size, action_dim=model.env_action_dim)
-    r = planning_error(model, eps[:episodes] if episodes else eps, tuple(k or (1, 4)), pairs, CEM_PRESETS[preset], seed)
+    r = planning_error(model, eps[:episodes] if episodes else eps, tuple(k or (1, 4)), pairs, config, seed)
     r.update(world_model=wm, data=data, preset=preset)
     typer.echo(f"{'k':>3} {'pairs':>5} {'action MSE':>10} {'MAE':>7} {'zero-action MSE':>15} {'random MSE':>10}")
     for kk, v in r["k"].items():

@@ -23,6 +23,8 @@ LISTABLE = {
     "executors": "harness.run.executors:EXECUTORS",
 }
 LIST_KINDS = tuple(LISTABLE)
+RENDER_HELP = ("faithful (default): the simulator's own renderer and settings, as its benchmark renders; "
+               "fast: the same scene without shadows, reflections and MSAA")
 
 
 def _registry(kind: str):
@@ -94,6 +96,7 @@ def eval_cmd(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="episode cap (default: the benchmark's)")] = None,
     camera: Annotated[list[str] | None, typer.Option("--camera", help="camera to render; repeat for several")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size", help="square image side in pixels")] = None,
+    render: Annotated[str | None, typer.Option("--render", help=RENDER_HELP)] = None,
     workers: Annotated[int | None, typer.Option("--workers", "-j", help="worker processes")] = None,
     video: Annotated[str | None, typer.Option(help="all|failures|none|first:N")] = None,
     video_fps: Annotated[int | None, typer.Option("--video-fps")] = None,
@@ -118,7 +121,7 @@ def eval_cmd(
 
     flags = dict(env=env, policies=tuple(policy) if policy else None, episodes=episodes, out=out, seed=seed,
                  max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
-                 workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
+                 render=render, workers=workers, video=video, video_fps=video_fps, stop_on_success=stop_on_success,
                  executor=executor, wm=wm, wm_checkpoint=wm_checkpoint, judge=judge,
                  wm_batch=wm_batch, wm_precision=wm_precision, wm_decoder=wm_decoder, ray_address=ray_address,
                  threads=threads)
@@ -173,6 +176,7 @@ def collect_cmd(
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     camera: Annotated[list[str] | None, typer.Option("--camera")] = None,
     image_size: Annotated[int | None, typer.Option("--image-size")] = None,
+    render: Annotated[str | None, typer.Option("--render", help=RENDER_HELP)] = None,
     stop_on_success: Annotated[bool, typer.Option("--stop-on-success/--no-stop-on-success")] = True,
     only_success: Annotated[bool, typer.Option("--only-success", help="keep successful episodes only")] = False,
     overwrite: bool = False,
@@ -183,7 +187,8 @@ def collect_cmd(
 
     cfg = CollectConfig(env=env, policies=tuple(policy or ["scripted"]), out=out, episodes=episodes, seed=seed, first_init_state=first_init_state,
                         max_steps=max_steps, cameras=tuple(camera) if camera else None, image_size=image_size,
-                        stop_on_success=stop_on_success, only_success=only_success, overwrite=overwrite)
+                        render=render, stop_on_success=stop_on_success, only_success=only_success,
+                        overwrite=overwrite)
 
     def on_episode(info, i, n):
         if progress:

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from harness.errors import HarnessError
+from harness.stats.agreement import shown
 
 from .app import _train_progress, app
 
@@ -156,10 +157,12 @@ def train_judge_cmd(
     for split in ("train", "heldout", "train_replays", "heldout_replays"):
         m = r.get(split) or {}
         if m.get("episodes") and split.endswith("replays"):
-            typer.echo(f"{split:>8}: {m['episodes']} world-model replays, accuracy {m['accuracy']:.3f}, kappa {m['kappa']:.3f}")
+            typer.echo(f"{split:>8}: {m['episodes']} world-model replays, accuracy {m['accuracy']:.3f}, kappa "
+                       f"{shown(m['kappa'], '.3f')}")
         elif m.get("episodes"):
             typer.echo(f"{split:>8}: {m['episodes']} episodes, accuracy {m['accuracy']:.3f} (chance "
-                       f"{m['chance_accuracy']:.3f}), kappa {m['kappa']:.3f}, frame accuracy {m['frame_accuracy']:.3f}")
+                       f"{m['chance_accuracy']:.3f}), kappa {shown(m['kappa'], '.3f')}, frame accuracy "
+                       f"{m['frame_accuracy']:.3f}")
     typer.echo(f"episode threshold {r['threshold']:.3f} ({r['threshold_source']})")
     typer.echo(f"wrote success classifier to {r['checkpoint']}; judge with --judge latent_classifier:path={r['checkpoint']}")
 

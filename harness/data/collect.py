@@ -28,12 +28,16 @@ class CollectConfig:
     max_steps: int | None = None
     cameras: tuple[str, ...] | None = None
     image_size: int | None = None
+    render: str | None = None  # envs.registry.RENDER_MODES (None: the default); recorded with the env options
     stop_on_success: bool = True
     only_success: bool = False
     overwrite: bool = False
 
     def __post_init__(self):
+        from envs.registry import check_render, default_render
+
         check_episode_args(self.episodes, self.seed, self.max_steps)
+        object.__setattr__(self, "render", default_render() if self.render is None else check_render(self.render))
         if isinstance(self.policies, str) or not self.policies:
             raise HarnessError(f"policies must be a non-empty tuple of policy specs, got {self.policies!r}")
         if not isinstance(self.first_init_state, int) or self.first_init_state < 0:
@@ -49,7 +53,8 @@ def plan_collect(cfg: CollectConfig) -> tuple[list[Episode], dict[str, Any]]:
     if out.exists() and not cfg.overwrite:
         raise HarnessError(f"{cfg.out} exists: choose another --out or pass --overwrite")
     check_writable(out.parent)
-    env_ids, options = resolve_targets(cfg.env, list(cfg.policies), cfg.cameras, cfg.image_size, cfg.max_steps)
+    env_ids, options = resolve_targets(cfg.env, list(cfg.policies), cfg.cameras, cfg.image_size, cfg.max_steps,
+                                       cfg.render)
     episodes = build_episodes(env_ids, cfg.episodes, cfg.seed, {e: o.max_episode_steps for e, o in options.items()},
                               cfg.first_init_state)
     env_args = {"env_ids": env_ids, "policies": list(cfg.policies), "seed": cfg.seed, "first_init_state": cfg.first_init_state,
@@ -61,7 +66,7 @@ def run_collect(cfg: CollectConfig, on_episode: Callable[[dict[str, Any], int, i
     from harness.run.runner import EpisodeWorker, RunSettings
 
     episodes, env_args = plan_collect(cfg)
-    worker = EpisodeWorker(RunSettings(cfg.cameras, cfg.image_size, cfg.stop_on_success))
+    worker = EpisodeWorker(RunSettings(cfg.cameras, cfg.image_size, cfg.stop_on_success, render=cfg.render))
     kept = successes = 0
     try:
         with DatasetWriter(cfg.out, env_args) as writer:

@@ -94,5 +94,6 @@ class ConsensusJudge:
                 a, b = votes[:, i].tolist(), votes[:, j].tolist()
                 pairs.append({"a": self.labels[i], "b": self.labels[j], "kappa": cohen_kappa(a, b),
                               "agreement": accuracy(a, b), "episodes": len(a)})
+        defined = [p["kappa"] for p in pairs if p["kappa"] is not None]  # undefined where two raters never vary
         return {"raters": self.labels, "episodes": len(self.history), "pairs": pairs,
-                "mean_kappa": float(np.mean([p["kappa"] for p in pairs])) if pairs else None}
+                "mean_kappa": float(np.mean(defined)) if defined else None}

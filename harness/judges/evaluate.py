@@ -18,7 +18,7 @@ import numpy as np
 
 from harness.errors import HarnessError
 from harness.run.store import atomic_write_text, check_output_file
-from harness.stats.agreement import accuracy, cohen_kappa, confusion, precision_recall
+from harness.stats.agreement import accuracy, cohen_kappa, confusion, precision_recall, shown
 
 from . import make_judge, parse_judge_spec, verdict
 from .latent_classifier import iter_rollouts
@@ -96,7 +96,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"judge {result['judge']} vs the simulator oracle on {result['episodes']} episodes "
         f"({result['sim_successes']} successful)",
         f"{'accuracy':>10} {'kappa':>7} {'precision':>9} {'recall':>7} {'f1':>6}",
-        f"{result['accuracy']:>10.3f} {result['kappa']:>7.3f} {result['precision']:>9.3f} {result['recall']:>7.3f} "
+        f"{result['accuracy']:>10.3f} {shown(result['kappa'], '.3f'):>7} {result['precision']:>9.3f} {result['recall']:>7.3f} "
         f"{result['f1']:>6.3f}",
         "",
         f"{'':>16} {'judge: success':>15} {'judge: failure':>15}",
@@ -106,6 +106,7 @@ def format_table(result: dict[str, Any]) -> str:
     ra = result.get("rater_agreement")
     if ra and ra["pairs"]:
         lines.append("")
-        lines.append(f"rater agreement (mean Cohen's kappa {ra['mean_kappa']:.3f}):")
-        lines += [f"  {p['a']}  vs  {p['b']}: kappa {p['kappa']:.3f}, agreement {p['agreement']:.3f}" for p in ra["pairs"]]
+        lines.append(f"rater agreement (mean Cohen's kappa {shown(ra['mean_kappa'], '.3f')}):")
+        lines += [f"  {p['a']}  vs  {p['b']}: kappa {shown(p['kappa'], '.3f')}, agreement {p['agreement']:.3f}"
+                  for p in ra["pairs"]]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.run.store import atomic_write_text, check_writable
+from harness.stats.agreement import shown
 
 INLINE_VIDEOS = 6  # per run; more are linked, so the page stays a few MB
 MAX_INLINE_VIDEO_BYTES = 3_000_000
@@ -104,13 +105,19 @@ def agreement_scatter(block: dict[str, Any], backend: str) -> str:
     return _png(fig)
 
 
+def confusion_matrix(c: dict[str, int]) -> list[list[int]]:
+    """Rows: world-model success, failure (the plot's y labels); columns: simulator success,
+    failure (its x labels)."""
+    return [[c["tp"], c["fp"]], [c["fn"], c["tn"]]]
+
+
 def confusion_plot(block: dict[str, Any]) -> str | None:
     e = block["episodes"]
     if not e.get("n"):
         return None
     plt = _plt()
     c = e["confusion"]
-    m = [[c["tp"], c["fn"]], [c["fp"], c["tn"]]]
+    m = confusion_matrix(c)
     fig, ax = plt.subplots(figsize=(3.2, 3.0))
     ax.imshow(m, cmap="Blues")
     for i in range(2):
@@ -118,7 +125,7 @@ def confusion_plot(block: dict[str, Any]) -> str | None:
             ax.text(j, i, str(m[i][j]), ha="center", va="center", fontsize=12)
     ax.set_xticks([0, 1], ["sim success", "sim failure"])
     ax.set_yticks([0, 1], ["WM success", "WM failure"])
-    ax.set_title(f"per episode: agreement {100 * e['accuracy']:.0f}%, kappa {e['cohen_kappa']:.2f}", fontsize=9)
+    ax.set_title(f"per episode: agreement {100 * e['accuracy']:.0f}%, kappa {shown(e['cohen_kappa'])}", fontsize=9)
     return _png(fig)
 
 
@@ -129,7 +136,8 @@ def divergence_plot(block: dict[str, Any]) -> str | None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.2, 3.0))
     ax.plot(range(len(d["mean"])), d["mean"], marker=".")
-    ax.set(xlabel="world-model step", ylabel="normalised latent MSE", title="world model vs encoded simulator")
+    ax.set(xlabel="world-model step", ylabel="normalised latent MSE",
+           title="open-loop replays: world model vs encoded simulator")
     ax.title.set_fontsize(9)
     return _png(fig)
 
@@ -261,7 +269,7 @@ td:first-child,th:first-child,td:nth-child(2),td:nth-child(3){text-align:left}th
 
 def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]:
     """Write report.md and report.html for eval run folders and probe folders; returns both paths."""
-    from harness.report.markdown import agreement_markdown, load_results, markdown
+    from harness.report.markdown import agreement_markdown, load_results, markdown, success_table
     from harness.run.store import RunStore
 
     if not runs:
@@ -291,9 +299,6 @@ def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]
             section.append(f"<p>env {html.escape(str(cfg.get('env')))}, {cfg.get('episodes')} episodes per task, "
                            f"policies {html.escape(', '.join(cfg.get('policies') or []))}"
                            + (f", world model {html.escape(str(cfg.get('wm')))}" if cfg.get("wm") else "") + "</p>")
-        table_lines = [line for line in md.split("\n\n")[0].splitlines()]
-        section.append(_md_to_html_table(table_lines))
-        section.append(f"<div class='plots'>{success_bars(results)}</div>")
         for backend, block in (results.get("comparison") or {}).items():
             section.append(_md_to_html_table(agreement_markdown(backend, block)))
             plots = [agreement_scatter(block, backend), confusion_plot(block), divergence_plot(block)]
@@ -302,6 +307,9 @@ def write_report(runs: list[Path], out: Path | None = None) -> tuple[Path, Path]
             if "pearson_r" in r and len(r["policies"]) < 4:
                 section.append(f"<p class='note'>Only {len(r['policies'])} policies: Pearson r and MMRV over so few "
                                f"points are fragile; evaluate more policies for a ranking claim.</p>")
+        section.append("<h3>Success per policy, backend and task</h3>")
+        section.append(_md_to_html_table(success_table(results)))
+        section.append(f"<div class='plots'>{success_bars(results)}</div>")
         videos = _video_tags(run, records)
         if videos:
             section.append("<h3>Videos (simulator | world model)</h3>" + "".join(videos))

@@ -14,8 +14,11 @@ GREEN, RED, WHITE = (60, 200, 60), (230, 60, 60), (255, 255, 255)
 
 
 def compose_frame(images: list[np.ndarray]) -> np.ndarray:
-    """Cameras side by side, upscaled by an integer factor to at least MIN_HEIGHT."""
-    row = np.concatenate(images, axis=1)
+    """Cameras side by side (a shorter one padded below with black, as CALVIN's 84 px gripper view
+    beside its 200 px static one), upscaled by an integer factor to at least MIN_HEIGHT."""
+    height = max(img.shape[0] for img in images)
+    row = np.concatenate([img if img.shape[0] == height else
+                          np.pad(img, ((0, height - img.shape[0]), (0, 0), (0, 0))) for img in images], axis=1)
     factor = max(1, -(-MIN_HEIGHT // row.shape[0]))
     if factor > 1:
         row = row.repeat(factor, axis=0).repeat(factor, axis=1)

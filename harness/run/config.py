@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from envs.registry import check_render
 from harness.errors import HarnessError
 from harness.yaml_config import construct, yaml_fields
 from world_models.distill import check_decoder
@@ -38,6 +39,9 @@ class EvalConfig:
     max_steps: int | None = None
     cameras: tuple[str, ...] | None = None
     image_size: int | None = None
+    # faithful: the simulator's own renderer; fast: no shadows, reflections, MSAA. None: as the --wm
+    # world model's training frames were rendered when its checkpoint says, else faithful
+    render: str | None = None
     stop_on_success: bool = True
     video: str = "first:3"
     video_fps: int = 30
@@ -79,6 +83,8 @@ class EvalConfig:
         if self.ray_address is not None and self.executor != "ray":
             raise HarnessError(f"--ray-address {self.ray_address} needs --executor ray (got --executor {self.executor})")
         parse_video_mode(self.video)
+        if self.render is not None:
+            check_render(self.render)
         if self.wm is not None and (not isinstance(self.wm, str) or self.wm.strip().lower() in ("", "none")):
             object.__setattr__(self, "wm", None)
         check_precision(self.wm_precision, "--wm-precision")
@@ -101,6 +107,7 @@ class EvalConfig:
             "max_steps": self.max_steps,
             "cameras": None if self.cameras is None else list(self.cameras),
             "image_size": self.image_size,
+            "render": self.render,
             "stop_on_success": self.stop_on_success,
             "wm": self.wm,
             "wm_checkpoint": self.wm_checkpoint,

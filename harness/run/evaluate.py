@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,18 +87,19 @@ def default_out(config: EvalConfig, env_ids: list[str]) -> Path:
 
 
 def resolve_targets(env_spec: str, policies: tuple[str, ...] | list[str], cameras: tuple[str, ...] | None,
-                    image_size: int | None, max_steps: int | None) -> tuple[list[str], dict[str, EnvOptions]]:
+                    image_size: int | None, max_steps: int | None, render: str | None = None
+                    ) -> tuple[list[str], dict[str, EnvOptions]]:
     """Env ids and their validated options; builds every policy once per env so that bad
     parameters, missing extras and unsupported envs fail before any simulator starts."""
     from envs import expand_env_spec, resolve_env_options
     from policies import EnvInfo, make_policy, parse_policy_spec
 
     env_ids = expand_env_spec(env_spec)
-    options = {e: resolve_env_options(e, cameras, image_size, max_steps) for e in env_ids}
+    options = {e: resolve_env_options(e, cameras, image_size, max_steps, render) for e in env_ids}
     for text in policies:
         spec = parse_policy_spec(text)
         for env_id in env_ids:
-            make_policy(spec, EnvInfo.from_env_id(env_id, cameras, image_size))
+            make_policy(spec, EnvInfo.from_env_id(env_id, cameras, image_size, render))
     return env_ids, options
 
 
@@ -111,7 +112,9 @@ def plan_eval(config: EvalConfig) -> EvalPlan:
         check(config.workers)
     if len(set(config.policies)) != len(config.policies):
         raise HarnessError(f"--policy lists the same policy twice: {', '.join(config.policies)}")
-    env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps)
+    config = replace(config, render=run_render(config))
+    env_ids, resolved = resolve_targets(config.env, config.policies, config.cameras, config.image_size, config.max_steps,
+                                        config.render)
     if parse_video_mode(config.video)[0] != "none" and not any(o.cameras for o in resolved.values()):
         raise HarnessError(f"--video {config.video} needs a camera but --camera none renders nothing: add --video none or a --camera")
     counts = episode_counts(config, env_ids)
@@ -141,6 +144,21 @@ def episode_counts(config: EvalConfig, env_ids: list[str]) -> dict[str, int]:
     return counts
 
 
+def run_render(config: EvalConfig) -> str:
+    """The run's render mode: --render, else how the --wm world model's training frames were
+    rendered (its checkpoint's ``info.render``), else the default (``envs.registry.default_render``:
+    faithful unless $WM_HARNESS_RENDER says otherwise)."""
+    from envs.registry import default_render
+
+    if config.render is not None:
+        return config.render
+    if config.wm:
+        from world_models.named import check_world_model
+
+        return check_world_model(config.wm, config.wm_checkpoint)[1]["info"].get("render") or default_render()
+    return default_render()
+
+
 def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> str | None:
     """Check the world model, its camera and the judge before anything runs; the judge spec to use."""
     from harness.run.matched import default_judge, validate_judge
@@ -148,6 +166,11 @@ def resolve_world_model(config: EvalConfig, resolved: dict[str, EnvOptions]) -> 
 
     checkpoint, wm_config = check_world_model(config.wm, config.wm_checkpoint)  # the workers load the weights
     camera = wm_config["info"]["camera"]
+    trained_on = wm_config["info"].get("render")  # how its training frames were rendered, when its data said
+    if trained_on and trained_on != config.render:
+        raise HarnessError(f"world model {config.wm!r} learned from frames rendered {trained_on!r}; this run renders "
+                           f"{config.render!r}, so it would start every episode from a frame unlike its training "
+                           f"data: add --render {trained_on}")
     for env_id, opts in resolved.items():
         if camera not in opts.cameras:
             raise HarnessError(f"world model {config.wm!r} models camera {camera!r}, which {env_id} does not render "
@@ -190,6 +213,37 @@ def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:
     return items
 
 
+class FirstErrors:
+    """Holds back this invocation's first records while every one of them is the same error.
+
+    When the first ``STOP_AFTER`` records (or all of them, in a smaller run) raised the same
+    error, the cause is the setup (a broken install, a missing file), not the episodes: the run
+    stops with that error instead of recording it for every episode, and saves none of those
+    records, so the same command re-runs them once the cause is fixed. Any other record first,
+    or a second kind of error, releases what was held and the run goes on."""
+
+    STOP_AFTER = 3
+
+    def __init__(self, expected: int):
+        self.limit = max(1, min(self.STOP_AFTER, expected))
+        self.held: list[dict[str, Any]] | None = []  # None once released
+
+    def admit(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The records to save now (in arrival order); raises HarnessError on a setup error."""
+        if self.held is None:
+            return [record]
+        if record["outcome"] == "error" and all(r["error"] == record["error"] for r in self.held):
+            self.held.append(record)
+            if len(self.held) >= self.limit:
+                where = f"{record['policy']} {record['backend']} {record['env_id']}#{record['init_state']}"
+                raise HarnessError(f"the first {len(self.held)} episodes all raised the same error, last {where}: "
+                                   f"{record['error'].splitlines()[0] if record['error'] else '?'}; none of them was "
+                                   f"saved: fix the cause and re-run the same command")
+            return []
+        out, self.held = [*self.held, record], None
+        return out
+
+
 def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], None] | None = None,
              notify: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Run what is not yet in the run folder; returns the summary written to results.json.
@@ -198,6 +252,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
     left to do says so (``notify``) and keeps what its summary measured when the episodes ran."""
     cfg = plan.config
     settings = RunSettings(cameras=cfg.cameras, image_size=cfg.image_size, stop_on_success=cfg.stop_on_success,
+                           render=cfg.render,
                            video_fps=cfg.video_fps, wm=cfg.wm, wm_checkpoint=cfg.wm_checkpoint, judge=plan.judge,
                            wm_batch=cfg.wm_batch, wm_precision=cfg.wm_precision, wm_decoder=cfg.wm_decoder,
                            threads=cfg.threads)
@@ -215,15 +270,22 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
         start = time.perf_counter()
         finished = len(done)
         interrupted = False
+        first_errors = FirstErrors(sum(len(item.backends) for item in items))
+
+        def save(record: dict[str, Any]) -> None:
+            nonlocal finished
+            store.append(record)
+            finished += 1
+            if on_record:
+                on_record(record, finished, plan.total)
+
         try:
             with closing(executor.map(items)) as records:  # closed at once on Ctrl-C: workers stop
                 for record in records:
                     if record.get("video"):
                         record["video"] = str(Path(record["video"]).relative_to(plan.out))
-                    store.append(record)
-                    finished += 1
-                    if on_record:
-                        on_record(record, finished, plan.total)
+                    for r in first_errors.admit(record):
+                        save(r)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: %d of %d episodes are saved; re-run the same command to resume", finished,
@@ -231,8 +293,7 @@ def run_eval(plan: EvalPlan, on_record: Callable[[dict[str, Any], int, int], Non
         return write_summary(plan, store, time.perf_counter() - start, interrupted)
 
 
-# what a summary measured while its episodes ran: a resume that runs nothing keeps them (also the
-# inference record of summaries written before the records carried theirs, and its older name)
+# what a summary measured while its episodes ran: a resume that runs nothing keeps them
 RAN_WITH = ("harness", "versions", "git", "wall_time_s", "world_model_inference")
 
 
@@ -243,14 +304,22 @@ def ran_with(previous: dict[str, Any] | None) -> dict[str, Any]:
 
 def calvin_summary(plan: EvalPlan, records: list[dict[str, Any]]) -> dict[str, Any]:
     """CALVIN's own numbers for chain runs (average successful length, 1..5 in a row) per policy
-    and backend, and the calvin_env commit the run used."""
+    and backend, and the calvin_env commit the run used. A chain that raised completed none of
+    its subtasks (an error is a failure, as in every success rate)."""
     from envs.calvin import calvin_env_commit
-    from envs.calvin_sequences import chain_metrics
+    from envs.calvin_sequences import chain_metrics, eval_sequences
 
     chains: dict[str, dict[str, Any]] = {}
     for r in records:
-        if r["env_id"] == "calvin/chains" and r["outcome"] != "error" and r.get("metrics"):
-            chains.setdefault(r["policy"], {}).setdefault(r["backend"], []).append(r["metrics"])
+        if r["env_id"] != "calvin/chains":
+            continue
+        if r["outcome"] == "error":
+            metrics = {"completed_subtasks": 0, "subtasks": list(eval_sequences()[r["init_state"]][1])}
+        elif r.get("metrics"):
+            metrics = r["metrics"]
+        else:
+            continue
+        chains.setdefault(r["policy"], {}).setdefault(r["backend"], []).append(metrics)
     out: dict[str, Any] = {"calvin_env_commit": calvin_env_commit()}
     if chains:
         out["calvin_chains"] = {

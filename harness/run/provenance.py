@@ -39,6 +39,21 @@ WORLD_MODEL_FILES = ("config.json", "model.safetensors")  # a world model's own 
 # ``consensus:judges=vlm:path=A+latent_classifier:path=B``, ``cem:wm=NAME,checkpoint=DIR,goal_data=D.h5``
 SPEC_REFS = re.compile(r"(?:^|[:,+])(path|wm|checkpoint|goal_data)=([^,+]+)")
 PROPRIO_WEIGHT = re.compile(r"(?:^|[:,+])proprio=([^,+]+)")  # CEM's proprio term reads <wm>/proprio
+PRESET = re.compile(r"(?:^|[:,+])preset=([^,+]+)")
+
+
+def reads_proprio(spec: str) -> bool:
+    """Whether a spec's CEM weighs the proprio term (it then loads the world model's readout): a
+    positive ``proprio=W``, or, without one, its preset's weight (``dino_wm`` weighs it 1)."""
+    weights = PROPRIO_WEIGHT.findall(spec)
+    if weights:
+        return any(_positive(w) for w in weights)
+    if not spec.strip().startswith("cem:"):
+        return False
+    from policies.cem import CEM_PRESETS
+
+    preset = next(iter(PRESET.findall(spec)), "cpu").strip()
+    return preset in CEM_PRESETS and CEM_PRESETS[preset].proprio > 0
 
 
 def _file_digest(path: Path, size: int) -> str:
@@ -98,7 +113,7 @@ def spec_fingerprints(spec: str, label: str = "") -> dict[str, str]:
         if key == "wm":
             from world_models.proprio import PROPRIO_DIR
 
-            proprio = any(_positive(w) for w in PROPRIO_WEIGHT.findall(spec))
+            proprio = reads_proprio(spec)
             out.update(world_model_fingerprints(value, checkpoint, label,
                                                 {f"{label}wm={value} {PROPRIO_DIR}": PROPRIO_DIR} if proprio else {}))
         elif key != "checkpoint":  # a checkpoint= belongs to the wm= beside it

@@ -31,6 +31,7 @@ class RunSettings:
     cameras: tuple[str, ...] | None
     image_size: int | None
     stop_on_success: bool = True
+    render: str = "faithful"  # envs.registry.RENDER_MODES
     video_fps: int = 30
     wm: str | None = None  # world-model name for "wm:<name>" backends
     wm_checkpoint: str | None = None
@@ -131,8 +132,8 @@ class EpisodeWorker:
 
         if self._env_id != episode.env_id or self._env.max_episode_steps != episode.max_steps:
             self.close()
-            self._env = make_env(episode.env_id, cameras=self.settings.cameras,
-                                 image_size=self.settings.image_size, max_episode_steps=episode.max_steps)
+            self._env = make_env(episode.env_id, cameras=self.settings.cameras, image_size=self.settings.image_size,
+                                 max_episode_steps=episode.max_steps, render=self.settings.render)
             self._env_id = episode.env_id
         return self._env
 
@@ -143,7 +144,7 @@ class EpisodeWorker:
 
         key = (spec, env_id, slot)
         if key not in self._policies:
-            info = EnvInfo.from_env_id(env_id, self.settings.cameras, self.settings.image_size)
+            info = EnvInfo.from_env_id(env_id, self.settings.cameras, self.settings.image_size, self.settings.render)
             self._policies[key] = make_policy(spec, info)
         return self._policies[key]
 

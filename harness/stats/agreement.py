@@ -11,11 +11,12 @@ Across policies (one success rate per policy and backend):
   ``pearson``, ``spearman``, ``mmrv`` (SimplerEnv's mean maximum rank violation).
 Helpers for the summary: ``bootstrap_ci``, ``latent_divergence``.
 
-Undefined cases follow one convention, SimplerEnv's for Pearson r (``simpler_env/utils/
-metrics.py``): when both raters are constant and identical the statistic is 1 (they agree on
-every item), when one of them is constant and the other is not it is 0 (a constant rater carries
-no information to agree with). This keeps every number finite, so ``results.json`` stays valid
-JSON, and gives the value that the statistic approaches in the limit.
+Undefined cases: Pearson r and Spearman rho follow SimplerEnv's convention (``simpler_env/utils/
+metrics.py``): both score vectors constant and identical gives 1, one constant and the other
+not gives 0. Cohen's kappa of two raters who both give one and the same label on every item is
+0/0 and is reported as undefined (None, ``null`` in ``results.json``), as scikit-learn's NaN
+says: a policy that always fails in both backends agrees perfectly by accuracy, but kappa has
+nothing to measure there.
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ def _bools(values: Sequence, what: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def shown(value: float | None, spec: str = ".2f") -> str:
+    """A statistic for text: formatted, or "undefined" where it is None (kappa of two constant raters)."""
+    return "undefined" if value is None else format(value, spec)
+
+
 # per episode --------------------------------------------------------------------------------
 def confusion(sim: Sequence[bool], judged: Sequence[bool]) -> dict[str, int]:
     """Binary confusion counts with the simulator as ground truth and success as positive:
@@ -58,7 +64,7 @@ def accuracy(sim: Sequence[Hashable], judged: Sequence[Hashable]) -> float:
     return float(np.mean([x == y for x, y in zip(a, b)]))
 
 
-def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], *, undefined: float = 1.0) -> float:
+def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], *, undefined: float | None = None) -> float | None:
     """Cohen's kappa ``(p_o - p_e) / (1 - p_e)`` for two raters over the same items, any number
     of classes (labels are compared for equality; bools and 0/1 mix). Symmetric in ``a``, ``b``.
 
@@ -69,9 +75,8 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], *, undefined: floa
     One rater constant, the other not: ``p_e == p_o`` exactly, so kappa is 0 — a rater that
     always says the same thing agrees only as often as chance predicts. Both raters constant
     with the same label: ``p_e == 1`` and the formula is 0/0 (scikit-learn returns NaN). We
-    return ``undefined`` (default 1.0): the raters agreed on every item and nothing in the data
-    contradicts them; a NaN would also break ``results.json``. Report the accuracy and the
-    confusion counts beside kappa so a reader sees when this case occurred.
+    return ``undefined`` (default None: undefined; a NaN would break ``results.json``). Report
+    the accuracy and the confusion counts beside kappa, which stay defined in this case.
     """
     a, b = _pair(a, b, "cohen_kappa")
     a = [bool(x) if isinstance(x, np.bool_) else x for x in a]
@@ -85,7 +90,7 @@ def cohen_kappa(a: Sequence[Hashable], b: Sequence[Hashable], *, undefined: floa
     p_o = np.trace(table) / n
     p_e = float(np.sum(table.sum(axis=1) * table.sum(axis=0))) / (n * n)
     if np.isclose(p_e, 1.0):
-        return float(undefined)
+        return None if undefined is None else float(undefined)
     return float((p_o - p_e) / (1.0 - p_e))
 
 

@@ -1,4 +1,8 @@
-"""Summaries of episode records: per task and overall success with Wilson intervals."""
+"""Summaries of episode records: per task and overall success with Wilson intervals.
+
+An episode that raised (``outcome`` "error") counts as a failure in every success rate, as
+OpenVLA's LIBERO evaluation counts it; ``errors`` says how many of the failures were errors.
+Lengths and speeds are over the episodes that ran (``valid``)."""
 
 from __future__ import annotations
 
@@ -11,16 +15,17 @@ from harness.stats.intervals import wilson_interval
 def _block(records: list[dict[str, Any]]) -> dict[str, Any]:
     valid = [r for r in records if r["outcome"] != "error"]
     n, k = len(valid), sum(1 for r in valid if r["success"])
-    lo, hi = wilson_interval(k, n)
+    total = len(records)
+    lo, hi = wilson_interval(k, total)
     succ_steps = [r["success_step"] for r in valid if r["success"]]
     steps = sum(r["length"] for r in valid)
     wall = sum(r.get("rollout_s", 0.0) for r in valid)
     return {
-        "episodes": len(records),
+        "episodes": total,
         "valid": n,
-        "errors": len(records) - n,
+        "errors": total - n,
         "successes": k,
-        "success_rate": k / n if n else None,
+        "success_rate": k / total if total else None,
         "ci95": [lo, hi],
         "mean_length": steps / n if n else None,
         "mean_success_step": sum(succ_steps) / len(succ_steps) if succ_steps else None,
