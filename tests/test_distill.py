@@ -50,7 +50,7 @@ def frames_h5(tmp_path_factory):
 
 @pytest.mark.parametrize("max_frames", [8, 37, 10_000])
 def test_training_frames_are_evenly_spaced_over_all_episodes_read_one_at_a_time(frames_h5, tmp_path, max_frames):
-    from world_models.data import frame_counts, load_episodes
+    from world_models.data import episode_groups, frame_counts, load_episodes, split_episodes
     from world_models.distill import _frames
 
     second = tmp_path / "second.h5"  # a second dataset, of another length per episode
@@ -67,13 +67,16 @@ def test_training_frames_are_evenly_spaced_over_all_episodes_read_one_at_a_time(
 
     train, val = _frames(Model, DistillConfig(data=(frames_h5, str(second)), max_frames=max_frames, val_fraction=0.2))
     # the same frames as concatenating every episode first, then taking evenly spaced ones
-    eps = load_episodes(frames_h5, "corner2") + load_episodes(str(second), "corner2")
-    all_train = np.concatenate([e.frames for e in eps[:5]] + [e.frames for e in eps[6:8]])  # 20% held out per file
-    all_val = np.concatenate([eps[5].frames, eps[8].frames])
+    first, other = load_episodes(frames_h5, "corner2"), load_episodes(str(second), "corner2")
+    # 20% held out per file: split_episodes' seeded stratified draw, one episode of each here
+    (tr1, va1), (tr2, va2) = (split_episodes(episode_groups(p, "corner2"), 0.2, 0) for p in (frames_h5, str(second)))
+    assert len(va1) == 1 and len(va2) == 1
+    all_train = np.concatenate([first[i].frames for i in tr1] + [other[i].frames for i in tr2])
+    all_val = np.concatenate([first[i].frames for i in va1] + [other[i].frames for i in va2])
     keep = lambda x, k: x if len(x) <= k else x[np.linspace(0, len(x) - 1, k).round().astype(int)]  # noqa: E731
     assert np.array_equal(train, keep(all_train, max_frames))
     assert np.array_equal(val, keep(all_val, max(1, max_frames // 4)))
-    assert len(train) == min(max_frames, 5 * 21 + 9 + 10)
+    assert len(train) == min(max_frames, 5 * 21 + sum(other[i].frames.shape[0] for i in tr2))
 
 
 def test_shuffle_decoder_shapes_and_configs():

@@ -122,8 +122,11 @@ def test_first_errors_are_released_by_a_success_or_a_second_kind_of_error():
     gate = FirstErrors(expected=10)
     assert gate.admit(rec(0, "A")) == []
     assert [r["init_state"] for r in gate.admit(rec(1, "B"))] == [0, 1]  # two kinds of error: episodes, not setup
-    with pytest.raises(Exception, match="the first 1 episodes all raised"):
-        FirstErrors(expected=1).admit(rec(0, "A"))
+    with pytest.raises(Exception, match="the first 2 episodes all raised"):
+        gate = FirstErrors(expected=2)
+        gate.admit(rec(0, "A"))
+        gate.admit(rec(1, "A"))
+    assert FirstErrors(expected=1).admit(rec(0, "A")) == [rec(0, "A")]  # one episode: its error record
 
 
 class DiesOnEpisode2(EpisodeWorker):

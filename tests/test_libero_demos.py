@@ -174,7 +174,7 @@ KEPT = [2, 4, 6, 7]
 def test_replay_regenerates_as_openvla(tmp_path):
     from envs import make_env
 
-    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE, fast_render=True)
+    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE, render="fast")
     try:
         placed = _record(env, DEMO_ACTIONS, setup=_bowl_onto_plate)  # the bowl falls onto the plate: success
         random = _record(env, np.random.default_rng(0).uniform(-1, 1, (5, 7)))
@@ -191,7 +191,7 @@ def test_replay_regenerates_as_openvla(tmp_path):
     src = tmp_path / "recorded.hdf5"
     _write_libero_file(src, [placed, random])
 
-    report = replay_demos(src, out=tmp_path / "replayed.h5", image_size=SIZE, fast_render=True)
+    report = replay_demos(src, out=tmp_path / "replayed.h5", image_size=SIZE, render="fast")
     assert report["env_id"] == "libero/libero_spatial/0" and report["demos"] == 2
     ok, bad = report["results"]
     assert (ok["steps"], ok["played_steps"], ok["noops_dropped"]) == (8, 4, 4)
@@ -216,7 +216,7 @@ def test_replay_regenerates_as_openvla(tmp_path):
         meta = json.loads(f["data"].attrs["env_args"])
     assert meta["replay"]["num_steps_wait"] == 10 and meta["replay"]["drop_noops"] is True
     assert meta["options"]["libero/libero_spatial/0"] == {"cameras": ["agentview", "eye_in_hand"], "image_size": SIZE,
-                                                          "fast_render": True}
+                                                          "render": "fast"}
 
     # imported images are what the env showed
     import_demos(src, tmp_path / "d.h5")
@@ -231,7 +231,7 @@ def test_replay_regenerates_as_openvla(tmp_path):
     broken["states"][0] = random["states"][0]  # start from the untouched scene: bowl beside the plate
     _write_libero_file(tmp_path / "two.hdf5", [placed, broken])
     res = run_cli("libero-demos", "replay", str(tmp_path / "two.hdf5"), "--out", str(tmp_path / "all.h5"),
-                  "--keep-noops", "--image-size", str(SIZE), "--fast-render", "--report", str(tmp_path / "r.json"))
+                  "--keep-noops", "--image-size", str(SIZE), "--render", "fast", "--report", str(tmp_path / "r.json"))
     assert res.returncode == 1, res.stderr
     assert "wrote 1 successful replays" in res.stdout and "0 no-op actions dropped" in res.stdout
     assert json.loads((tmp_path / "r.json").read_text())["still_succeed"] is False

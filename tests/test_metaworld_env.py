@@ -222,7 +222,7 @@ def test_a_render_mode_must_be_faithful_or_fast():
         MetaWorldEnv("reach-v3", render="pretty")
     with pytest.raises(ValueError, match="camera 'corner5' is not a Meta-World camera"):
         MetaWorldEnv("reach-v3", cameras=("corner5",))
-    env = make_env("metaworld/reach-v3", cameras=(), image_size=32)
+    env = MetaWorldEnv("reach-v3", cameras=(), image_size=32)
     try:
         assert env.rendering == "faithful"  # the default
         assert env.reset(options={"init_state": 0})[1]["render"] == "faithful"
@@ -235,7 +235,7 @@ def test_faithful_frames_are_metaworlds_own_render():
     """Same state, same size: the faithful frame is what Meta-World's own env.render() gives, to
     within half a grey level (here: identical); fast frames are clearly not."""
     cams = ("corner2", "gripperPOV")
-    env = make_env("metaworld/pick-place-v3", cameras=cams, image_size=64)
+    env = make_env("metaworld/pick-place-v3", cameras=cams, image_size=64, render="faithful")
     fast = make_env("metaworld/pick-place-v3", cameras=cams, image_size=64, render="fast")
     try:
         env.reset(options={"init_state": 1})
@@ -276,7 +276,7 @@ def test_corner2_lerobot_is_lerobots_moved_corner2():
     flipped as it flips it) equals the harness's faithful one; corner2 stays Meta-World's."""
     import mujoco
 
-    env = make_env("metaworld/push-v3", cameras=("corner2", "corner2_lerobot"), image_size=64)
+    env = make_env("metaworld/push-v3", cameras=("corner2", "corner2_lerobot"), image_size=64, render="faithful")
     try:
         m = env._env.model
         c2, c4 = (mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_CAMERA, c) for c in ("corner2", "corner4"))

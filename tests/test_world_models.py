@@ -353,7 +353,7 @@ def test_tiny_world_model_beats_copy_last_on_heldout_episodes(mw_dataset, random
     split = wm.info["split"]
     assert len(split["val"]) == 2 and split["seed"] == 0 and "stratified" in split["rule"]
     assert split["val_groups"] == ["noisy:scale=1.0 metaworld/push-v3", "noisy:scale=1.0 metaworld/reach-v3"]
-    assert wm.info["render"] == "faithful"  # how the dataset's frames were rendered
+    assert wm.info["render"] == "fast"  # how the dataset's frames were rendered (tests/conftest.py: fast)
     # the latent cache is reused by a second run with the same encoder
     again = train_world_model(_train_cfg(mw_dataset, random_encoder, tmp_path / "wm2", steps=1, cache_dir=cache))
     assert again["latent_cache_reused"] and again["latent_cache"] == result["latent_cache"]

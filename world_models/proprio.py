@@ -166,12 +166,13 @@ def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray,
 def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 0.2, max_frames: int = 20000,
                         seed: int = 0) -> tuple[ProprioReadout, dict[str, Any]]:
     """Fit the readout on the frames and states of ``data``: ridge on the training episodes with
-    the penalty chosen on the last quarter of them, scored (R^2 per dimension) on the held-out
-    episodes (the last ``val_fraction`` of all), then refitted on everything. ``max_frames``:
+    each dimension's penalty chosen on the last quarter of them, scored (R^2 per dimension) on the
+    held-out episodes (a seeded stratified ``val_fraction`` of all, ``split_episodes``), then
+    refitted on everything. ``max_frames``:
     frames kept per part, at random."""
     import torch
 
-    from harness.analyses.probes.ridge import RidgeProbe
+    from harness.analyses.probes.ridge import ALPHAS, RidgeProbe
     from harness.analyses.probes.scores import r2_per_dim
 
     from .data import split_episodes
@@ -195,27 +196,38 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
             z = world_model.encode(frames[:, None])[:, 0]
         return pooled_features(z, world_model.encoder.grid).numpy().astype(np.float64), states
 
-    # the penalty is chosen on the last quarter of the training episodes (whole episodes), then the
+    # each dimension's penalty is chosen on the last quarter of the training episodes (whole
+    # episodes): one dimension the pixels cannot show must not shrink the others to nothing; the
     # readout refitted on all of them is scored on the held-out episodes, which it has not seen
     fit_idx = train_idx[:max(1, len(train_idx) * 3 // 4)]
     pick_idx = train_idx[len(fit_idx):]
     x_fit, y_fit = features(fit_idx)
     if pick_idx:
         x_pick, y_pick = features(pick_idx)
-        chosen = RidgeProbe().fit(x_fit, y_fit, x_pick, y_pick)
+        scores = np.stack([r2_per_dim(y_pick, RidgeProbe(alphas=(a,)).fit(x_fit, y_fit).predict(x_pick)) for a in ALPHAS])
+        scores = np.where(np.isfinite(scores), scores, -np.inf)
+        alphas = [ALPHAS[int(np.argmax(scores[:, d]))] if np.isfinite(scores[:, d]).any() else ALPHAS[len(ALPHAS) // 2]
+                  for d in range(y_fit.shape[1])]
         x_tr, y_tr = np.concatenate([x_fit, x_pick]), np.concatenate([y_fit, y_pick])
     else:  # one training episode: the middle of the penalty grid
-        chosen = RidgeProbe().fit(x_fit, y_fit)
+        alphas = [ALPHAS[len(ALPHAS) // 2]] * y_fit.shape[1]
         x_tr, y_tr = x_fit, y_fit
     x_va, y_va = features(val_idx)
-    probe = RidgeProbe(alphas=(chosen.alpha,)).fit(x_tr, y_tr)
-    r2 = r2_per_dim(y_va, probe.predict(x_va))
-    final = RidgeProbe(alphas=(chosen.alpha,)).fit(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))
+
+    def fit(x, y):  # ridge with each dimension's own penalty
+        out = RidgeProbe(alphas=(alphas[0],)).fit(x, y)
+        for a in sorted(set(alphas) - {alphas[0]}):
+            cols = [d for d, b in enumerate(alphas) if b == a]
+            out.weight[:, cols] = RidgeProbe(alphas=(a,)).fit(x, y).weight[:, cols]
+        return out
+
+    r2 = r2_per_dim(y_va, fit(x_tr, y_tr).predict(x_va))
+    final = fit(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))
     weight = final.weight / final.scaler.std[:, None]
     bias = final.y_mean - (final.scaler.mean / final.scaler.std) @ final.weight
     y_all = np.concatenate([y_tr, y_va])
     target_std = np.where(y_all.std(axis=0) > 1e-6, y_all.std(axis=0), 1.0)
-    metrics = {"family": family, "dims": int(y_tr.shape[1]), "alpha": float(chosen.alpha),
+    metrics = {"family": family, "dims": int(y_tr.shape[1]), "alpha": [float(a) for a in alphas],
                "heldout_r2": [None if not np.isfinite(v) else float(v) for v in r2],
                "train_frames": len(x_tr), "heldout_frames": len(x_va), "episodes": len(episodes)}
     readout = ProprioReadout(weight, bias, target_std, world_model.encoder.grid, family, metrics)

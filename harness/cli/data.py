@@ -36,7 +36,7 @@ def libero_demos_replay_cmd(
     out: Annotated[str | None, typer.Option("--out", "-o", help="write the successful replays as a harness dataset (.h5)")] = None,
     keep_noops: Annotated[bool, typer.Option("--keep-noops", help="play and keep every action (default: drop no-ops as OpenVLA does)")] = False,
     image_size: Annotated[int | None, typer.Option("--image-size", help="pixels of the images written with --out (default 256)")] = None,
-    fast_render: Annotated[bool, typer.Option("--fast-render", help="render --out images without shadows, reflections, MSAA (faster)")] = False,
+    render: Annotated[str | None, typer.Option("--render", help="images written with --out: faithful (default, as robosuite renders) or fast (no shadows, reflections, MSAA)")] = None,
     overwrite: bool = False,
     report: Annotated[Path | None, typer.Option("--report", help="write the per-demo results as JSON")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
@@ -54,7 +54,7 @@ def libero_demos_replay_cmd(
                        f"max qpos drift {r.max_state_error:.2e}", err=True)
 
     result = replay_demos(src, env=env, max_demos=max_demos, out=out, keep_noops=keep_noops, image_size=image_size,
-                          fast_render=fast_render, overwrite=overwrite, on_result=show)
+                          render=render, overwrite=overwrite, on_result=show)
     if report is not None:
         write_report(result, report)
     typer.echo(f"{result['env_id']}: {result['replay_successes']}/{result['demos']} demos succeed on replay "

@@ -231,5 +231,5 @@ def fit_proprio_cmd(
     folder = readout.save(target, readout_fingerprint(world_model.encoder.spec(), world_model.tensors()))
     r2 = ", ".join("n/a" if v is None else f"{v:.3f}" for v in m["heldout_r2"])
     typer.echo(f"{m['family']} proprioception ({m['dims']} dims), held-out R^2 per dim: {r2} "
-               f"({m['heldout_frames']} frames; ridge alpha {m['alpha']:.3g})")
+               f"({m['heldout_frames']} frames; ridge penalty per dimension {', '.join(format(a, '.3g') for a in m['alpha'])})")
     typer.echo(f"wrote proprioception readout to {folder}; plan with it as cem:wm={wm},proprio=W")

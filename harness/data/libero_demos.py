@@ -32,8 +32,9 @@ the file as recorded and drops nothing.
   from the demo file.
 - success is LIBERO's oracle after the last played action (OpenVLA's ``done``). Only such
   replays are written; failed replays are dropped, as OpenVLA drops them.
-- images are 256 px by default, rendered by MuJoCo with shadows, reflections and MSAA on
-  (``fast_render=False``), from the ``agentview`` and ``eye_in_hand`` cameras.
+- images are 256 px by default, rendered as robosuite renders them (``render="faithful"``, the
+  default; ``"fast"`` turns shadows, reflections and MSAA off), from the ``agentview`` and
+  ``eye_in_hand`` cameras.
 
 What differs:
 
@@ -235,7 +236,7 @@ def _recorded_success(g) -> bool:
 
 def replay_demos(src: str | os.PathLike, env: str | None = None, max_demos: int | None = None,
                  out: str | os.PathLike | None = None, keep_noops: bool = False,
-                 image_size: int | None = None, fast_render: bool = False, overwrite: bool = False,
+                 image_size: int | None = None, render: str | None = None, overwrite: bool = False,
                  on_result: Callable[[ReplayResult, int, int], None] | None = None) -> dict[str, Any]:
     """Replay every demo as OpenVLA's regenerate_libero_dataset.py does (see the module's
     docstring): reset to ``states[0]``, 10 unrecorded wait steps, no-op actions dropped unless
@@ -273,12 +274,12 @@ def replay_demos(src: str | os.PathLike, env: str | None = None, max_demos: int 
                 raise HarnessError(f"{src}: {name} has no 'states' dataset, so it cannot be replayed from its start")
         longest = max(len(data[n]["actions"]) for n in names) if names else 0
         sim = make_env(env_id, cameras=cameras, image_size=size, max_episode_steps=NUM_STEPS_WAIT + longest + 1,
-                       fast_render=fast_render)
+                       render=render)
         stack.callback(sim.close)
         writer = None
         if out is not None:
             out.parent.mkdir(parents=True, exist_ok=True)
-            options = {"cameras": list(cameras), "image_size": size, "fast_render": fast_render}
+            options = {"cameras": list(cameras), "image_size": size, "render": sim.unwrapped.rendering}
             writer = stack.enter_context(DatasetWriter(out, {
                 "source": os.fspath(src), "env_ids": [env_id], "policy": "libero_demo", "format_source": "libero-hdf5",
                 "replay": settings, "options": {env_id: options}}))

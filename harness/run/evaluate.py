@@ -216,7 +216,7 @@ def work_items(plan: EvalPlan, done: set) -> list[WorkItem]:
 class FirstErrors:
     """Holds back this invocation's first records while every one of them is the same error.
 
-    When the first ``STOP_AFTER`` records (or all of them, in a smaller run) raised the same
+    When the first ``STOP_AFTER`` records (or all of them, in a run of 2) raised the same
     error, the cause is the setup (a broken install, a missing file), not the episodes: the run
     stops with that error instead of recording it for every episode, and saves none of those
     records, so the same command re-runs them once the cause is fixed. Any other record first,
@@ -225,8 +225,9 @@ class FirstErrors:
     STOP_AFTER = 3
 
     def __init__(self, expected: int):
-        self.limit = max(1, min(self.STOP_AFTER, expected))
-        self.held: list[dict[str, Any]] | None = []  # None once released
+        self.limit = min(self.STOP_AFTER, expected)
+        # a single episode that raised is that episode's error record: nothing tells setup from episode
+        self.held: list[dict[str, Any]] | None = [] if expected >= 2 else None  # None once released
 
     def admit(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         """The records to save now (in arrival order); raises HarnessError on a setup error."""
