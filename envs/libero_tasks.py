@@ -35,6 +35,16 @@ DEFAULT_CAMERAS: tuple[str, ...] = ("agentview",)
 MUJOCO_CAMERAS: dict[str, str] = {"agentview": "agentview", "eye_in_hand": "robot0_eye_in_hand"}
 DEFAULT_IMAGE_SIZE = 256  # OpenVLA renders LIBERO at 256 px, then resizes to 224
 
+# "faithful": robosuite's own offscreen render (shadows, reflections, MSAA as LIBERO's scenes set
+# them), the images OpenVLA's evaluation and LIBERO's datasets hold; "fast": the same render path
+# and camera instants with shadows, reflections and MSAA off.
+RENDER_MODES: tuple[str, ...] = ("faithful", "fast")
+# Fixture poses (cabinets, stoves) drawn by LIBERO's reset. "openvla": the poses OpenVLA's
+# run_libero_eval.py draws for its episode k (env.seed(0), then k resets before it);
+# "per_init_state": numpy's generator seeded with k before the reset.
+FIXTURE_MODES: tuple[str, ...] = ("openvla", "per_init_state")
+OPENVLA_ENV_SEED = 0  # run_libero_eval.py calls env.seed(0) once per task, after building the env
+
 # suite -> ((task name = BDDL file stem, language instruction), ...) in LIBERO's task order
 TASKS: dict[str, tuple[tuple[str, str], ...]] = {
     "libero_spatial": (

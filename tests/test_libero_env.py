@@ -78,7 +78,9 @@ def envs():
 
     def get(suite: str):
         if suite not in built:
-            built[suite] = make_env(f"libero/{suite}/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE)
+            # fast rendering: these tests are about the protocol, not the shading (cheaper frames)
+            built[suite] = make_env(f"libero/{suite}/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE,
+                                    render="fast")
         return built[suite]
 
     yield get
@@ -113,18 +115,15 @@ def test_import_does_not_prompt_or_write_outside_harness_folders(tmp_path):
 
 
 def _rows_by_body(env) -> dict[str, float]:
-    """Mean image row of each root body's pixels in the agentview image (segmentation render,
-    oriented exactly as the env's images are)."""
+    """Mean image row of each root body's pixels in the agentview image (robosuite's segmentation
+    render, oriented exactly as the env's images are)."""
     import mujoco
 
-    r, model = env._renderer, env._model
-    r.enable_segmentation_rendering()
-    try:
-        r.update_scene(env._data, camera=env._camera_ids[0], scene_option=env._scene_option)
-        seg = r.render()[:, ::-1]
-    finally:
-        r.disable_segmentation_rendering()
-    geoms = np.where(seg[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 0], -1)
+    u = env.unwrapped
+    u._make_current()
+    seg = u.sim.render(camera_name="agentview", width=SIZE, height=SIZE, segmentation=True)[::-1, ::-1]
+    geoms = np.where(seg[..., 0] == int(mujoco.mjtObj.mjOBJ_GEOM), seg[..., 1], -1)  # (objtype, objid) per pixel
+    model = u._model
     rows: dict[str, list] = {}
     for gid in np.unique(geoms[geoms >= 0]):
         root = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.body_rootid[model.geom_bodyid[gid]])
@@ -143,6 +142,7 @@ def test_init_state_is_reproducible_upright_and_instructed(envs, suite):
         task = import_libero().benchmark.get_benchmark(suite)().get_task(0)
     assert info["instruction"] == lt.TASKS[suite][0][1] == task.language
     assert info["success"] is False and info["init_state"] == 0
+    assert (info["render"], info["fixtures"]) == ("fast", "openvla")
     assert first["state"].shape == (8,) and first["state"].dtype == np.float32
     assert {c: i.shape for c, i in first["pixels"].items()} == {"agentview": (SIZE, SIZE, 3), "eye_in_hand": (SIZE, SIZE, 3)}
     for _ in range(3):
@@ -159,40 +159,179 @@ def test_init_state_is_reproducible_upright_and_instructed(envs, suite):
     assert rows["robot0_base"] < SIZE / 3 < SIZE / 2 < surface, rows
 
 
-@requires_libero
-def test_pixels_equal_robosuites_images_rotated_like_openvla():
-    """With fast rendering off, the env's images are exactly what LIBERO's OffScreenRenderEnv
-    renders, rotated by 180 degrees (OpenVLA's `img[::-1, ::-1]`)."""
-    from pathlib import Path
+# ---------------------------------------------------------------------------- OpenVLA's evaluation loop
+OPENVLA_SIZE = 256  # run_libero_eval.py: get_libero_env(task, model_family, resolution=256)
+OPENVLA_EPISODES = 3
 
+
+def _openvla_loop(suite: str, task_id: int, episodes: int, camera_size: int, wait: bool):
+    """OpenVLA's run_libero_eval.py for one task, its first `episodes` episodes, without a policy:
+    set_seed_everywhere(7); OffScreenRenderEnv(bddl_file_name, camera_heights, camera_widths);
+    env.seed(0); then per episode env.reset() (a hard reset), set_init_state(initial_states[k])
+    and 10 dummy steps. Returns per episode the images it would feed the model
+    (obs[...][::-1, ::-1]), the raw agentview image, fixture poses and the MuJoCo state."""
     from envs.libero import import_libero
 
-    L = import_libero()  # prepares robosuite's import before LIBERO's own renderer is imported
+    L = import_libero()  # prepares robosuite's import before LIBERO's own wrapper is imported
     from libero.libero.envs import OffScreenRenderEnv
 
-    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=SIZE, fast_render=False)
-    name = lt.TASKS["libero_spatial"][0][0]
-    raw = OffScreenRenderEnv(bddl_file_name=str(Path(L.get_libero_path("bddl_files")) / "libero_spatial" / f"{name}.bddl"),
-                             camera_heights=SIZE, camera_widths=SIZE, hard_reset=False)
+    with contextlib.redirect_stdout(io.StringIO()):
+        task_suite = L.benchmark.get_benchmark_dict()[suite]()
+    task = task_suite.get_task(task_id)
+    initial_states = task_suite.get_task_init_states(task_id)
+    caller_rng = np.random.get_state()
+    np.random.seed(7)  # set_seed_everywhere(cfg.seed) runs before the env is built
+    env = OffScreenRenderEnv(bddl_file_name=os.path.join(L.get_libero_path("bddl_files"), task.problem_folder, task.bddl_file),
+                             camera_heights=camera_size, camera_widths=camera_size)
+
+    def make_current():  # other envs of this process own GL contexts; robosuite never switches back
+        env.env.sim._render_context_offscreen.gl_ctx.make_current()
+
+    out = []
     try:
-        ours, _ = env.reset(options={"init_state": 2})
-        rng = np.random.get_state()
-        np.random.seed(2)  # the env's fixture-placement seed for init state 2
-        raw.env.sim._render_context_offscreen.gl_ctx.make_current()  # robosuite never switches back itself
-        raw.reset()
-        np.random.set_state(rng)
-        obs = raw.set_init_state(env.init_states[2])
-        for _ in range(lt.NUM_STEPS_WAIT):
-            obs, *_ = raw.step(np.array(lt.NOOP_ACTION))
-        for cam, key in (("agentview", "agentview_image"), ("eye_in_hand", "robot0_eye_in_hand_image")):
-            diff = np.abs(obs[key][::-1, ::-1].astype(int) - ours["pixels"][cam].astype(int))
-            assert diff.mean() < 0.5, (cam, diff.mean())
-            upside_down = np.abs(obs[key].astype(int) - ours["pixels"][cam].astype(int)).mean()
-            assert upside_down > 10 * max(diff.mean(), 0.1)
-        assert np.allclose(ours["state"][:3], obs["robot0_eef_pos"])
+        env.seed(0)
+        for k in range(episodes):
+            make_current()
+            env.reset()
+            obs = env.set_init_state(initial_states[k])
+            for _ in range(lt.NUM_STEPS_WAIT if wait else 0):
+                obs, *_ = env.step([0, 0, 0, 0, 0, 0, -1])  # get_libero_dummy_action
+            lenv = env.env
+            out.append({
+                "agentview": obs["agentview_image"][::-1, ::-1].copy(),
+                "eye_in_hand": obs["robot0_eye_in_hand_image"][::-1, ::-1].copy(),
+                "raw_agentview": obs["agentview_image"].copy(),
+                "fixtures": {name: np.concatenate([lenv.sim.model.body_pos[lenv.sim.model.body_name2id(f.root_body)],
+                                                   lenv.sim.model.body_quat[lenv.sim.model.body_name2id(f.root_body)]])
+                             for name, f in lenv.fixtures_dict.items()},
+                "state": env.get_sim_state().copy(),
+            })
     finally:
-        raw.close()
+        make_current()
         env.close()
+        np.random.set_state(caller_rng)
+    return out
+
+
+@pytest.fixture(scope="module")
+def openvla_episodes():
+    """libero_spatial/0 episodes 0-2 as run_libero_eval.py runs them (256 px, 10 wait steps)."""
+    return _openvla_loop("libero_spatial", 0, OPENVLA_EPISODES, OPENVLA_SIZE, wait=True)
+
+
+def _assert_same_episode(obs, env, theirs, cameras):
+    for cam in cameras:
+        diff = np.abs(obs["pixels"][cam].astype(int) - theirs[cam].astype(int))
+        assert diff.mean() < 0.5, (cam, diff.mean())
+    fixtures = env.unwrapped.fixture_poses()
+    assert fixtures.keys() == theirs["fixtures"].keys()
+    for name, pose in fixtures.items():
+        assert np.allclose(pose, theirs["fixtures"][name], rtol=0, atol=1e-9), (name, pose, theirs["fixtures"][name])
+    assert np.allclose(env.unwrapped.get_sim_state(), theirs["state"], rtol=0, atol=1e-9)
+
+
+@requires_libero
+def test_init_state_k_gives_openvlas_episode_k(openvla_episodes, monkeypatch):
+    """The acceptance: with the defaults, init state k = the frame, fixtures and state OpenVLA's
+    loop gets for episode k."""
+    monkeypatch.delenv("WM_HARNESS_RENDER", raising=False)  # the tests' conftest makes fast the default
+    env = make_env("libero/libero_spatial/0", cameras=("agentview",), image_size=OPENVLA_SIZE)
+    try:
+        for k in (0, 1, 2):
+            obs, info = env.reset(options={"init_state": k})
+            assert (info["init_state"], info["render"], info["fixtures"]) == (k, "faithful", "openvla")
+            _assert_same_episode(obs, env, openvla_episodes[k], ("agentview",))
+        # the fixtures really move from episode to episode, and the image is not trivially equal
+        assert not np.allclose(openvla_episodes[0]["fixtures"]["flat_stove_1"], openvla_episodes[1]["fixtures"]["flat_stove_1"])
+        upside_down = np.abs(openvla_episodes[2]["raw_agentview"].astype(int) - obs["pixels"]["agentview"].astype(int))
+        assert upside_down.mean() > 10
+    finally:
+        env.close()
+
+
+@requires_libero
+def test_openvla_episodes_in_any_order_in_a_fresh_process_state(openvla_episodes):
+    """Episode 2 before episode 1, both cameras, with no reset history in the process (as in a
+    worker that resumes a run): still OpenVLA's episodes."""
+    import envs.libero as el
+
+    el._OPENVLA_RESETS.clear()
+    env = make_env("libero/libero_spatial/0", cameras=("agentview", "eye_in_hand"), image_size=OPENVLA_SIZE,
+                   render="faithful")
+    try:
+        for k in (2, 1):
+            obs, _ = env.reset(options={"init_state": k})
+            _assert_same_episode(obs, env, openvla_episodes[k], ("agentview", "eye_in_hand"))
+    finally:
+        env.close()
+
+
+@requires_libero
+def test_openvla_fixtures_where_hard_resets_change_the_draws():
+    """libero_spatial/4 opens a drawer and places bowls on the cabinet's sites: the draws of
+    OpenVLA's hard resets depend on how many models were loaded and on where the fixtures stand
+    in a fresh model. The env's soft reset reproduces them, in any order."""
+    import envs.libero as el
+
+    theirs = _openvla_loop("libero_spatial", 4, 2, 16, wait=False)  # 2 and 3 models loaded
+    el._OPENVLA_RESETS.clear()
+    env = make_env("libero/libero_spatial/4", cameras=())
+    try:
+        for k in (1, 0):
+            env.unwrapped.reset_to_state(env.unwrapped.init_states[k], episode=k)
+            _assert_same_episode({"pixels": {}}, env, theirs[k], ())
+    finally:
+        env.close()
+
+
+@requires_libero
+def test_fast_render_same_scene_flatter_shading(openvla_episodes):
+    env = make_env("libero/libero_spatial/0", cameras=("agentview",), image_size=OPENVLA_SIZE, render="fast")
+    try:
+        obs, info = env.reset(options={"init_state": 1})
+        assert info["render"] == "fast"
+        theirs = openvla_episodes[1]
+        diff = np.abs(obs["pixels"]["agentview"].astype(int) - theirs["agentview"].astype(int))
+        assert 0.5 < diff.mean() < 10, diff.mean()  # shading only: no shadows, reflections, anti-aliasing
+        _assert_same_episode({"pixels": {}}, env, theirs, ())  # the same scene and state
+        assert np.abs(env.render().astype(int) - obs["pixels"]["agentview"].astype(int)).mean() < 0.5
+    finally:
+        env.close()
+
+
+@requires_libero
+def test_per_init_state_fixtures_and_the_callers_generator():
+    env = make_env("libero/libero_spatial/0", cameras=(), fixtures="per_init_state")
+    try:
+        np.random.seed(123)
+        before = np.random.get_state()
+        _, info = env.reset(options={"init_state": 2})
+        assert info["fixtures"] == "per_init_state"
+        poses = env.unwrapped.fixture_poses()
+        env.reset(options={"init_state": 0})
+        env.reset(options={"init_state": 2})
+        assert all(np.array_equal(p, env.unwrapped.fixture_poses()[n]) for n, p in poses.items())
+        after = np.random.get_state()
+        assert np.array_equal(before[1], after[1]) and before[2:] == after[2:]  # the caller's draws are untouched
+    finally:
+        env.close()
+
+
+def test_render_and_fixtures_choices_are_checked_before_libero_starts():
+    from envs.libero import LiberoEnv
+
+    with pytest.raises(ValueError, match="render mode 'pretty'.*faithful, fast"):
+        LiberoEnv("libero_spatial", 0, render="pretty")
+    with pytest.raises(ValueError, match="fixtures mode 'seeded'.*openvla, per_init_state"):
+        LiberoEnv("libero_spatial", 0, fixtures="seeded")
+
+
+def test_render_modes_match_the_registry():
+    from envs import registry
+
+    if not hasattr(registry, "RENDER_MODES"):
+        pytest.skip("envs.registry has no RENDER_MODES")
+    assert tuple(registry.RENDER_MODES) == lt.RENDER_MODES
 
 
 @requires_libero
@@ -269,7 +408,7 @@ def test_eval_cli_writes_results_and_videos(tmp_path):
 @requires_libero
 @pytest.mark.slow
 def test_eval_cli_acceptance_command(tmp_path):
-    """The issue's command as written: 2 episodes of 220 steps at 256 px."""
+    """A user's first LIBERO command: 2 episodes of 220 steps at 256 px."""
     out = tmp_path / "run"
     res = run_cli("eval", "--env", "libero/libero_spatial/0", "--policy", "random", "--episodes", "2",
                   "--out", str(out), "--no-progress")
