@@ -45,8 +45,9 @@ What differs:
   8-D state (eef position, eef axis-angle, gripper qpos), the same numbers as OpenVLA's
   ``ee_states`` + ``gripper_states``; ``final_obs`` holds the observation after the last action.
   ``joint_states``, ``robot_states`` and the flattened MuJoCo ``states`` are not written.
-- fixture poses (cabinets, stoves), which LIBERO's states do not hold, are drawn with seed 0 for
-  every demo; in OpenVLA's script they depend on how many demos were replayed before.
+- fixture poses (cabinets, stoves), which LIBERO's states do not hold, are those of OpenVLA's
+  script: demo i (in file order) gets the i-th reset's draws after ``env.seed(0)``
+  (``LiberoEnv.reset_to_state(state, episode=i)``).
 - an empty replay (every action a no-op) is not written; OpenVLA's script would fail on it.
 - the env uses a soft reset (one MuJoCo model) that zeroes the gripper's accumulated command as
   robosuite's hard reset (OpenVLA's) does, instead of rebuilding the model from XML.
@@ -263,7 +264,8 @@ def replay_demos(src: str | os.PathLike, env: str | None = None, max_demos: int 
     settings = {"recipe": "OpenVLA experiments/robot/libero/regenerate_libero_dataset.py",
                 "num_steps_wait": NUM_STEPS_WAIT, "wait_action": wait.tolist(), "wait_steps_recorded": False,
                 "drop_noops": not keep_noops, "noop_threshold": NOOP_THRESHOLD,
-                "kept": "replays whose last played action ends in success", "fixture_seed": 0}
+                "kept": "replays whose last played action ends in success",
+                "fixtures": "OpenVLA's: demo i gets the fixtures of the i-th reset after env.seed(0)"}
     results: list[ReplayResult] = []
     with contextlib.ExitStack() as stack:
         f = stack.enter_context(_open(src))
@@ -290,7 +292,7 @@ def replay_demos(src: str | os.PathLike, env: str | None = None, max_demos: int 
             if states.shape[1] != base.get_sim_state().shape[0]:
                 raise HarnessError(f"{src}: {name}'s states have {states.shape[1]} numbers, {env_id}'s simulator "
                                    f"{base.get_sim_state().shape[0]}: the demo belongs to another task (--env)")
-            obs, _ = base.reset_to_state(states[0])
+            obs, _ = base.reset_to_state(states[0], episode=i - 1)  # OpenVLA's i-th reset of the task's env
             for _ in range(NUM_STEPS_WAIT):
                 obs = sim.step(wait)[0]
             success = base.check_success()  # OpenVLA's `done` when no action is played
