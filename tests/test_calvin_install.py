@@ -102,6 +102,9 @@ def test_cli_without_calvin_env_exits_2_with_the_install_line(tmp_path):
         proc.stderr
     )
     assert not (tmp_path / "run").exists()
+    listing = subprocess.run([sys.executable, "-c", run, "list", "envs"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert listing.returncode == 0 and "calvin/chains" in listing.stdout, listing.stderr  # listing needs no simulator
 
 
 # ---------------------------------------------------------------------------- the installed calvin_env

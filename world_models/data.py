@@ -81,20 +81,31 @@ def load_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
     return list(iter_episodes(path, camera, size, action_dim))
 
 
-def frame_counts(path: str | os.PathLike, camera: str) -> list[int]:
-    """The number of frames of each episode ``iter_episodes`` yields, in the same order, read
-    from the dataset's shapes without loading any image."""
+def kept_demos(path: str | os.PathLike, camera: str) -> list[tuple[int, dict]]:
+    """(frame count, attrs) of each episode ``iter_episodes`` yields, in the same order, read from
+    the dataset's shapes and attributes without loading any image."""
     import h5py
 
     key = f"{camera}_rgb"
-    counts = []
+    kept = []
     with h5py.File(path, "r") as f:
-        for name, _ in list_demos(path):
+        for name, attrs in list_demos(path):
             g = f["data"][name]
             n = g["obs"][key].shape[0] + (g["final_obs"][key].shape[0] if "final_obs" in g and key in g["final_obs"] else 0)
             if n >= 2:  # iter_episodes skips shorter ones
-                counts.append(int(n))
-    return counts
+                kept.append((int(n), attrs))
+    return kept
+
+
+def frame_counts(path: str | os.PathLike, camera: str) -> list[int]:
+    """The number of frames of each episode ``iter_episodes`` yields, in the same order."""
+    return [n for n, _ in kept_demos(path, camera)]
+
+
+def episode_group(attrs: dict) -> tuple[str, str]:
+    """An episode's stratum for held-out draws: (policy, env_id) from its attributes ("" where
+    the file does not say)."""
+    return str(attrs.get("policy", "")), str(attrs.get("env_id", ""))
 
 
 def iter_episodes(path: str | os.PathLike, camera: str, size: int | None = None,
@@ -130,25 +141,18 @@ def heldout_episodes(info: dict, n: int) -> list[int]:
     split = info.get("split")
     if isinstance(split, dict) and isinstance(split.get("val"), list):
         return [int(i) for i in split["val"] if 0 <= int(i) < n]
-    f = float(info.get("train", {}).get("config", {}).get("val_fraction", 0.1))
-    n_val = 0 if n < 2 or f <= 0 else max(1, round(n * f))
+    n_val = held_out_count(n, float(info.get("train", {}).get("config", {}).get("val_fraction", 0.1)))
     return list(range(n - n_val, n))
 
 
 def episode_groups(path: str | os.PathLike, camera: str) -> list[tuple[str, str]]:
-    """(policy, env_id) of each episode ``iter_episodes`` yields, in the same order, from the
-    dataset's attributes ("" where a file does not say)."""
-    import h5py
+    """``episode_group`` of each episode ``iter_episodes`` yields, in the same order."""
+    return [episode_group(attrs) for _, attrs in kept_demos(path, camera)]
 
-    key = f"{camera}_rgb"
-    groups = []
-    with h5py.File(path, "r") as f:
-        for name, attrs in list_demos(path):
-            g = f["data"][name]
-            n = g["obs"][key].shape[0] + (g["final_obs"][key].shape[0] if "final_obs" in g and key in g["final_obs"] else 0)
-            if n >= 2:  # iter_episodes skips shorter ones
-                groups.append((str(attrs.get("policy", "")), str(attrs.get("env_id", ""))))
-    return groups
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    """round(val_fraction x n) episodes, at least 1 when there are 2 or more, none for a fraction of 0."""
+    return 0 if n < 2 or val_fraction <= 0 else max(1, round(n * val_fraction))
 
 
 def split_episodes(groups: Sequence[Hashable] | int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
@@ -158,7 +162,7 @@ def split_episodes(groups: Sequence[Hashable] | int, val_fraction: float, seed: 
     or a count (one group)."""
     labels = [0] * groups if isinstance(groups, int) else list(groups)
     n = len(labels)
-    n_val = 0 if n < 2 or val_fraction <= 0 else max(1, round(n * val_fraction))
+    n_val = held_out_count(n, val_fraction)
     members: dict[Hashable, list[int]] = {}
     for i, label in enumerate(labels):
         members.setdefault(label, []).append(i)

@@ -129,7 +129,7 @@ def _frames(world_model, cfg: DistillConfig):
     only the chosen frames kept, so a large dataset (LIBERO at 224 px) never sits in memory whole."""
     import numpy as np
 
-    from .data import check_dataset, episode_groups, frame_counts, iter_episodes, split_episodes
+    from .data import check_dataset, episode_group, iter_episodes, kept_demos, split_episodes
 
     camera = world_model.info.get("camera")
     sources = []  # (path, camera, frame counts, train episode indices, held-out episode indices)
@@ -137,8 +137,9 @@ def _frames(world_model, cfg: DistillConfig):
         if not Path(path).is_file():
             raise HarnessError(f"--data {path} does not exist: collect one with `harness collect`")
         cam = check_dataset(path, camera)
-        counts = frame_counts(path, cam)
-        tr, va = split_episodes(episode_groups(path, cam), cfg.val_fraction, cfg.seed)
+        kept = kept_demos(path, cam)  # one read of the file's shapes and attributes
+        counts = [n for n, _ in kept]
+        tr, va = split_episodes([episode_group(attrs) for _, attrs in kept], cfg.val_fraction, cfg.seed)
         sources.append((path, cam, counts, set(tr), set(va)))
     n_train = sum(c for _, _, counts, tr, _ in sources for i, c in enumerate(counts) if i in tr)
     n_val = sum(c for _, _, counts, _, va in sources for i, c in enumerate(counts) if i in va)

@@ -17,7 +17,7 @@ import torch
 
 from harness.errors import HarnessError
 
-from .data import check_dataset, load_episodes, split_episodes
+from .data import check_dataset, episode_group, load_episodes, split_episodes
 from .encoders import ENCODERS, is_trained_here, save_encoder
 
 
@@ -64,8 +64,7 @@ def train_encoder(cfg: EncoderTrainConfig,
     episodes = load_episodes(cfg.data, camera, size=encoder.image_size)
     if not episodes:
         raise HarnessError(f"no episode in {cfg.data} has two or more frames: collect longer episodes")
-    train_idx, _ = split_episodes([(str(e.attrs.get("policy", "")), str(e.attrs.get("env_id", ""))) for e in episodes],
-                                  cfg.val_fraction, cfg.seed)
+    train_idx, _ = split_episodes([episode_group(e.attrs) for e in episodes], cfg.val_fraction, cfg.seed)
     frames = [episodes[i].frames for i in train_idx]
     pairs = np.array([(e, t) for e, f in enumerate(frames) for t in range(len(f))], dtype=np.int64)
     params = encoder.trainable_parameters()

@@ -136,7 +136,7 @@ def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray,
     model's camera; the family."""
     from harness.data.dataset import list_demos, read_demo
 
-    from .data import check_dataset, resize_frames
+    from .data import check_dataset, episode_group, resize_frames
 
     camera = world_model.info.get("camera")
     out, families = [], set()
@@ -156,7 +156,7 @@ def _episodes(world_model, paths: Sequence[str]) -> tuple[list[tuple[np.ndarray,
             frames = demo.frames(cam)
             n = min(len(frames), len(states))
             out.append((resize_frames(frames[:n], world_model.image_size), states[:n, :PROPRIO_DIMS[family]],
-                        (str(attrs.get("policy", "")), str(attrs.get("env_id", "")))))
+                        episode_group(attrs)))
     if len(families) != 1:
         raise HarnessError(f"--data mixes benchmark families ({', '.join(sorted(families)) or 'none'}): fit a "
                            f"readout on one family's data")
@@ -172,7 +172,7 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
     frames kept per part, at random."""
     import torch
 
-    from harness.analyses.probes.ridge import ALPHAS, RidgeProbe
+    from harness.analyses.probes.ridge import RidgeProbe
     from harness.analyses.probes.scores import r2_per_dim
 
     from .data import split_episodes
@@ -204,25 +204,15 @@ def fit_proprio_readout(world_model, data: Sequence[str], val_fraction: float = 
     x_fit, y_fit = features(fit_idx)
     if pick_idx:
         x_pick, y_pick = features(pick_idx)
-        scores = np.stack([r2_per_dim(y_pick, RidgeProbe(alphas=(a,)).fit(x_fit, y_fit).predict(x_pick)) for a in ALPHAS])
-        scores = np.where(np.isfinite(scores), scores, -np.inf)
-        alphas = [ALPHAS[int(np.argmax(scores[:, d]))] if np.isfinite(scores[:, d]).any() else ALPHAS[len(ALPHAS) // 2]
-                  for d in range(y_fit.shape[1])]
+        chosen = RidgeProbe(per_target=True).fit(x_fit, y_fit, x_pick, y_pick)  # refitted on both parts
         x_tr, y_tr = np.concatenate([x_fit, x_pick]), np.concatenate([y_fit, y_pick])
     else:  # one training episode: the middle of the penalty grid
-        alphas = [ALPHAS[len(ALPHAS) // 2]] * y_fit.shape[1]
+        chosen = RidgeProbe(per_target=True).fit(x_fit, y_fit)
         x_tr, y_tr = x_fit, y_fit
+    alphas = chosen.alpha
     x_va, y_va = features(val_idx)
-
-    def fit(x, y):  # ridge with each dimension's own penalty
-        out = RidgeProbe(alphas=(alphas[0],)).fit(x, y)
-        for a in sorted(set(alphas) - {alphas[0]}):
-            cols = [d for d, b in enumerate(alphas) if b == a]
-            out.weight[:, cols] = RidgeProbe(alphas=(a,)).fit(x, y).weight[:, cols]
-        return out
-
-    r2 = r2_per_dim(y_va, fit(x_tr, y_tr).predict(x_va))
-    final = fit(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]))
+    r2 = r2_per_dim(y_va, chosen.predict(x_va))
+    final = RidgeProbe().fit_penalties(np.concatenate([x_tr, x_va]), np.concatenate([y_tr, y_va]), alphas)
     weight = final.weight / final.scaler.std[:, None]
     bias = final.y_mean - (final.scaler.mean / final.scaler.std) @ final.weight
     y_all = np.concatenate([y_tr, y_va])
